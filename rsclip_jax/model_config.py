@@ -1,0 +1,84 @@
+"""CLIP architecture variants as a small table, in open_clip's vocabulary."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    embed_dim: int
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    context_length: int = 248
+    vocab_size: int = 49408
+    mlp_ratio: float = 4.0
+    # OpenAI's released weights use QuickGELU; open_clip's plain `ViT-B-16` uses GELU.
+    activation: str = "quick_gelu"
+    # Compute dtype; None picks bfloat16 on accelerators and float32 on CPU. Parameters stay float32.
+    dtype: str | None = None
+    # Long-CLIP freezes the first 20 text positions (the pretrained ones); Role-SynthCLIP trains all (0).
+    frozen_text_positions: int = 0
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"model image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
+            if width % heads:
+                raise ValueError(f"model {tower}_width {width} is not divisible by {tower}_heads {heads}")
+        if not 0 <= self.frozen_text_positions <= self.context_length:
+            raise ValueError(
+                f"model frozen_text_positions {self.frozen_text_positions} must lie in [0, context_length={self.context_length}]"
+            )
+
+    @property
+    def compute_dtype(self):
+        if self.dtype is None:
+            return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        return jnp.dtype(self.dtype)
+
+
+VARIANTS = {
+    "tiny": ModelConfig(
+        embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
+        text_width=64, text_layers=2, text_heads=2,
+    ),
+    "S/16": ModelConfig(
+        embed_dim=384, image_size=224, patch_size=16, vision_width=384, vision_layers=12, vision_heads=6,
+        text_width=384, text_layers=12, text_heads=6,
+    ),
+    "B/32": ModelConfig(
+        embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_layers=12, vision_heads=12,
+        text_width=512, text_layers=12, text_heads=8,
+    ),
+    "B/16": ModelConfig(
+        embed_dim=512, image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12,
+        text_width=512, text_layers=12, text_heads=8,
+    ),
+    "L/14": ModelConfig(
+        embed_dim=768, image_size=224, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
+        text_width=768, text_layers=12, text_heads=12,
+    ),
+}
+
+
+def model_config(variant: str, **overrides) -> ModelConfig:
+    """The named variant with fields overridden, e.g. `model_config("B/16", context_length=77)`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown model config field(s) {unknown}; known fields: {sorted(fields)}")
+    return dataclasses.replace(VARIANTS[variant], **overrides)
