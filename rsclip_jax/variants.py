@@ -28,6 +28,9 @@ class ModelConfig:
     dtype: str | None = None
     # Long-CLIP freezes the first 20 text positions (the pretrained ones); Role-SynthCLIP trains all (0).
     frozen_text_positions: int = 0
+    # A learnable logit bias for the sigmoid loss (SigLIP starts at -10); None: no such parameter,
+    # as in OpenAI CLIP's state dict.
+    logit_bias_init: float | None = None
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:

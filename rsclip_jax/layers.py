@@ -1,0 +1,106 @@
+"""Transformer blocks of CLIP, named as OpenAI CLIP names them (`attn.in_proj`, `mlp.c_fc`, ...).
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, ...) as metadata; the
+trainer maps them to mesh axes with the sharding rules of its config.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LAYER_NORM_EPSILON = 1e-5  # CLIP's; Flax's default is 1e-6
+
+
+def axes(*names):
+    """Variable metadata naming the logical axes of a parameter (sharded by the trainer, not here)."""
+    return {"out_sharding": names, "eager_sharding": False}
+
+
+def normal(stddev):
+    return jax.nn.initializers.normal(stddev)
+
+
+def quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATION_FNS = {"quick_gelu": quick_gelu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
+
+
+def layer_norm(width, dtype, rngs):
+    return nnx.LayerNorm(
+        width, epsilon=LAYER_NORM_EPSILON, dtype=dtype, scale_metadata=axes("embed"), bias_metadata=axes("embed"), rngs=rngs
+    )
+
+
+class MultiheadAttention(nnx.Module):
+    """Self-attention with one fused input projection, as torch's nn.MultiheadAttention."""
+
+    def __init__(self, width, heads, *, in_std, out_std, dtype, rngs):
+        head_dim = width // heads
+        self.in_proj = nnx.LinearGeneral(
+            width, (3, heads, head_dim), dtype=dtype, kernel_init=normal(in_std), rngs=rngs,
+            kernel_metadata=axes("embed", None, "heads", "head_dim"), bias_metadata=axes(None, "heads", "head_dim"),
+        )
+        self.out_proj = nnx.LinearGeneral(
+            (heads, head_dim), width, axis=(-2, -1), dtype=dtype, kernel_init=normal(out_std), rngs=rngs,
+            kernel_metadata=axes("heads", "head_dim", "embed"), bias_metadata=axes("embed"),
+        )
+
+    def __call__(self, x, *, causal: bool):
+        qkv = self.in_proj(x)  # [B, T, 3, H, Dh]
+        attended = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=causal)
+        return self.out_proj(attended)
+
+
+class Mlp(nnx.Module):
+    def __init__(self, width, hidden, activation, *, fc_std, proj_std, dtype, rngs):
+        self.c_fc = nnx.Linear(
+            width, hidden, dtype=dtype, kernel_init=normal(fc_std), rngs=rngs,
+            kernel_metadata=axes("embed", "mlp"), bias_metadata=axes("mlp"),
+        )
+        self.c_proj = nnx.Linear(
+            hidden, width, dtype=dtype, kernel_init=normal(proj_std), rngs=rngs,
+            kernel_metadata=axes("mlp", "embed"), bias_metadata=axes("embed"),
+        )
+        self.activation = activation
+
+    def __call__(self, x):
+        return self.c_proj(ACTIVATION_FNS[self.activation](self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nnx.Module):
+    def __init__(self, width, heads, mlp_ratio, activation, *, num_layers, dtype, rngs):
+        # OpenAI CLIP's initialisation: residual branches scaled down with depth.
+        attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * num_layers) ** -0.5, (2 * width) ** -0.5
+        self.ln_1 = layer_norm(width, dtype, rngs)
+        self.attn = MultiheadAttention(width, heads, in_std=attn_std, out_std=proj_std, dtype=dtype, rngs=rngs)
+        self.ln_2 = layer_norm(width, dtype, rngs)
+        self.mlp = Mlp(
+            width, int(width * mlp_ratio), activation, fc_std=fc_std, proj_std=proj_std, dtype=dtype, rngs=rngs
+        )
+
+    def __call__(self, x, *, causal: bool):
+        x = x + self.attn(self.ln_1(x), causal=causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nnx.Module):
+    def __init__(self, width, layers, heads, mlp_ratio, activation, *, dtype, rngs):
+        self.resblocks = nnx.List(
+            [
+                ResidualAttentionBlock(width, heads, mlp_ratio, activation, num_layers=layers, dtype=dtype, rngs=rngs)
+                for _ in range(layers)
+            ]
+        )
+
+    def __call__(self, x, *, causal: bool):
+        for block in self.resblocks:
+            x = block(x, causal=causal)
+        return x
+
+
+def l2_normalize(x):
+    """In float32, with torch's F.normalize floor on the norm so a zero vector stays zero."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

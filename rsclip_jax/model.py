@@ -1,0 +1,92 @@
+"""CLIP in Flax NNX with OpenAI CLIP's parameter layout: `visual.*` and the text tower at the top level."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rsclip_jax.layers import Transformer, axes, l2_normalize, layer_norm, normal
+from rsclip_jax.variants import ModelConfig
+
+
+class VisionTransformer(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        width, dtype = config.vision_width, config.compute_dtype
+        grid = config.image_size // config.patch_size
+        scale = width**-0.5
+        self.image_size = config.image_size
+        self.conv1 = nnx.Conv(
+            3, width, kernel_size=(config.patch_size,) * 2, strides=(config.patch_size,) * 2, padding="VALID",
+            use_bias=False, dtype=dtype, kernel_metadata=axes(None, None, None, "embed"), rngs=rngs,
+        )
+        self.class_embedding = nnx.Param(normal(scale)(rngs.params(), (width,)), **axes("embed"))
+        self.positional_embedding = nnx.Param(normal(scale)(rngs.params(), (grid * grid + 1, width)), **axes(None, "embed"))
+        self.ln_pre = layer_norm(width, dtype, rngs)
+        self.transformer = Transformer(
+            width, config.vision_layers, config.vision_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs
+        )
+        self.ln_post = layer_norm(width, dtype, rngs)
+        self.proj = nnx.Param(normal(scale)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))
+        self.dtype = dtype
+
+    def __call__(self, images):
+        """images [B, H, W, 3], CLIP-normalised -> unnormalised embeddings [B, embed_dim]."""
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"images must be [batch, {self.image_size}, {self.image_size}, 3], got {images.shape}")
+        patches = self.conv1(images.astype(self.dtype))
+        x = patches.reshape(patches.shape[0], -1, patches.shape[-1])
+        cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(self.dtype)
+        x = self.transformer(self.ln_pre(x), causal=False)
+        return self.ln_post(x[:, 0]) @ self.proj[...].astype(self.dtype)
+
+
+class CLIP(nnx.Module):
+    """OpenAI CLIP: `encode_image` and `encode_text` return L2-normalised float32 embeddings."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        width, dtype = config.text_width, config.compute_dtype
+        self.config = config
+        self.dtype = dtype
+        self.visual = VisionTransformer(config, rngs=rngs)
+        self.token_embedding = nnx.Embed(
+            config.vocab_size, width, dtype=dtype, embedding_init=normal(0.02), embedding_metadata=axes("vocab", "embed"),
+            rngs=rngs,
+        )
+        self.positional_embedding = nnx.Param(
+            normal(0.01)(rngs.params(), (config.context_length, width)), **axes(None, "embed")
+        )
+        self.transformer = Transformer(
+            width, config.text_layers, config.text_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs
+        )
+        self.ln_final = layer_norm(width, dtype, rngs)
+        self.text_projection = nnx.Param(normal(width**-0.5)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))
+        self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
+        if config.logit_bias_init is not None:
+            self.logit_bias = nnx.Param(jnp.asarray(config.logit_bias_init, jnp.float32))
+
+    def encode_image(self, images):
+        """images [B, H, W, 3] -> [B, embed_dim]."""
+        return l2_normalize(self.visual(images))
+
+    def encode_text(self, tokens):
+        """tokens [..., L] int, L <= context_length -> [..., embed_dim], pooled at end-of-text (the argmax id)."""
+        length = tokens.shape[-1]
+        if length > self.config.context_length:
+            raise ValueError(f"text of {length} tokens exceeds the model's context_length {self.config.context_length}")
+        leading = tokens.shape[:-1]
+        tokens = tokens.reshape(-1, length)
+        positions = self.positional_embedding[...]
+        frozen = self.config.frozen_text_positions
+        if frozen:  # Long-CLIP keeps the pretrained rows fixed: no gradient reaches them
+            positions = jnp.concatenate([jax.lax.stop_gradient(positions[:frozen]), positions[frozen:]])
+        x = self.token_embedding(tokens) + positions[:length].astype(self.dtype)
+        x = self.ln_final(self.transformer(x, causal=True))
+        pooled = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
+        embeddings = pooled @ self.text_projection[...].astype(self.dtype)
+        return l2_normalize(embeddings).reshape(*leading, -1)
+
+    def __call__(self, images, tokens):
+        """-> (image embeddings [B, D], text embeddings [..., D])."""
+        return self.encode_image(images), self.encode_text(tokens)

@@ -1,0 +1,37 @@
+"""Parameter shardings from logical axis names and rules (logical name -> mesh axis)."""
+
+import jax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+# Fully sharded data parallel over `fsdp`, Megatron-style tensor parallel over `tensor`.
+DEFAULT_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
+
+
+def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", "tensor")) -> jax.sharding.Mesh:
+    """A mesh of Auto axes: Explicit ones (jax.make_mesh's default) reject an fsdp-sharded contraction."""
+    return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:
+    spec, used = [], set()
+    for name, size in zip(logical_axes or (None,) * len(shape), shape):
+        axis = rules.get(name)
+        # A dimension the mesh axis does not divide, or an axis already used, stays replicated.
+        if axis is None or axis not in mesh.shape or axis in used or size % mesh.shape[axis]:
+            spec.append(None)
+        else:
+            spec.append(axis)
+            used.add(axis)
+    return PartitionSpec(*spec)
+
+
+def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> nnx.State:
+    """NamedShardings for every variable of `state` (abstract or concrete) on `mesh`."""
+    rules = dict(rules)
+
+    def sharding(variable):
+        spec = _partition_spec(variable.get_metadata().get("out_sharding"), variable.shape, rules, mesh)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,0 +1,68 @@
+"""OpenAI CLIP / open_clip state dicts (PyTorch names and layouts) loaded into our CLIP."""
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def _same(w, shape):
+    return w
+
+
+def _linear(w, shape):  # torch Linear weight is (out, in); a Flax kernel is (in, out)
+    return w.T.reshape(shape)
+
+
+# (our dotted parameter path, its torch name, the torch array -> our layout), first match wins.
+_RULES = [
+    (r"(.*)\.attn\.in_proj\.kernel", r"\1.attn.in_proj_weight", _linear),  # (3D, D) -> (D, 3, H, Dh)
+    (r"(.*)\.attn\.in_proj\.bias", r"\1.attn.in_proj_bias", lambda w, shape: w.reshape(shape)),
+    (r"(.*)\.conv1\.kernel", r"\1.conv1.weight", lambda w, shape: w.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
+    (r"(.*)\.kernel", r"\1.weight", _linear),
+    (r"(.*)\.scale", r"\1.weight", _same),  # LayerNorm
+    (r"token_embedding\.embedding", "token_embedding.weight", _same),
+    # Raw parameters keep their name and layout; `proj` and `text_projection` are used as x @ W in both.
+    (r"(.*)", r"\1", _same),
+]
+# Buffers and metadata that OpenAI's released checkpoints carry besides the parameters.
+_IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
+
+
+def torch_name(path: str) -> tuple[str, object]:
+    """The torch state-dict name of our parameter `path`, and the function converting its layout."""
+    for pattern, replacement, convert in _RULES:
+        if re.fullmatch(pattern, path):
+            return re.sub(pattern, replacement, path), convert
+    raise AssertionError("the last rule matches every path")
+
+
+def load_openai_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray]) -> None:
+    """Copies an OpenAI CLIP / open_clip state dict (arrays as NumPy) into `model`, in place.
+
+    Every parameter of the model must be present with a matching shape; extra keys are an error, so a
+    checkpoint of another architecture is never half-loaded.
+    """
+    params = nnx.state(model, nnx.Param)
+    unused = set(state_dict) - _IGNORED_KEYS
+    problems = []
+    for path, variable in nnx.to_flat_state(params):
+        dotted = ".".join(map(str, path))
+        name, convert = torch_name(dotted)
+        if name not in state_dict:
+            problems.append(f"missing {name} (for {dotted})")
+            continue
+        unused.discard(name)
+        value = convert(np.asarray(state_dict[name], dtype=np.float32), variable.shape)
+        if value.shape != variable.shape:
+            problems.append(f"{name} has shape {np.shape(state_dict[name])}, the model needs {variable.shape} for {dotted}")
+            continue
+        variable[...] = jnp.asarray(value, variable.dtype)
+    problems += [f"unexpected {name}" for name in sorted(unused)]
+    if problems:
+        raise ValueError(
+            "state dict does not fit the model config (check the variant, context_length and logit_bias_init):\n  "
+            + "\n  ".join(problems)
+        )
+    nnx.update(model, params)
