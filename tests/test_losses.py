@@ -1,0 +1,98 @@
+"""Every loss kind against a float64 reference written here, loop by loop, from METHOD.md section 3."""
+
+import jax
+import numpy as np
+import pytest
+
+from rsclip_jax import contrastive_loss
+
+
+def log_softmax(x):
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def smoothed_target(positives, eps):
+    """(1 - eps) * uniform over the positives + eps / number of columns."""
+    positives = np.asarray(positives, np.float64)
+    return (1 - eps) * positives / positives.sum() + eps / positives.size
+
+
+def reference_loss(img, txt, log_scale, kind, ids, bias, eps):
+    batch, k_caps, _ = txt.shape
+    s = np.exp(log_scale) * np.einsum("id,jkd->ijk", img, txt)  # s[i, j, k]: image i vs caption k of image j
+    if kind == "softmax_union":
+        i2t = 0.0
+        for i in range(batch):
+            row = s[i].reshape(-1)
+            positives = [ids[j] == ids[i] for j in range(batch) for _ in range(k_caps)]
+            i2t -= smoothed_target(positives, eps) @ log_softmax(row)
+        t2i = 0.0
+        for j in range(batch):
+            for k in range(k_caps):
+                positives = [ids[i] == ids[j] for i in range(batch)]
+                t2i -= smoothed_target(positives, eps) @ log_softmax(s[:, j, k])
+        return (i2t / batch + t2i / (batch * k_caps)) / 2
+    if kind == "softmax_per_caption":
+        total = 0.0
+        for k in range(k_caps):
+            i2t = sum(
+                -smoothed_target([ids[j] == ids[i] for j in range(batch)], eps) @ log_softmax(s[i, :, k])
+                for i in range(batch)
+            )
+            t2i = sum(
+                -smoothed_target([ids[i] == ids[j] for i in range(batch)], eps) @ log_softmax(s[:, j, k])
+                for j in range(batch)
+            )
+            total += (i2t / batch + t2i / batch) / 2
+        return total / k_caps
+    assert kind == "sigmoid"
+    total = 0.0
+    for i in range(batch):
+        for j in range(batch):
+            for k in range(k_caps):
+                label = 1.0 if ids[i] == ids[j] else -1.0
+                total += np.log(1.0 / (1.0 + np.exp(-label * (s[i, j, k] + bias))))
+    return -total / (batch * k_caps)
+
+
+def unit_rows(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["softmax_union", "softmax_per_caption", "sigmoid"])
+@pytest.mark.parametrize("with_duplicates", [False, True])
+@pytest.mark.parametrize("num_captions", [1, 3])
+def test_loss_matches_float64_reference(kind, with_duplicates, num_captions):
+    rng = np.random.default_rng(0)
+    batch, width = 6, 8
+    img = unit_rows(rng.normal(size=(batch, width)))
+    txt = unit_rows(img[:, None, :] + 0.8 * rng.normal(size=(batch, num_captions, width)))
+    ids = np.array([0, 1, 0, 2, 3, 1]) if with_duplicates else np.arange(batch)
+    log_scale, bias = np.log(10.0), -2.0
+    for eps in ([0.0] if kind == "sigmoid" else [0.0, 0.1]):
+        expected = reference_loss(img, txt, log_scale, kind, ids, bias, eps)
+        got = jax.jit(contrastive_loss, static_argnames=("kind", "label_smoothing"))(
+            img.astype(np.float32), txt.astype(np.float32), np.float32(log_scale), kind=kind,
+            image_ids=ids if with_duplicates else None, logit_bias=np.float32(bias), label_smoothing=eps,
+        )
+        np.testing.assert_allclose(float(got), expected, rtol=2e-6, err_msg=f"{kind} eps={eps}")
+
+
+def test_distinct_ids_equal_no_ids():
+    rng = np.random.default_rng(1)
+    img, txt = unit_rows(rng.normal(size=(4, 8))), unit_rows(rng.normal(size=(4, 2, 8)))
+    for kind in ("softmax_union", "softmax_per_caption", "sigmoid"):
+        a = contrastive_loss(img, txt, 2.0, kind=kind)
+        b = contrastive_loss(img, txt, 2.0, kind=kind, image_ids=np.array([7, 3, 5, 1]))
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_loss_rejects_bad_arguments():
+    img, txt = np.ones((2, 4)), np.ones((2, 1, 4))
+    with pytest.raises(ValueError, match="unknown loss kind 'clip'"):
+        contrastive_loss(img, txt, 0.0, kind="clip")
+    with pytest.raises(ValueError, match=r"text_emb \[B, K, D\]"):
+        contrastive_loss(img, txt[:, 0], 0.0, kind="sigmoid")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        contrastive_loss(img, txt, 0.0, kind="sigmoid", label_smoothing=0.1)

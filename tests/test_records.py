@@ -1,0 +1,87 @@
+import dataclasses
+import subprocess
+import sys
+
+import msgpack
+import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from rsclip_jax import records
+from rsclip_jax.records import Caption, CaptionRecord, RecordError, decode_record, encode_record, read_shard, write_shard
+
+
+def make_record(i=0):
+    return CaptionRecord(
+        image_id=f"images/{i:05d}.jpg",
+        image_jpeg=b"\xff\xd8\xff\xe0 fake jpeg bytes \x00\x01" + bytes([i % 256]),
+        original_size=(640, 480),
+        alt_text="a dog on a beach" if i % 2 else None,
+        captions=(
+            Caption("Observer of Details", "long", "A brown dog with a red collar ...", "Qwen2.5-VL-7B-Instruct", "v1"),
+            Caption("Emotional Responder", "short", "A joyful dog at play.", "Qwen2.5-VL-7B-Instruct", "v1",
+                    judge_score=87.5, judge_rationale="matches the mood"),
+        ),
+    )
+
+
+def test_round_trip_through_a_shard(tmp_path):
+    path = tmp_path / "captions-00000.array_record"
+    originals = [make_record(i) for i in range(5)]
+    assert write_shard(path, originals) == 5
+    assert list(read_shard(path)) == originals
+
+
+def test_decode_rejects_each_kind_of_defect():
+    good = msgpack.unpackb(encode_record(make_record()))
+
+    def encoded(**changes):
+        return msgpack.packb({**good, **changes}, use_bin_type=True)
+
+    missing_captions = {k: v for k, v in good.items() if k != "captions"}
+    cases = [
+        (encoded(schema_version=records.SCHEMA_VERSION + 1), "schema version 2.*upgrade rsclip-jax"),
+        (encode_record(make_record())[:-7], "not a valid msgpack record"),
+        (b"\xc1\x00garbage\x93", "not a valid msgpack record"),
+        (msgpack.packb([1, 2, 3]), "record is a list, expected a map"),
+        (msgpack.packb(missing_captions, use_bin_type=True), "missing field 'captions'"),
+        (encoded(image_jpeg="not bytes"), "field 'image_jpeg' is str, expected bytes"),
+        (encoded(original_size=[640]), "original_size must be"),
+        (encoded(captions=[{**good["captions"][0], "kind": "medium"}]), "caption 0 has kind 'medium'"),
+        (encoded(captions=[{k: v for k, v in good["captions"][1].items() if k != "role"}]), "caption 0 is missing field 'role'"),
+        (encoded(captions=[{**good["captions"][1], "judge_score": "high"}]), "field 'judge_score' is str"),
+    ]
+    for data, message in cases:
+        with pytest.raises(RecordError, match=f"shard s.array_record, record 7: .*{message}"):
+            decode_record(data, shard="s.array_record", index=7)
+
+
+def test_read_shard_names_the_corrupt_record(tmp_path):
+    path = str(tmp_path / "bad.array_record")
+    writer = ArrayRecordWriter(path, "group_size:1")
+    writer.write(encode_record(make_record(0)))
+    writer.write(encode_record(make_record(1))[:20])
+    writer.close()
+    reader = read_shard(path)
+    assert next(reader) == make_record(0)
+    with pytest.raises(RecordError, match=f"shard {path}, record 1: not a valid msgpack record"):
+        next(reader)
+
+
+def test_missing_shard_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="caption shard .*nope.array_record does not exist"):
+        list(read_shard(tmp_path / "nope.array_record"))
+
+
+def test_encode_rejects_unknown_kind():
+    bad = dataclasses.replace(make_record(), captions=(Caption("r", "tiny", "t", "m", "v1"),))
+    with pytest.raises(ValueError, match="caption kind 'tiny'"):
+        encode_record(bad)
+
+
+def test_schema_imports_without_jax_or_vllm():
+    code = (
+        "import sys, rsclip_jax.records, captioning;"
+        "heavy = [m for m in ('jax', 'flax', 'vllm', 'torch') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
