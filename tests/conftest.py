@@ -4,3 +4,17 @@ import os
 # still runs on device 0 alone.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# Grain's worker processes read absl flags; no absl app parses them under pytest.
+flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory):
+    """A small procedural corpus: 40 training and 16 held-out images, 10 captions each."""
+    from rsclip_jax.demo_corpus import write_demo_corpus
+
+    return write_demo_corpus(str(tmp_path_factory.mktemp("corpus")), num_train=40, num_heldout=16, records_per_shard=25)

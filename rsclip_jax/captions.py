@@ -1,0 +1,63 @@
+"""Which captions of an image a training example uses, and CLIPS sub-caption sampling."""
+
+import re
+
+import numpy as np
+
+from rsclip_jax.records import Caption
+from rsclip_jax.tokenizer import EOT_ID, SOT_ID, tokenize
+
+SUB_CAPTION_MODES = ("none", "sentence", "token_block")
+SLOT_KINDS = ("any", "long", "short")
+_SENTENCE_END = re.compile(r"(?<=[.!])\s+")
+
+
+def eligible_captions(captions: tuple[Caption, ...], roles: tuple[str, ...], kinds: tuple[str, ...]) -> list[Caption]:
+    """The captions whose role is in `roles` (all roles when empty) and whose kind is in `kinds`."""
+    return [c for c in captions if (not roles or c.role in roles) and c.kind in kinds]
+
+
+def pick_for_slots(captions: list[Caption], slot_kinds: tuple[str, ...], rng: np.random.Generator) -> list[Caption] | None:
+    """One caption per slot, each drawn from the captions of the slot's kind; distinct while enough remain.
+
+    None when some slot has no caption of its kind.
+    """
+    chosen = []
+    for kind in slot_kinds:
+        pool = [c for c in captions if kind == "any" or c.kind == kind]
+        if not pool:
+            return None
+        unused = [c for c in pool if c not in chosen]
+        candidates = unused or pool
+        chosen.append(candidates[rng.integers(len(candidates))])
+    return chosen
+
+
+def random_sentence(text: str, rng: np.random.Generator) -> str:
+    """One sentence of `text` (split after '.' and '!'), as CLIPS samples a sub-caption."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    return sentences[rng.integers(len(sentences))] if sentences else text
+
+
+def random_token_block(text: str, budget: int, context_length: int, rng: np.random.Generator) -> np.ndarray:
+    """Token ids [context_length] holding a random contiguous block of at most `budget` tokens of `text`."""
+    row = tokenize(text, context_length=max(4096, context_length))[0]
+    ids = row[1 : int(np.argmax(row == EOT_ID))]
+    start = rng.integers(max(1, len(ids) - budget + 1))
+    block = [SOT_ID, *ids[start : start + min(budget, context_length - 2)], EOT_ID]
+    out = np.zeros(context_length, np.int32)
+    out[: len(block)] = block
+    return out
+
+
+def caption_tokens(
+    texts: list[str], *, context_length: int, prefix: str, sub_caption: str, sub_caption_tokens: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Token ids [len(texts), context_length] for the chosen captions, after the sub-caption transform."""
+    if sub_caption == "sentence":
+        texts = [random_sentence(t, rng) for t in texts]
+    texts = [prefix + t for t in texts]
+    if sub_caption == "token_block":
+        return np.stack([random_token_block(t, sub_caption_tokens, context_length, rng) for t in texts])
+    return tokenize(texts, context_length)
