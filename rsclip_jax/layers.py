@@ -86,7 +86,8 @@ class ResidualAttentionBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, width, layers, heads, mlp_ratio, activation, *, dtype, rngs):
+    def __init__(self, width, layers, heads, mlp_ratio, activation, *, dtype, rngs, remat=False):
+        self.remat = remat
         self.resblocks = nnx.List(
             [
                 ResidualAttentionBlock(width, heads, mlp_ratio, activation, num_layers=layers, dtype=dtype, rngs=rngs)
@@ -95,8 +96,13 @@ class Transformer(nnx.Module):
         )
 
     def __call__(self, x, *, causal: bool):
+        def run_block(block, x):
+            return block(x, causal=causal)
+
+        if self.remat:
+            run_block = nnx.remat(run_block)
         for block in self.resblocks:
-            x = block(x, causal=causal)
+            x = run_block(block, x)
         return x
 
 

@@ -67,3 +67,15 @@ def contrastive_loss(
     bias = 0.0 if logit_bias is None else jnp.asarray(logit_bias, jnp.float32)
     labels = 2.0 * positives.astype(jnp.float32) - 1.0
     return -jnp.sum(jax.nn.log_sigmoid(labels * (logits + bias))) / (batch * num_captions)
+
+
+def primary_components(embeddings, num_components: int):
+    """Long-CLIP's coarse image features: embeddings rebuilt from their top principal components over
+    the batch, L2-normalised again."""
+    x = embeddings.astype(jnp.float32)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    _, vectors = jnp.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
+    top = vectors[:, -num_components:]
+    rebuilt = centred @ top @ top.T + mean
+    return rebuilt / jnp.maximum(jnp.linalg.norm(rebuilt, axis=-1, keepdims=True), 1e-12)

@@ -24,7 +24,8 @@ class VisionTransformer(nnx.Module):
         self.positional_embedding = nnx.Param(normal(scale)(rngs.params(), (grid * grid + 1, width)), **axes(None, "embed"))
         self.ln_pre = layer_norm(width, dtype, rngs)
         self.transformer = Transformer(
-            width, config.vision_layers, config.vision_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs
+            width, config.vision_layers, config.vision_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs,
+            remat=config.remat,
         )
         self.ln_post = layer_norm(width, dtype, rngs)
         self.proj = nnx.Param(normal(scale)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))
@@ -58,7 +59,8 @@ class CLIP(nnx.Module):
             normal(0.01)(rngs.params(), (config.context_length, width)), **axes(None, "embed")
         )
         self.transformer = Transformer(
-            width, config.text_layers, config.text_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs
+            width, config.text_layers, config.text_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs,
+            remat=config.remat,
         )
         self.ln_final = layer_norm(width, dtype, rngs)
         self.text_projection = nnx.Param(normal(width**-0.5)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))

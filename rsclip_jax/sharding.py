@@ -26,12 +26,15 @@ def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
-def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> nnx.State:
-    """NamedShardings for every variable of `state` (abstract or concrete) on `mesh`."""
+def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> dict:
+    """NamedShardings on `mesh` for the variables of `state` (abstract or concrete), as a pure dict
+    shaped like `state.to_pure_dict()`."""
     rules = dict(rules)
-
-    def sharding(variable):
+    shardings: dict = {}
+    for path, variable in nnx.to_flat_state(state):
         spec = _partition_spec(variable.get_metadata().get("out_sharding"), variable.shape, rules, mesh)
-        return NamedSharding(mesh, spec)
-
-    return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        node = shardings
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = NamedSharding(mesh, spec)
+    return shardings

@@ -31,6 +31,8 @@ class ModelConfig:
     # A learnable logit bias for the sigmoid loss (SigLIP starts at -10); None: no such parameter,
     # as in OpenAI CLIP's state dict.
     logit_bias_init: float | None = None
+    # Recompute each residual block's activations in the backward pass: memory for compute.
+    remat: bool = False
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:

@@ -36,6 +36,7 @@ def test_loss_on_mesh_equals_single_device(kind):
 def test_forward_on_mesh_equals_single_device():
     config = model_config("tiny", context_length=16)
     graphdef, state = nnx.split(CLIP(config, rngs=nnx.Rngs(0)))
+    params = state.to_pure_dict()
     images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     tokens = tokenize([f"caption number {i} of a red cube" for i in range(8)], 16)
 
@@ -43,12 +44,12 @@ def test_forward_on_mesh_equals_single_device():
     def forward(state, images, tokens):
         return nnx.merge(graphdef, state)(images, tokens)
 
-    single = forward(state, images, tokens)
+    single = forward(params, images, tokens)
     mesh = make_mesh((4, 2), ("fsdp", "tensor"))
     shardings = param_shardings(state, mesh)
     specs = {s.spec for s in jax.tree.leaves(shardings)}
     assert P("fsdp", "tensor") in specs and P("fsdp", None, "tensor", None) in specs  # really sharded
     batch = NamedSharding(mesh, P("fsdp"))
-    sharded = forward(jax.device_put(state, shardings), jax.device_put(images, batch), jax.device_put(tokens, batch))
+    sharded = forward(jax.device_put(params, shardings), jax.device_put(images, batch), jax.device_put(tokens, batch))
     for a, b in zip(sharded, single):
         np.testing.assert_allclose(a, b, atol=2e-6)

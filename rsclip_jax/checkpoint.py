@@ -1,0 +1,43 @@
+"""Orbax checkpoints holding the train state and the Grain iterator state in one step directory."""
+
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Async saves every `every_steps` steps into `directory`, keeping the last `keep`."""
+
+    def __init__(self, directory: str, *, every_steps: int, keep: int):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=every_steps, enable_async_checkpointing=True, create=True
+        )
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
+        """Saves when the interval says so (or `force`); returns whether it did. Device arrays are
+        copied out before this returns, so the caller may donate `state` to the next step."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step: int, abstract_state, shardings, data_iterator):
+        """The state of `step` placed in `shardings` (any mesh), and `data_iterator` moved to where it was."""
+        target = jax.tree.map(
+            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            abstract_state, shardings,
+        )
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)
+        )
+        return self.manager.restore(step, args=args).state
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()

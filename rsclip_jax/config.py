@@ -1,0 +1,82 @@
+"""The training config: every key with its default. Recipes in configs/ start from `base_config()`."""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from rsclip_jax.data import ExampleSpec
+from rsclip_jax.variants import ModelConfig, model_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.total_steps = 1000
+    config.batch_size = 256  # global: images per step (rows mode: caption rows per step)
+    config.log_every_steps = 10
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "B/16"
+    config.model.context_length = 248
+    config.model.activation = "quick_gelu"
+    config.model.dtype = placeholder(str)  # None: bfloat16 on accelerators, float32 on CPU
+    config.model.frozen_text_positions = 0
+    config.model.logit_bias_init = placeholder(float)
+    config.model.remat = False
+    config.model.max_logit_scale = 4.6052  # log(100), as OpenAI CLIP clamps it
+
+    config.data = ml_collections.ConfigDict()
+    config.data.train_shards = ""  # comma-separated paths or globs of caption shards
+    config.data.sampling = "grouped"  # grouped: one image + K captions; rows: each caption its own example
+    config.data.slot_kinds = ("any",)  # grouped: K = len(slot_kinds), each "any", "long" or "short"
+    config.data.rows_per_image = 10  # rows: caption slots per image (5 roles x long/short)
+    config.data.roles = ()  # empty: every role
+    config.data.kinds = ("long", "short")
+    config.data.prefix = ""
+    config.data.sub_caption = "none"  # CLIPS: "sentence" or "token_block"
+    config.data.sub_caption_tokens = 32
+    config.data.random_resized_crop = False
+    config.data.crop_scale = (0.9, 1.0)
+    config.data.num_workers = 0  # Grain worker processes per host; 0 decodes in the training process
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.kind = "softmax_union"
+    config.loss.label_smoothing = 0.0
+    # Long-CLIP: "short" slots are matched against image embeddings rebuilt from their top principal
+    # components over the batch; 0 turns it off.
+    config.loss.short_caption_components = 0
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 1e-6
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-8
+    config.optim.weight_decay = 1e-2
+    config.optim.decay_vectors = False  # False: no weight decay on biases, gains, 1-D embeddings, scalars
+    config.optim.warmup_steps = 200
+    config.optim.end_lr_fraction = 0.0
+    config.optim.grad_clip_norm = 0.0  # 0: off
+    config.optim.accum_steps = 1  # micro-batches per step; gradients averaged, negatives per micro-batch
+    config.optim.freeze = ()  # regexes over parameter paths, e.g. r"visual\..*" (lock the image tower)
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the devices left over
+    config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
+    return config
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
+    fields = {k: v for k, v in config.model.items() if k not in ("variant", "max_logit_scale")}
+    return model_config(config.model.variant, **fields)
+
+
+def example_spec_from(config: ml_collections.ConfigDict, model: ModelConfig) -> ExampleSpec:
+    data = config.data
+    return ExampleSpec(
+        image_size=model.image_size, context_length=model.context_length, sampling=data.sampling,
+        slot_kinds=tuple(data.slot_kinds), rows_per_image=data.rows_per_image, roles=tuple(data.roles),
+        kinds=tuple(data.kinds), prefix=data.prefix, sub_caption=data.sub_caption,
+        sub_caption_tokens=data.sub_caption_tokens, random_resized_crop=data.random_resized_crop,
+        crop_scale=tuple(data.crop_scale),
+    )

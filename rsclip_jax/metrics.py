@@ -1,0 +1,57 @@
+"""Training metrics: DIR/metrics.jsonl, TensorBoard event files and a console line (process 0 only)."""
+
+import json
+import os
+
+from absl import logging
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, *, enabled: bool, resumed_from_step: int = 0):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._forget_steps_after(resumed_from_step)
+        self.file = open(self.path, "a")
+        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def _forget_steps_after(self, step: int):
+        """A resumed run logs again the steps after its checkpoint; keep one line per step."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.path, "w") as f:
+            f.writelines(kept)
+
+    def write(self, step: int, metrics: dict):
+        if not self.enabled:
+            return
+        record = {"step": step, **metrics}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(name, value, step)
+        self.tensorboard.flush()
+
+    def close(self):
+        if self.enabled:
+            self.file.close()
+            self.tensorboard.close()
+
+
+def console_line(step: int, total_steps: int, m: dict) -> str:
+    """open_clip's spirit: progress, loss, lr, scale, throughput and the time spent waiting for data."""
+    return (
+        f"Train step {step}/{total_steps} ({100 * step / total_steps:.0f}%) | loss {m['loss']:.4f} | "
+        f"lr {m['learning_rate']:.3e} | logit_scale {m['logit_scale']:.2f} | grad_norm {m['grad_norm']:.3f} | "
+        f"{m['examples_per_sec']:.1f} samples/s | data {m['data_wait_s']:.3f}s ({100 * m['data_wait_fraction']:.0f}%) | "
+        f"skipped {m['skipped_records']}"
+    )
+
+
+def log_console(step, total_steps, metrics):
+    logging.info("%s", console_line(step, total_steps, metrics))

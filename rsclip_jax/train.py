@@ -1,0 +1,185 @@
+"""Train CLIP on caption shards.
+
+    python -m rsclip_jax.train --config=configs/demo.py --workdir=DIR [--config.optim.lr=1e-5 ...]
+
+Starting with a workdir that holds checkpoints resumes from the latest one, data order included.
+Several processes: --coordinator_address=host:port --num_processes=N --process_id=I, or nothing on a
+TPU pod or under SLURM, where JAX finds the cluster itself.
+"""
+
+import codecs
+import logging as pylogging
+import os
+import signal
+import sys
+import time
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rsclip_jax.checkpoint import Checkpointer
+from rsclip_jax.config import example_spec_from, model_config_from
+from rsclip_jax.data import DataError, resolve_shards, train_dataset
+from rsclip_jax.metrics import MetricWriter, log_console
+from rsclip_jax.optim import learning_rate_schedule
+from rsclip_jax.sharding import make_mesh
+from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_step import batch_sharding, make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard files go here.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop: a non-finite loss or gradient."""
+
+
+def _initialize_distributed():
+    if _COORDINATOR.value:
+        # Cross-process collectives between CPU devices; GPU and TPU devices ignore this setting.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()
+
+
+def _mesh_shape(shape, num_devices):
+    shape = list(shape)
+    known = 1
+    for size in shape:
+        known *= size if size != -1 else 1
+    if shape.count(-1) > 1 or num_devices % known:
+        raise ValueError(f"config.mesh.shape {tuple(shape)} does not fit {num_devices} devices")
+    return tuple(num_devices // known if size == -1 else size for size in shape)
+
+
+def _check_config(config, spec, mesh):
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    problems = []
+    if config.batch_size % (jax.process_count() * data_parallel * config.optim.accum_steps):
+        problems.append(
+            f"config.batch_size {config.batch_size} must divide evenly over {jax.process_count()} processes, "
+            f"{data_parallel} data-parallel devices and config.optim.accum_steps {config.optim.accum_steps}"
+        )
+    if config.loss.short_caption_components:
+        kinds = set(spec.slot_kinds)
+        if spec.sampling != "grouped" or "short" not in kinds or kinds == {"short"}:
+            problems.append(
+                "config.loss.short_caption_components needs grouped sampling with a 'short' slot and another slot"
+            )
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _quiet_orbax_info(record) -> bool:
+    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
+def _parse_flags(argv):
+    """absl's parser, with a wrong --config override (unknown key, wrong type) as one clear line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error in the flags: {e}")
+    except (AttributeError, KeyError) as e:  # ml_collections: an unknown key, with a suggestion
+        message = codecs.decode(str(e).strip("'"), "unicode_escape").replace("\n", " ")
+        sys.exit(f"error in the --config flags: unknown key {message}")
+
+
+def main(argv):
+    del argv
+    logging.get_absl_handler().python_handler.addFilter(_quiet_orbax_info)  # Orbax narrates every save at INFO
+    # ---- Config and processes --------------------------------------------------------------------
+    config: ml_collections.ConfigDict = _CONFIG.value
+    if config is None or not _WORKDIR.value:
+        raise app.UsageError("give --config=configs/<recipe>.py and --workdir=DIR")
+    workdir = _WORKDIR.value
+    _initialize_distributed()
+    is_chief = jax.process_index() == 0
+    try:
+        model_config = model_config_from(config)
+        spec = example_spec_from(config, model_config)
+        shard_paths = resolve_shards(config.data.train_shards, "config.data.train_shards")
+        mesh = make_mesh(_mesh_shape(config.mesh.shape, jax.device_count()))
+        _check_config(config, spec, mesh)
+    except (ValueError, DataError) as e:
+        raise app.UsageError(str(e)) from None
+    logging.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))
+
+    # ---- Data ------------------------------------------------------------------------------------
+    dataset, skipped = train_dataset(
+        shard_paths, spec, batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(), num_workers=config.data.num_workers,
+    )
+    data_iterator = iter(dataset)
+
+    # ---- Model, optimizer, state: fresh or restored ----------------------------------------------
+    setup = setup_train_state(config, model_config, mesh)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
+    )
+    start_step = checkpointer.latest_step()
+    if start_step is None:
+        start_step = 0
+        state = init_train_state(config, model_config, setup)
+    else:
+        logging.info("resuming from the checkpoint of step %d", start_step)
+        state = checkpointer.restore(start_step, setup.abstract_state, setup.shardings, data_iterator)
+    schedule = learning_rate_schedule(config.optim, config.total_steps)
+    train_step = make_train_step(config, setup, spec.slot_kinds, schedule, mesh)
+    writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step)
+
+    preempted = []
+    signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+
+    def check_finite():
+        nonfinite_step = int(state["nonfinite_step"])
+        if nonfinite_step >= 0:
+            raise TrainingError(
+                f"loss or gradients were not finite at step {nonfinite_step}; stopping without saving "
+                f"(the last good checkpoint stays in {workdir}/checkpoints)"
+            )
+
+    # ---- Loop ------------------------------------------------------------------------------------
+    sharding = batch_sharding(mesh)
+    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+    for step in range(start_step + 1, config.total_steps + 1):
+        wait_start = time.perf_counter()
+        local_batch = next(data_iterator)
+        data_wait += time.perf_counter() - wait_start
+        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+        state, metrics = train_step(state, batch)
+        window_steps += 1
+
+        last = step == config.total_steps
+        if step % config.log_every_steps == 0 or last:
+            check_finite()
+            elapsed = time.perf_counter() - window_start
+            logged = {name: float(value) for name, value in jax.device_get(metrics).items()}
+            logged.update(
+                examples_per_sec=config.batch_size * window_steps / elapsed, data_wait_s=data_wait / window_steps,
+                data_wait_fraction=data_wait / elapsed, skipped_records=sum(skipped.counts.values()),
+                **{f"skipped_{reason}": count for reason, count in skipped.counts.items()},
+            )
+            writer.write(step, logged)
+            if is_chief:
+                log_console(step, config.total_steps, logged)
+            window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+        stop = bool(preempted) or last
+        if stop or step % config.checkpoint_every_steps == 0:
+            check_finite()
+            checkpointer.save(step, state, data_iterator, force=stop)
+        if preempted:
+            logging.warning("SIGTERM: saved step %d and stopping", step)
+            break
+    checkpointer.close()
+    writer.close()
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)
