@@ -15,6 +15,8 @@ def path_name(path) -> str:
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    if warmup == 0:
+        return optax.cosine_decay_schedule(optim.lr, max(total_steps, 1), alpha=optim.end_lr_fraction)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
         end_value=optim.lr * optim.end_lr_fraction,

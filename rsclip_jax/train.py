@@ -137,6 +137,17 @@ def main(argv):
     preempted = []
     signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
 
+    # ---- Loop ------------------------------------------------------------------------------------
+    try:
+        _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir)
+    except TrainingError as e:
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        checkpointer.close()  # lets a save in flight finish, so the last good checkpoint is complete
+        writer.close()
+
+
+def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir):
     def check_finite():
         nonfinite_step = int(state["nonfinite_step"])
         if nonfinite_step >= 0:
@@ -145,8 +156,8 @@ def main(argv):
                 f"(the last good checkpoint stays in {workdir}/checkpoints)"
             )
 
-    # ---- Loop ------------------------------------------------------------------------------------
     sharding = batch_sharding(mesh)
+    start_step = int(state["step"])
     window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
     for step in range(start_step + 1, config.total_steps + 1):
         wait_start = time.perf_counter()
@@ -167,7 +178,7 @@ def main(argv):
                 **{f"skipped_{reason}": count for reason, count in skipped.counts.items()},
             )
             writer.write(step, logged)
-            if is_chief:
+            if jax.process_index() == 0:
                 log_console(step, config.total_steps, logged)
             window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
         stop = bool(preempted) or last
@@ -177,8 +188,6 @@ def main(argv):
         if preempted:
             logging.warning("SIGTERM: saved step %d and stopping", step)
             break
-    checkpointer.close()
-    writer.close()
 
 
 if __name__ == "__main__":

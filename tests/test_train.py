@@ -1,0 +1,148 @@
+"""The training entry point, run as users run it: `python -m rsclip_jax.train` in subprocesses."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_command(workdir, shards, *overrides):
+    return [
+        sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/configs/demo.py", f"--workdir={workdir}",
+        f"--config.data.train_shards={','.join(shards)}", "--config.batch_size=16", "--config.log_every_steps=1",
+        "--config.model.context_length=32", *overrides,
+    ]
+
+
+def environment(devices):
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+
+
+def train(workdir, shards, *overrides, devices=1, check=True):
+    result = subprocess.run(
+        train_command(workdir, shards, *overrides), env=environment(devices), capture_output=True, text=True,
+        timeout=600, cwd=REPO,
+    )
+    if check and result.returncode:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_unknown_config_key_fails_at_once(tmp_path, demo_shards):
+    result = train(tmp_path, demo_shards["train"], "--config.optim.lrr=1", check=False)
+    assert result.returncode != 0
+    assert "unknown key 'lrr'" in result.stderr and 'Did you mean "lr"' in result.stderr
+
+
+def test_missing_shards_fail_before_compiling(tmp_path):
+    result = train(tmp_path, [str(tmp_path / "missing-*.array_record")], check=False)
+    assert result.returncode != 0
+    assert "config.data.train_shards: no caption shard matches" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_same_losses_on_one_device_a_mesh_and_two_processes(tmp_path, demo_shards):
+    shards, steps = demo_shards["train"], "--config.total_steps=4"
+    train(tmp_path / "one", shards, steps, devices=1)
+    train(tmp_path / "mesh", shards, steps, "--config.mesh.shape=(1,4,2)", devices=8)
+    port = free_port()
+    processes = [
+        subprocess.Popen(
+            train_command(tmp_path / "two", shards, steps, "--config.mesh.shape=(2,2,2)",
+                          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
+            env=environment(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        for i in range(2)
+    ]
+    for p in processes:
+        _, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-4000:]
+    one, mesh, two = losses(tmp_path / "one"), losses(tmp_path / "mesh"), losses(tmp_path / "two")
+    assert sorted(one) == [1, 2, 3, 4]
+    for step in one:
+        np.testing.assert_allclose([mesh[step], two[step]], one[step], rtol=1e-5, err_msg=f"step {step}")
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(tmp_path, demo_shards):
+    shards = demo_shards["train"]
+    overrides = ("--config.total_steps=16", "--config.checkpoint_every_steps=4", "--config.data.random_resized_crop=True")
+    train(tmp_path / "whole", shards, *overrides)
+
+    killed = tmp_path / "killed"
+    run = subprocess.Popen(train_command(killed, shards, *overrides), env=environment(1), cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not os.path.exists(killed / "checkpoints" / "8" / "commit_success.txt"):
+        assert run.poll() is None and time.time() < deadline, "the run ended before its step-8 checkpoint"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert max(losses(killed)) < 16  # it really died mid-run
+
+    train(killed, shards, *overrides)  # restarts from the latest checkpoint by itself
+    whole, resumed = losses(tmp_path / "whole"), losses(killed)
+    assert sorted(resumed) == list(range(1, 17))
+    for step in resumed:
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-6), f"step {step}"
+
+
+@pytest.mark.slow
+def test_restore_on_another_mesh(tmp_path, demo_shards):
+    shards = demo_shards["train"]
+    overrides = ("--config.total_steps=6", "--config.checkpoint_every_steps=3")
+    train(tmp_path / "first", shards, *overrides, "--config.mesh.shape=(8,1,1)", devices=8)
+    shutil.rmtree(tmp_path / "first" / "checkpoints" / "6")  # as if the run had stopped after step 3
+    train(tmp_path / "first", shards, *overrides, "--config.mesh.shape=(1,4,2)", devices=8)
+    reference = tmp_path / "reference"
+    train(reference, shards, *overrides, "--config.mesh.shape=(8,1,1)", devices=8)
+    resumed, expected = losses(tmp_path / "first"), losses(reference)
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_shards):
+    result = train(
+        tmp_path, demo_shards["train"], "--config.total_steps=8", "--config.checkpoint_every_steps=1",
+        "--config.optim.lr=1e30", "--config.optim.warmup_steps=0", check=False,
+    )
+    assert result.returncode != 0
+    assert "error: loss or gradients were not finite at step 2" in result.stderr
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]  # complete, and nothing after it
+
+
+def test_sigterm_saves_and_stops(tmp_path, demo_shards):
+    run = subprocess.Popen(
+        train_command(tmp_path, demo_shards["train"], "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"),
+        env=environment(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 300
+    while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
+        assert run.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr[-3000:]
+    saved = [int(d) for d in os.listdir(tmp_path / "checkpoints")]
+    assert saved and saved[0] >= 1 and "SIGTERM: saved step" in stderr
