@@ -27,16 +27,17 @@ class Checkpointer:
         )
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, step: int, abstract_state, shardings, data_iterator):
-        """The state of `step` placed in `shardings` (any mesh), and `data_iterator` moved to where it was."""
+    def restore(self, step: int, abstract_state, shardings, data_iterator=None):
+        """The state of `step` placed in `shardings` (any mesh), and `data_iterator` (when given) moved
+        to where it was."""
         target = jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             abstract_state, shardings,
         )
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iterator)
-        )
-        return self.manager.restore(step, args=args).state
+        items = {"state": ocp.args.StandardRestore(target)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 
     def close(self):
         self.manager.wait_until_finished()

@@ -1,54 +1,80 @@
-"""`make demo` for now: one forward pass of the tiny CLIP and each loss kind on a small batch.
+"""`make demo`: build the procedural corpus, train configs/demo.py on the CPU, report held-out recall@1.
 
-Training is not wired up yet, so this demo trains nothing and says so in its output; it shows the
-tokenizer, both towers, the 248-token text and the multi-positive losses working together.
+Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and chance_r1.
 """
 
+import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rsclip_jax import CLIP, LOSS_KINDS, contrastive_loss, model_config, tokenize
+from rsclip_jax.checkpoint import Checkpointer
+from rsclip_jax.config import model_config_from
+from rsclip_jax.demo_corpus import write_demo_corpus
+from rsclip_jax.preprocess import decode_image, normalize_images, resize_center_crop
+from rsclip_jax.records import read_shard
+from rsclip_jax.retrieval import retrieval_recall
+from rsclip_jax.sharding import make_mesh
+from rsclip_jax.tokenizer import tokenize
+from rsclip_jax.train_state import setup_train_state
 
-CAPTIONS = [
-    ("A red square on a white background.", "Observer of Details: a matte red square, sharp edges, centred."),
-    ("A blue circle on a white background.", "Emotional Responder: a calm, cool blue circle."),
-    ("A green triangle on a white background.", "Compositional Analyst: a green triangle, apex up, lower left."),
-    ("A yellow stripe on a white background.", "Narrative Setter: a yellow band, like a road marking at noon."),
-]
-COLOURS = [(1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 1.0, 0.0)]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKDIR = os.path.join("workdirs", "demo")
+NUM_TRAIN, NUM_HELDOUT = 2000, 100
+
+
+def load_recipe(path: str):
+    spec = importlib.util.spec_from_file_location("recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def evaluate_heldout(config, run_dir: str, heldout_paths: list[str]) -> dict:
+    """Recall of the last checkpoint on the held-out images, each with all of its captions."""
+    model_config = model_config_from(config)
+    setup = setup_train_state(config, model_config, make_mesh((1, 1, 1)))
+    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), every_steps=1, keep=1)
+    params = checkpointer.restore(checkpointer.latest_step(), setup.abstract_state, setup.shardings)["params"]
+    checkpointer.close()
+    records = [r for path in heldout_paths for r in read_shard(path)]
+    size = model_config.image_size
+    images = np.stack([resize_center_crop(decode_image(r.image_jpeg), size) for r in records])
+    texts = [c.text for r in records for c in r.captions]
+    text_image = np.array([i for i, r in enumerate(records) for _ in r.captions])
+    encode_images = jax.jit(lambda p, x: nnx.merge(setup.graphdef, p).encode_image(normalize_images(x)))
+    encode_texts = jax.jit(lambda p, t: nnx.merge(setup.graphdef, p).encode_text(t))
+    image_emb = encode_images(params, images)
+    text_emb = encode_texts(params, tokenize(texts, model_config.context_length))
+    return retrieval_recall(np.asarray(image_emb), np.asarray(text_emb), text_image, ks=(1, 5))
 
 
 def main():
     start = time.perf_counter()
-    config = model_config("tiny", logit_bias_init=-10.0)
-    model = CLIP(config, rngs=nnx.Rngs(0))
-    size = config.image_size
-    # A white canvas with a coloured block per image: enough to show shapes flowing through the tower.
-    images = np.ones((len(COLOURS), size, size, 3), np.float32)
-    for image, colour in zip(images, COLOURS):
-        image[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = colour
-    tokens = tokenize([text for pair in CAPTIONS for text in pair], config.context_length)
-    tokens = tokens.reshape(len(CAPTIONS), 2, config.context_length)  # K = 2 captions per image
-    image_emb, text_emb = model(jnp.asarray(images), jnp.asarray(tokens))
-    losses = {
-        kind: round(float(contrastive_loss(image_emb, text_emb, model.logit_scale[...], kind=kind,
-                                           logit_bias=model.logit_bias[...])), 4)
-        for kind in LOSS_KINDS
-    }
+    shutil.rmtree(WORKDIR, ignore_errors=True)  # a fresh, reproducible run every time
+    corpus = write_demo_corpus(os.path.join(WORKDIR, "corpus"), num_train=NUM_TRAIN, num_heldout=NUM_HELDOUT, seed=0)
+    recipe = os.path.join(REPO, "configs", "demo.py")
+    run_dir = os.path.join(WORKDIR, "run")
+    subprocess.run(
+        [sys.executable, "-m", "rsclip_jax.train", f"--config={recipe}", f"--workdir={run_dir}",
+         f"--config.data.train_shards={','.join(corpus['train'])}"],
+        check=True,
+    )
+    config = load_recipe(recipe)
+    recall = evaluate_heldout(config, run_dir, corpus["heldout"])
     print(json.dumps({
-        "demo": "forward pass only, random weights: nothing is trained yet",
-        "backend": jax.default_backend(),
-        "model": "tiny",
-        "images": list(images.shape),
-        "tokens": list(tokens.shape),
-        "image_embeddings": list(image_emb.shape),
-        "text_embeddings": list(text_emb.shape),
-        "loss_at_init": losses,
+        "demo": "tiny CLIP trained on procedurally rendered scenes with procedural role captions (not an LLM's)",
+        "train_images": NUM_TRAIN, "heldout_images": NUM_HELDOUT, "captions_per_image": 10,
+        "train_steps": config.total_steps, "batch_size": config.batch_size, "loss": config.loss.kind,
+        **{k: round(v, 2) for k, v in recall.items()},
+        "chance_r1": round(100.0 / NUM_HELDOUT, 2),
         "seconds": round(time.perf_counter() - start, 1),
     }))
 

@@ -28,7 +28,7 @@ def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:
 
 def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> dict:
     """NamedShardings on `mesh` for the variables of `state` (abstract or concrete), as a pure dict
-    shaped like `state.to_pure_dict()`."""
+    shaped like `nnx.to_pure_dict(state)`."""
     rules = dict(rules)
     shardings: dict = {}
     for path, variable in nnx.to_flat_state(state):

@@ -51,13 +51,13 @@ def setup_train_state(config: ml_collections.ConfigDict, model_config: ModelConf
     abstract_model = nnx.eval_shape(lambda: CLIP(model_config, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     params_sharding = param_shardings(abstract_params, mesh, config.mesh.rules)
-    optimizer = make_optimizer(config, abstract_params.to_pure_dict())
+    optimizer = make_optimizer(config, nnx.to_pure_dict(abstract_params))
     abstract_state = jax.eval_shape(lambda: _fresh_state(config, model_config, optimizer))
     return TrainSetup(graphdef, optimizer, abstract_state, _state_shardings(abstract_state, params_sharding, mesh))
 
 
 def _fresh_state(config, model_config, optimizer):
-    params = nnx.state(CLIP(model_config, rngs=nnx.Rngs(config.seed)), nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(CLIP(model_config, rngs=nnx.Rngs(config.seed)), nnx.Param))
     return {
         "params": params,
         "opt_state": optimizer.init(params),

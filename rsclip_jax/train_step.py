@@ -60,7 +60,7 @@ def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
     def step(state, batch):
         params = state["params"]
         loss, grads = loss_and_grads(params, batch)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = setup.optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         new_params["logit_scale"] = jnp.clip(new_params["logit_scale"], 0.0, config.model.max_logit_scale)

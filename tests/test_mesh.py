@@ -36,7 +36,7 @@ def test_loss_on_mesh_equals_single_device(kind):
 def test_forward_on_mesh_equals_single_device():
     config = model_config("tiny", context_length=16)
     graphdef, state = nnx.split(CLIP(config, rngs=nnx.Rngs(0)))
-    params = state.to_pure_dict()
+    params = nnx.to_pure_dict(state)
     images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     tokens = tokenize([f"caption number {i} of a red cube" for i in range(8)], 16)
 

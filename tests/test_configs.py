@@ -1,0 +1,42 @@
+"""Every recipe loads and sets up its model, data spec and optimizer (abstractly: nothing allocated)."""
+
+import importlib.util
+import os
+
+import jax
+import pytest
+
+from rsclip_jax.config import example_spec_from, model_config_from
+from rsclip_jax.sharding import make_mesh
+from rsclip_jax.train_state import setup_train_state
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", ["demo", "rsclip_b16", "longclip_b16", "clips_b16"])
+def test_recipe_sets_up(name):
+    config = load(name)
+    model = model_config_from(config)
+    example_spec_from(config, model)
+    setup = setup_train_state(config, model, make_mesh((1, 1, 1)))
+    assert setup.abstract_state["params"]["positional_embedding"].shape == (model.context_length, model.text_width)
+    assert jax.tree.leaves(setup.abstract_state["opt_state"])
+
+
+def test_paper_numbers():
+    rsclip = load("rsclip_b16")
+    assert (rsclip.optim.lr, rsclip.optim.weight_decay, rsclip.optim.warmup_steps, rsclip.batch_size) == (1e-6, 1e-2, 200, 2048)
+    assert (rsclip.model.variant, rsclip.model.context_length, rsclip.model.frozen_text_positions) == ("B/16", 248, 0)
+    assert rsclip.total_steps == 6 * 10_000_000 // 2048
+    assert load("rsclip_b16", "epochs=2,examples=2048000").total_steps == 2000
+    longclip = load("longclip_b16")
+    assert (longclip.model.frozen_text_positions, longclip.loss.label_smoothing, longclip.loss.short_caption_components) == (20, 0.1, 32)
+    with pytest.raises(ValueError, match="takes epochs= and examples="):
+        load("rsclip_b16", "epoch=3")
