@@ -75,3 +75,21 @@ def test_logit_bias_is_a_parameter_only_when_asked_for():
     assert not hasattr(CLIP(model_config("tiny"), rngs=nnx.Rngs(0)), "logit_bias")
     model = CLIP(model_config("tiny", logit_bias_init=-10.0), rngs=nnx.Rngs(0))
     assert float(model.logit_bias[...]) == -10.0
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    tokens = jnp.asarray(tokenize(["a red cube", "two blue rings"], 8))
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    results = []
+    for remat in (False, True):
+        graphdef, params = nnx.split(CLIP(model_config("tiny", context_length=8, remat=remat), rngs=nnx.Rngs(0)))
+
+        def loss(params):
+            image_emb, text_emb = nnx.merge(graphdef, params)(images, tokens)
+            return jnp.sum(image_emb @ text_emb.T)
+
+        results.append(jax.jit(jax.value_and_grad(loss))(params))
+    (loss_plain, grads_plain), (loss_remat, grads_remat) = results
+    np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads_plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
