@@ -9,26 +9,13 @@ numbers (lr 1e-6, weight decay 1e-2, 200 warmup steps, batch 2048, 6 epochs over
 of tokens instead.
 """
 
-from rsclip_jax.config import base_config
+from rsclip_jax.config import paper_b16_config
 
 
 def get_config(arg=None):
-    config = base_config()
-    config.batch_size = 2048
-    config.total_steps = 6 * 1_000_000 // config.batch_size
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 500
-
-    config.model.variant = "B/16"
-    config.model.context_length = 248
-
+    config = paper_b16_config(epochs=6, examples_per_epoch=1_000_000)
     config.data.sampling = "grouped"
     config.data.slot_kinds = ("any", "any")
     config.data.sub_caption = "sentence"
-    config.data.num_workers = 8
-
     config.loss.kind = "softmax_per_caption"
-    config.optim.lr = 1e-6
-    config.optim.weight_decay = 1e-2
-    config.optim.warmup_steps = 200
     return config

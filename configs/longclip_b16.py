@@ -8,28 +8,15 @@ their top 32 principal components ("primary component matching"; computed over t
 where Long-CLIP's code uses each device's local batch).
 """
 
-from rsclip_jax.config import base_config
+from rsclip_jax.config import paper_b16_config
 
 
 def get_config(arg=None):
-    config = base_config()
-    config.batch_size = 2048
-    config.total_steps = 6 * 1_000_000 // config.batch_size
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 500
-
-    config.model.variant = "B/16"
-    config.model.context_length = 248
+    config = paper_b16_config(epochs=6, examples_per_epoch=1_000_000)
     config.model.frozen_text_positions = 20
-
     config.data.sampling = "grouped"
     config.data.slot_kinds = ("long", "short")
-    config.data.num_workers = 8
-
     config.loss.kind = "softmax_union"
     config.loss.label_smoothing = 0.1
     config.loss.short_caption_components = 32
-    config.optim.lr = 1e-6
-    config.optim.weight_decay = 1e-2
-    config.optim.warmup_steps = 200
     return config

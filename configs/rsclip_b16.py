@@ -13,7 +13,7 @@ The step count follows from the argument: `--config=configs/rsclip_b16.py:epochs
 ViT-B/16 weights imported into the workdir, with positions stretched to 248.
 """
 
-from rsclip_jax.config import base_config
+from rsclip_jax.config import paper_b16_config
 
 
 def _arguments(arg: str | None) -> dict[str, int]:
@@ -28,23 +28,9 @@ def _arguments(arg: str | None) -> dict[str, int]:
 
 def get_config(arg=None):
     args = _arguments(arg)
-    config = base_config()
-    config.batch_size = 2048
-    config.total_steps = args["epochs"] * args["examples"] // config.batch_size
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 1000
-
-    config.model.variant = "B/16"
-    config.model.context_length = 248
-    config.model.activation = "quick_gelu"
+    config = paper_b16_config(args["epochs"], args["examples"])
     config.model.frozen_text_positions = 0
-
     config.data.sampling = "rows"
     config.data.rows_per_image = 10
-    config.data.num_workers = 8
-
     config.loss.kind = "softmax_union"
-    config.optim.lr = 1e-6
-    config.optim.weight_decay = 1e-2
-    config.optim.warmup_steps = 200
     return config

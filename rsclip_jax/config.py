@@ -80,3 +80,20 @@ def example_spec_from(config: ml_collections.ConfigDict, model: ModelConfig) -> 
         sub_caption_tokens=data.sub_caption_tokens, random_resized_crop=data.random_resized_crop,
         crop_scale=tuple(data.crop_scale),
     )
+
+
+def paper_b16_config(epochs: int, examples_per_epoch: int) -> ml_collections.ConfigDict:
+    """METHOD.md section 4, shared by the paper recipes: OpenAI ViT-B/16 fine-tuned with 248 text
+    positions; AdamW (0.9, 0.999, eps 1e-8), lr 1e-6, weight decay 1e-2, 200 warmup steps then cosine,
+    global batch 2048, CLIP preprocessing without augmentation, bf16 on accelerators."""
+    config = base_config()
+    config.batch_size = 2048
+    config.total_steps = epochs * examples_per_epoch // config.batch_size
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    config.model.variant = "B/16"
+    config.model.context_length = 248
+    config.model.activation = "quick_gelu"
+    config.data.num_workers = 8
+    config.optim.update(lr=1e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, warmup_steps=200)
+    return config

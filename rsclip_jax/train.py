@@ -9,6 +9,7 @@ TPU pod or under SLURM, where JAX finds the cluster itself.
 
 import codecs
 import logging as pylogging
+import math
 import os
 import signal
 import sys
@@ -49,11 +50,8 @@ def _initialize_distributed():
 
 
 def _mesh_shape(shape, num_devices):
-    shape = list(shape)
-    known = 1
-    for size in shape:
-        known *= size if size != -1 else 1
-    if shape.count(-1) > 1 or num_devices % known:
+    known = math.prod(size for size in shape if size != -1)
+    if list(shape).count(-1) > 1 or num_devices % known:
         raise ValueError(f"config.mesh.shape {tuple(shape)} does not fit {num_devices} devices")
     return tuple(num_devices // known if size == -1 else size for size in shape)
 
@@ -129,7 +127,14 @@ def main(argv):
         state = init_train_state(config, model_config, setup)
     else:
         logging.info("resuming from the checkpoint of step %d", start_step)
-        state = checkpointer.restore(start_step, setup.abstract_state, setup.shardings, data_iterator)
+        try:
+            state = checkpointer.restore(start_step, setup.abstract_state, setup.shardings, data_iterator)
+        except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
+            raise app.UsageError(
+                f"the checkpoint of step {start_step} in {workdir}/checkpoints does not fit this config (model "
+                f"variant, context_length, logit_bias_init, optimizer): use the config it was trained with, or "
+                f"another --workdir. Orbax said: {e}"
+            ) from None
     schedule = learning_rate_schedule(config.optim, config.total_steps)
     train_step = make_train_step(config, setup, spec.slot_kinds, schedule, mesh)
     writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step)

@@ -61,6 +61,13 @@ def test_missing_shards_fail_before_compiling(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, demo_shards):
+    train(tmp_path, demo_shards["train"], "--config.total_steps=1")
+    result = train(tmp_path, demo_shards["train"], "--config.total_steps=2", "--config.model.context_length=16", check=False)
+    assert result.returncode != 0
+    assert f"the checkpoint of step 1 in {tmp_path}/checkpoints does not fit this config" in result.stderr
+
+
 @pytest.mark.slow
 def test_same_losses_on_one_device_a_mesh_and_two_processes(tmp_path, demo_shards):
     shards, steps = demo_shards["train"], "--config.total_steps=4"
