@@ -3,7 +3,3 @@
 Imports no JAX and no vLLM at import time: engines load lazily, so this package also runs in the
 captioning environment, which pins its own torch.
 """
-
-from rsclip_jax import records
-
-__all__ = ["records"]

@@ -1,0 +1,102 @@
+"""`python -m captioning run ...` and `python -m captioning filter ...` (console script: rsclip-caption)."""
+
+import argparse
+import functools
+import json
+import sys
+
+from captioning.engines import ENGINES, Sampling, make_engine
+from captioning.filter import filter_shards
+from captioning.images import list_inputs
+from captioning.prompts import PROMPT_VERSION
+from captioning.roles import load_roles
+from captioning.run import run
+
+# vLLM engine arguments passed through when given; on a CPU: --dtype float32 --enforce-eager.
+_ENGINE_FLAGS = {
+    "tensor_parallel_size": int, "data_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
+    "max_num_seqs": int, "dtype": str,
+}
+
+
+def _add_engine_flags(parser, prefix=""):
+    parser.add_argument(f"--{prefix}engine", choices=ENGINES, default="vllm")
+    parser.add_argument(f"--{prefix}model", required=not prefix, help="local model folder (e.g. Qwen2.5-VL-7B-Instruct)")
+    parser.add_argument("--max-pixels", type=int, default=448 * 448, help="pixel cap of the image the model sees")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--enforce-eager", action="store_true")
+    for name, kind in _ENGINE_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind)
+
+
+def _engine_factory(args, engine, model):
+    sampling = Sampling(args.max_tokens, args.temperature, args.top_p)
+    if engine == "vllm":
+        extra = {name: getattr(args, name) for name in _ENGINE_FLAGS if getattr(args, name) is not None}
+        extra.update(seed=args.seed, enforce_eager=args.enforce_eager)
+    else:  # transformers takes only the dtype
+        extra = {"dtype": args.dtype} if args.dtype not in (None, "auto") else {}
+    return functools.partial(make_engine, engine, model, max_pixels=args.max_pixels, sampling=sampling, **extra)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_parser = commands.add_parser("run", help="caption images into caption shards")
+    inputs = run_parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--images", help="folder of images (ids are relative paths)")
+    inputs.add_argument("--list", help="file with one image path per line")
+    run_parser.add_argument("--out", required=True)
+    run_parser.add_argument("--roles", help="role file (JSON); default: the five roles of captioning/role_files")
+    run_parser.add_argument("--images-per-shard", type=int, default=1000)
+    run_parser.add_argument("--num-workers", type=int, default=1)
+    run_parser.add_argument("--worker-index", type=int, default=0)
+    run_parser.add_argument("--short-side", type=int, default=256, help="short side of the JPEG kept for training")
+    run_parser.add_argument("--batch-images", type=int, default=32, help="images whose requests go to the engine together")
+    _add_engine_flags(run_parser)
+
+    filter_parser = commands.add_parser("filter", help="length rules and the role-aware judge")
+    filter_parser.add_argument("--in", dest="in_dir", required=True)
+    filter_parser.add_argument("--out", required=True)
+    filter_parser.add_argument("--roles")
+    filter_parser.add_argument("--min-long-words", type=int, default=10)
+    filter_parser.add_argument("--min-short-words", type=int, default=4)
+    filter_parser.add_argument("--drop-fraction", type=float, default=0.0, help="lowest-scoring fraction dropped")
+    filter_parser.add_argument("--export-judgements", help="JSONL of judge prompts and answers")
+    _add_engine_flags(filter_parser, prefix="judge-")
+
+    args = parser.parse_args(argv)
+    try:
+        roles = load_roles(args.roles)
+        if args.command == "run":
+            inputs = list_inputs(args.images, args.list)
+            settings = {
+                "engine": args.engine, "model": args.model, "roles": [vars(r) for r in roles.roles],
+                "roles_version": roles.version, "prompt_version": PROMPT_VERSION, "short_side": args.short_side,
+                "max_pixels": args.max_pixels, "images_per_shard": args.images_per_shard, "seed": args.seed,
+                "sampling": [args.max_tokens, args.temperature, args.top_p],
+            }
+            summary = run(
+                inputs, args.out, _engine_factory(args, args.engine, args.model), roles, settings=settings,
+                images_per_shard=args.images_per_shard, num_workers=args.num_workers, worker_index=args.worker_index,
+                short_side=args.short_side, max_pixels=args.max_pixels, seed=args.seed, batch_images=args.batch_images,
+            )
+        else:
+            judge = _engine_factory(args, args.judge_engine, args.judge_model)() if args.judge_model else None
+            if args.drop_fraction and judge is None:
+                raise ValueError("--drop-fraction needs a judge: give --judge-model")
+            summary = filter_shards(
+                args.in_dir, args.out, roles, min_long_words=args.min_long_words, min_short_words=args.min_short_words,
+                judge=judge, drop_fraction=args.drop_fraction, export_path=args.export_judgements, seed=args.seed,
+            )
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

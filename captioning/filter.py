@@ -1,0 +1,123 @@
+"""Filters over caption shards: length rules, then the role-aware judge with a global quantile drop.
+
+Two passes over the shards: the first judges every caption that passed the length rules (keeping only
+scores in memory), the second writes the surviving captions, with their scores and rationales, into
+shards of the same names. An image left without captions is dropped and counted.
+"""
+
+import collections
+import dataclasses
+import glob
+import json
+import os
+import re
+
+from captioning.engines import Request, request_seed
+from captioning.images import decode_record_image
+from captioning.prompts import JUDGE_SCHEMA, judge_messages
+from rsclip_jax.records import read_shard, write_shard
+
+_JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
+_SCORE = re.compile(r"score\D{0,12}(\d{1,3})", re.IGNORECASE)
+
+
+def parse_judgement(answer: str) -> tuple[float, str] | None:
+    """(score, rationale) from a judge's answer: JSON first, then a 'score: N' pattern; None if neither."""
+    for candidate in _JSON_OBJECT.findall(answer):
+        try:
+            data = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        score = data.get("score") if isinstance(data, dict) else None
+        if isinstance(score, (int, float)) and not isinstance(score, bool) and 1 <= score <= 100:
+            return float(score), str(data.get("rationale", ""))
+    match = _SCORE.search(answer)
+    if match and 1 <= int(match.group(1)) <= 100:
+        return float(match.group(1)), answer.strip()
+    return None
+
+
+def passes_length(kind: str, text: str, min_long_words: int, min_short_words: int) -> bool:
+    return len(text.split()) >= (min_long_words if kind == "long" else min_short_words)
+
+
+def lowest_fraction(scores: dict, fraction: float) -> set:
+    """Keys of the `fraction` of lowest scores over all of `scores` (ties broken by key order)."""
+    ranked = sorted(scores, key=lambda key: (scores[key][0], key))
+    return set(ranked[: int(len(ranked) * fraction)])
+
+
+def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=4, judge=None, drop_fraction=0.0,
+                  export_path=None, seed=0, batch_records=8) -> dict:
+    shards = sorted(glob.glob(os.path.join(in_dir, "*.array_record")))
+    if not shards:
+        raise FileNotFoundError(f"--in {in_dir} holds no caption shards (*.array_record)")
+    roles_by_name = {r.name: r for r in roles.roles}
+    counts = collections.Counter()
+    scores = {}  # (shard index, record index, caption index) -> (score, rationale)
+    export = open(export_path, "w") if export_path else None
+
+    def kept_by_length(record):
+        return [i for i, c in enumerate(record.captions) if passes_length(c.kind, c.text, min_long_words, min_short_words)]
+
+    if judge is not None:
+        for s, path in enumerate(shards):
+            records = list(read_shard(path))
+            for start in range(0, len(records), batch_records):
+                keys, requests = [], []
+                for r in range(start, min(start + batch_records, len(records))):
+                    image = decode_record_image(records[r].image_jpeg)
+                    for c in kept_by_length(records[r]):
+                        caption = records[r].captions[c]
+                        if caption.role not in roles_by_name:
+                            raise ValueError(f"{path} record {r}: role {caption.role!r} is not in the --roles file")
+                        keys.append((s, r, c))
+                        requests.append(Request(image, judge_messages(roles_by_name[caption.role], caption.text),
+                                                seed=request_seed(seed, records[r].image_id, c), json_schema=JUDGE_SCHEMA))
+                for key, request, answer in zip(keys, requests, judge.generate(requests) if requests else []):
+                    parsed = parse_judgement(answer)
+                    if parsed is None:
+                        counts["judge_unparseable"] += 1
+                    else:
+                        scores[key] = parsed
+                    if export:
+                        caption = records[key[1]].captions[key[2]]
+                        export.write(json.dumps({
+                            "image_id": records[key[1]].image_id, "role": caption.role, "kind": caption.kind,
+                            "caption": caption.text, "messages": request.messages, "answer": answer,
+                            "score": parsed[0] if parsed else None,
+                        }) + "\n")
+    if export:
+        export.close()
+    dropped_by_judge = lowest_fraction(scores, drop_fraction)
+
+    os.makedirs(out_dir, exist_ok=True)
+    kept_words = collections.defaultdict(list)
+    for s, path in enumerate(shards):
+        survivors = []
+        for r, record in enumerate(read_shard(path)):
+            length_ok = set(kept_by_length(record))
+            captions = []
+            for c, caption in enumerate(record.captions):
+                if c not in length_ok:
+                    counts[f"too_short_{caption.kind}"] += 1
+                elif (s, r, c) in dropped_by_judge:
+                    counts["judge_low_score"] += 1
+                else:
+                    score, rationale = scores.get((s, r, c), (None, None))
+                    captions.append(dataclasses.replace(caption, judge_score=score, judge_rationale=rationale))
+                    kept_words[f"{caption.role}/{caption.kind}"].append(len(caption.text.split()))
+            if captions:
+                survivors.append(dataclasses.replace(record, captions=tuple(captions)))
+            else:
+                counts["images_without_captions"] += 1
+        out_path = os.path.join(out_dir, os.path.basename(path))
+        write_shard(out_path + ".tmp", survivors)
+        os.replace(out_path + ".tmp", out_path)
+        counts["images_kept"] += len(survivors)
+    return {
+        "dropped": {k: v for k, v in sorted(counts.items()) if k != "images_kept"},
+        "images_kept": counts["images_kept"], "captions_judged": len(scores),
+        "captions_kept": {k: len(v) for k, v in sorted(kept_words.items())},
+        "mean_words": {k: round(sum(v) / len(v), 1) for k, v in sorted(kept_words.items())},
+    }
