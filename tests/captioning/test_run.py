@@ -100,4 +100,4 @@ def test_missing_engine_says_how_to_install(images, tiny_model, tmp_path):
     code = ("import sys; sys.modules['vllm'] = None; from captioning.cli import main; "
             f"main(['run', '--images', {images!r}, '--out', {str(tmp_path / 'o')!r}, '--model', {tiny_model!r}])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "engine 'vllm' needs vllm" in result.stderr and "make .venv-captioning" in result.stderr
+    assert result.returncode != 0 and "engine 'vllm' needs vllm" in result.stderr and "make captioning-env" in result.stderr

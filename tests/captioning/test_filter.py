@@ -1,0 +1,91 @@
+"""`python -m captioning filter`: length rules, the judge's global quantile drop, unparseable answers."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from captioning.filter import lowest_fraction, parse_judgement
+from rsclip_jax.records import Caption, CaptionRecord, read_shard, write_shard
+from test_run import caption_command
+
+ROLE = "Observer of Details"
+
+
+def caption(kind, words):
+    return Caption(ROLE, kind, " ".join(["word"] * words), "m", "v1")
+
+
+def write_input(folder):
+    os.makedirs(folder)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    records = [
+        CaptionRecord("a", jpeg, (64, 48), (caption("long", 12), caption("short", 5), caption("long", 9))),
+        CaptionRecord("b", jpeg, (64, 48), (caption("short", 3),)),  # nothing survives: dropped
+        CaptionRecord("c", jpeg, (64, 48), (caption("long", 10), caption("short", 4))),
+    ]
+    write_shard(os.path.join(folder, "captions-00000.array_record"), records)
+
+
+def run_filter(in_dir, out_dir, *extra):
+    result = subprocess.run([sys.executable, "-m", "captioning", "filter", "--in", in_dir, "--out", out_dir, *extra],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads([line for line in result.stdout.splitlines() if line.startswith('{"dropped"')][-1])
+
+
+def test_length_rules_drop_short_captions_and_empty_images(tmp_path):
+    write_input(str(tmp_path / "in"))
+    summary = run_filter(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert summary["dropped"] == {"too_short_long": 1, "too_short_short": 1, "images_without_captions": 1}
+    kept = list(read_shard(tmp_path / "out" / "captions-00000.array_record"))
+    assert [(r.image_id, [len(c.text.split()) for c in r.captions]) for r in kept] == [("a", [12, 5]), ("c", [10, 4])]
+
+
+def test_parse_judgement():
+    assert parse_judgement('{"score": 87, "rationale": "fits"}') == (87.0, "fits")
+    assert parse_judgement('noise {"score": 12} more') == (12.0, "")
+    assert parse_judgement("Score: 55 because it is fine") == (55.0, "Score: 55 because it is fine")
+    assert parse_judgement('{"score": 300}') is None and parse_judgement("no idea") is None
+
+
+def test_lowest_fraction_is_global_and_exact():
+    scores = {(s, r, 0): (float(v), "") for s, row in enumerate([[50, 10], [90, 20, 70]]) for r, v in enumerate(row)}
+    assert lowest_fraction(scores, 0.4) == {(0, 1, 0), (1, 1, 0)}  # 10 and 20, across both shards
+    assert lowest_fraction(scores, 0.0) == set()
+
+
+@pytest.mark.slow
+def test_vllm_judge_scores_every_caption_and_drops_the_lowest_fraction(tiny_model, tmp_path):
+    write_input(str(tmp_path / "in"))
+    export = str(tmp_path / "judgements.jsonl")
+    summary = run_filter(
+        str(tmp_path / "in"), str(tmp_path / "out"), "--judge-engine", "vllm", "--judge-model", tiny_model,
+        "--drop-fraction", "0.5", "--export-judgements", export, "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", "512", "--max-tokens", "96",
+    )
+    judged = [json.loads(line) for line in open(export)]
+    assert len(judged) == 4  # the captions that passed the length rules
+    # Structured output holds even a random model to the JSON schema: every answer parses.
+    assert all(j["score"] is not None for j in judged) and summary["captions_judged"] == 4
+    assert summary["dropped"]["judge_low_score"] == 2
+    kept = [c for r in read_shard(tmp_path / "out" / "captions-00000.array_record") for c in r.captions]
+    assert all(c.judge_score is None or 1 <= c.judge_score <= 100 for c in kept)
+    assert all(j["messages"][1]["content"][0] == {"type": "image"} for j in judged)
+
+
+def test_unparseable_judge_answers_are_counted_not_fatal(tiny_model, tmp_path):
+    write_input(str(tmp_path / "in"))
+    summary = run_filter(
+        str(tmp_path / "in"), str(tmp_path / "out"), "--judge-engine", "transformers", "--judge-model", tiny_model,
+        "--drop-fraction", "0.5", "--max-tokens", "6",
+    )
+    # The random model's free text never parses: every judged caption is counted and kept unscored.
+    assert summary["dropped"]["judge_unparseable"] == 4 and summary["captions_judged"] == 0
+    assert summary["images_kept"] == 2
