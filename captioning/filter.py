@@ -6,6 +6,7 @@ shards of the same names. An image left without captions is dropped and counted.
 """
 
 import collections
+import contextlib
 import dataclasses
 import glob
 import json
@@ -47,6 +48,36 @@ def lowest_fraction(scores: dict, fraction: float) -> set:
     return set(ranked[: int(len(ranked) * fraction)])
 
 
+def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, batch_records):
+    """Scores every caption that passed the length rules into `scores`; counts unparseable answers."""
+    for s, path in enumerate(shards):
+        records = list(read_shard(path))
+        for start in range(0, len(records), batch_records):
+            keys, requests = [], []
+            for r in range(start, min(start + batch_records, len(records))):
+                image = decode_record_image(records[r].image_jpeg)
+                for c in kept_by_length(records[r]):
+                    caption = records[r].captions[c]
+                    if caption.role not in roles_by_name:
+                        raise ValueError(f"{path} record {r}: role {caption.role!r} is not in the --roles file")
+                    keys.append((s, r, c))
+                    requests.append(Request(image, judge_messages(roles_by_name[caption.role], caption.text),
+                                            seed=request_seed(seed, records[r].image_id, c), json_schema=JUDGE_SCHEMA))
+            for key, request, answer in zip(keys, requests, judge.generate(requests) if requests else []):
+                parsed = parse_judgement(answer)
+                if parsed is None:
+                    counts["judge_unparseable"] += 1
+                else:
+                    scores[key] = parsed
+                if export:
+                    caption = records[key[1]].captions[key[2]]
+                    export.write(json.dumps({
+                        "image_id": records[key[1]].image_id, "role": caption.role, "kind": caption.kind,
+                        "caption": caption.text, "messages": request.messages, "answer": answer,
+                        "score": parsed[0] if parsed else None,
+                    }) + "\n")
+
+
 def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=4, judge=None, drop_fraction=0.0,
                   export_path=None, seed=0, batch_records=8) -> dict:
     shards = sorted(glob.glob(os.path.join(in_dir, "*.array_record")))
@@ -55,40 +86,13 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
     roles_by_name = {r.name: r for r in roles.roles}
     counts = collections.Counter()
     scores = {}  # (shard index, record index, caption index) -> (score, rationale)
-    export = open(export_path, "w") if export_path else None
 
     def kept_by_length(record):
         return [i for i, c in enumerate(record.captions) if passes_length(c.kind, c.text, min_long_words, min_short_words)]
 
     if judge is not None:
-        for s, path in enumerate(shards):
-            records = list(read_shard(path))
-            for start in range(0, len(records), batch_records):
-                keys, requests = [], []
-                for r in range(start, min(start + batch_records, len(records))):
-                    image = decode_record_image(records[r].image_jpeg)
-                    for c in kept_by_length(records[r]):
-                        caption = records[r].captions[c]
-                        if caption.role not in roles_by_name:
-                            raise ValueError(f"{path} record {r}: role {caption.role!r} is not in the --roles file")
-                        keys.append((s, r, c))
-                        requests.append(Request(image, judge_messages(roles_by_name[caption.role], caption.text),
-                                                seed=request_seed(seed, records[r].image_id, c), json_schema=JUDGE_SCHEMA))
-                for key, request, answer in zip(keys, requests, judge.generate(requests) if requests else []):
-                    parsed = parse_judgement(answer)
-                    if parsed is None:
-                        counts["judge_unparseable"] += 1
-                    else:
-                        scores[key] = parsed
-                    if export:
-                        caption = records[key[1]].captions[key[2]]
-                        export.write(json.dumps({
-                            "image_id": records[key[1]].image_id, "role": caption.role, "kind": caption.kind,
-                            "caption": caption.text, "messages": request.messages, "answer": answer,
-                            "score": parsed[0] if parsed else None,
-                        }) + "\n")
-    if export:
-        export.close()
+        with open(export_path, "w") if export_path else contextlib.nullcontext() as export:
+            _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, batch_records)
     dropped_by_judge = lowest_fraction(scores, drop_fraction)
 
     os.makedirs(out_dir, exist_ok=True)

@@ -82,7 +82,10 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
         raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
     config_hash = run_config_hash(settings, inputs)
     os.makedirs(os.path.join(out_dir, "manifest"), exist_ok=True)
-    manifest_path = lambda k: os.path.join(out_dir, "manifest", shard_name(k) + ".json")
+
+    def manifest_path(k):
+        return os.path.join(out_dir, "manifest", shard_name(k) + ".json")
+
     shards = shard_slices(len(inputs), images_per_shard)
     todo = []
     for k in range(worker_index, len(shards), num_workers):

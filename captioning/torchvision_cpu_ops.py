@@ -30,7 +30,7 @@ def define_missing_operators():
     if torch.version.cuda is not None:
         return  # a CUDA torch loads torchvision's own operators
     for op, schema in _SCHEMAS.items():
-        if not torch._C._dispatch_has_kernel(f"torchvision::{op}") and not hasattr(torch.ops.torchvision, op):
+        if not hasattr(torch.ops.torchvision, op):
             torch.library.define(f"torchvision::{op}", schema)
 
 
