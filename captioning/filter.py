@@ -96,7 +96,7 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
     dropped_by_judge = lowest_fraction(scores, drop_fraction)
 
     os.makedirs(out_dir, exist_ok=True)
-    kept_words = collections.defaultdict(list)
+    caption_counts, word_totals = collections.Counter(), collections.Counter()
     for s, path in enumerate(shards):
         survivors = []
         for r, record in enumerate(read_shard(path)):
@@ -110,7 +110,8 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
                 else:
                     score, rationale = scores.get((s, r, c), (None, None))
                     captions.append(dataclasses.replace(caption, judge_score=score, judge_rationale=rationale))
-                    kept_words[f"{caption.role}/{caption.kind}"].append(len(caption.text.split()))
+                    caption_counts[f"{caption.role}/{caption.kind}"] += 1
+                    word_totals[f"{caption.role}/{caption.kind}"] += len(caption.text.split())
             if captions:
                 survivors.append(dataclasses.replace(record, captions=tuple(captions)))
             else:
@@ -122,6 +123,6 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
     return {
         "dropped": {k: v for k, v in sorted(counts.items()) if k != "images_kept"},
         "images_kept": counts["images_kept"], "captions_judged": len(scores),
-        "captions_kept": {k: len(v) for k, v in sorted(kept_words.items())},
-        "mean_words": {k: round(sum(v) / len(v), 1) for k, v in sorted(kept_words.items())},
+        "captions_kept": dict(sorted(caption_counts.items())),
+        "mean_words": {key: round(word_totals[key] / n, 1) for key, n in sorted(caption_counts.items())},
     }

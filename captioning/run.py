@@ -99,8 +99,7 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
                 )
         else:
             todo.append(k)
-    summary = collections.Counter()
-    words = collections.defaultdict(list)
+    summary, caption_counts, word_totals = collections.Counter(), collections.Counter(), collections.Counter()
     engine = make_engine() if todo else None
     start = time.perf_counter()
     with tqdm(total=sum(len(shards[k]) for k in todo), unit="img", desc=f"worker {worker_index}") as bar:
@@ -121,11 +120,12 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
             summary["decode_errors"] += len(errors)
             for r in records:
                 for c in r.captions:
-                    words[f"{c.role}/{c.kind}"].append(len(c.text.split()))
+                    caption_counts[f"{c.role}/{c.kind}"] += 1
+                    word_totals[f"{c.role}/{c.kind}"] += len(c.text.split())
             bar.update(len(shard_inputs))
     return {
         "shards_written": len(todo), "images": summary["images"], "decode_errors": summary["decode_errors"],
-        "captions": {key: len(v) for key, v in sorted(words.items())},
-        "mean_words": {key: round(sum(v) / len(v), 1) for key, v in sorted(words.items())},
+        "captions": dict(sorted(caption_counts.items())),
+        "mean_words": {key: round(word_totals[key] / n, 1) for key, n in sorted(caption_counts.items())},
         "seconds": round(time.perf_counter() - start, 1),
     }
