@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 
-def _same(w, shape):
+def _same(w, shape=None):
     return w
 
 
@@ -15,27 +15,41 @@ def _linear(w, shape):  # torch Linear weight is (out, in); a Flax kernel is (in
     return w.T.reshape(shape)
 
 
-# (our dotted parameter path, its torch name, the torch array -> our layout), first match wins.
+# (our dotted parameter path, its torch name, torch array -> our layout, our array -> torch layout);
+# the first match wins.
 _RULES = [
-    (r"(.*)\.attn\.in_proj\.kernel", r"\1.attn.in_proj_weight", _linear),  # (3D, D) -> (D, 3, H, Dh)
-    (r"(.*)\.attn\.in_proj\.bias", r"\1.attn.in_proj_bias", lambda w, shape: w.reshape(shape)),
-    (r"(.*)\.conv1\.kernel", r"\1.conv1.weight", lambda w, shape: w.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
-    (r"(.*)\.kernel", r"\1.weight", _linear),
-    (r"(.*)\.scale", r"\1.weight", _same),  # LayerNorm
-    (r"token_embedding\.embedding", "token_embedding.weight", _same),
+    # (3D, D) <-> (D, 3, H, Dh): the input dimension comes first in ours
+    (r"(.*)\.attn\.in_proj\.kernel", r"\1.attn.in_proj_weight", _linear, lambda w: w.reshape(w.shape[0], -1).T),
+    (r"(.*)\.attn\.in_proj\.bias", r"\1.attn.in_proj_bias", lambda w, shape: w.reshape(shape), lambda w: w.reshape(-1)),
+    # OIHW <-> HWIO
+    (r"(.*)\.conv1\.kernel", r"\1.conv1.weight", lambda w, shape: w.transpose(2, 3, 1, 0), lambda w: w.transpose(3, 2, 0, 1)),
+    # Linear, including out_proj's (H, Dh, D): the output dimension comes last in ours
+    (r"(.*)\.kernel", r"\1.weight", _linear, lambda w: w.reshape(-1, w.shape[-1]).T),
+    (r"(.*)\.scale", r"\1.weight", _same, _same),  # LayerNorm
+    (r"token_embedding\.embedding", "token_embedding.weight", _same, _same),
     # Raw parameters keep their name and layout; `proj` and `text_projection` are used as x @ W in both.
-    (r"(.*)", r"\1", _same),
+    (r"(.*)", r"\1", _same, _same),
 ]
 # Buffers and metadata that OpenAI's released checkpoints carry besides the parameters.
 _IGNORED_KEYS = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
 
 
-def torch_name(path: str) -> tuple[str, object]:
-    """The torch state-dict name of our parameter `path`, and the function converting its layout."""
-    for pattern, replacement, convert in _RULES:
+def torch_name(path: str) -> tuple[str, object, object]:
+    """The torch state-dict name of our parameter `path`, and the functions converting its layout
+    (torch -> ours, ours -> torch)."""
+    for pattern, replacement, to_ours, to_torch in _RULES:
         if re.fullmatch(pattern, path):
-            return re.sub(pattern, replacement, path), convert
+            return re.sub(pattern, replacement, path), to_ours, to_torch
     raise AssertionError("the last rule matches every path")
+
+
+def to_openai_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Our parameters under OpenAI CLIP / open_clip names and layouts, as float32 NumPy arrays."""
+    state = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, _, to_torch = torch_name(".".join(map(str, path)))
+        state[name] = np.array(to_torch(np.asarray(variable[...], np.float32)), dtype=np.float32)  # a writable copy
+    return state
 
 
 def load_openai_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray]) -> None:
@@ -49,7 +63,7 @@ def load_openai_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray])
     problems = []
     for path, variable in nnx.to_flat_state(params):
         dotted = ".".join(map(str, path))
-        name, convert = torch_name(dotted)
+        name, convert, _ = torch_name(dotted)
         if name not in state_dict:
             problems.append(f"missing {name} (for {dotted})")
             continue
