@@ -14,28 +14,30 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every_steps, enable_async_checkpointing=True, create=True
         )
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
+    def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
         """Saves when the interval says so (or `force`); returns whether it did. Device arrays are
-        copied out before this returns, so the caller may donate `state` to the next step."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
-        )
-        return self.manager.save(step, args=args, force=force)
+        copied out before this returns, so the caller may donate `state` to the next step. Without a
+        data iterator (imported weights), a run resuming from it starts its data from the beginning."""
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, abstract_state, shardings, data_iterator=None):
-        """The state of `step` placed in `shardings` (any mesh), and `data_iterator` (when given) moved
-        to where it was."""
+        """The state of `step` placed in `shardings` (any mesh), and `data_iterator` (when given, and
+        when the checkpoint holds a data state) moved to where it was."""
         target = jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
             abstract_state, shardings,
         )
         items = {"state": ocp.args.StandardRestore(target)}
-        if data_iterator is not None:
+        if data_iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), "data")):
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 

@@ -48,7 +48,8 @@ def to_openai_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     state = {}
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         name, _, to_torch = torch_name(".".join(map(str, path)))
-        state[name] = np.array(to_torch(np.asarray(variable[...], np.float32)), dtype=np.float32)  # a writable copy
+        # A writable C-ordered copy: safetensors writes the raw buffer, so a transposed view would scramble.
+        state[name] = np.array(to_torch(np.asarray(variable[...], np.float32)), dtype=np.float32, order="C")
     return state
 
 

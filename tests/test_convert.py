@@ -1,0 +1,109 @@
+"""`rsclip_jax.convert`: OpenAI/open_clip/HF weights into a workdir the trainer resumes from, and out again."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import open_clip
+import pytest
+import torch
+import transformers
+
+from rsclip_jax import stretch_positions, tokenize
+from rsclip_jax.config import model_config_from
+from rsclip_jax.convert import export_hf, export_open_clip, import_weights, load_trained
+from test_open_clip_parity import open_clip_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo_config(**model):
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.update(model)
+    return config
+
+
+def embeddings(model, config, images, texts):
+    tokens = tokenize(texts, config.context_length)
+    return (np.asarray(model.encode_image(jnp.asarray(images.transpose(0, 2, 3, 1)))),
+            np.asarray(model.encode_text(jnp.asarray(tokens))))
+
+
+IMAGES = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+TEXTS = ["a red cube", "two blue rings on sand"]
+
+
+def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_shards):
+    theirs = open_clip_model(model_config_from(demo_config(context_length=77)))
+    path = str(tmp_path / "ViT-tiny.pt")
+    torch.jit.save(torch.jit.script(theirs), path)  # a TorchScript archive, as OpenAI released CLIP
+    config = demo_config(context_length=248)
+    workdir = str(tmp_path / "run")
+    import_weights(config, workdir, path, stretch=True)
+
+    _, ours = load_trained(config, workdir)
+    original = theirs.state_dict()["positional_embedding"].numpy()
+    np.testing.assert_allclose(ours.positional_embedding[...], stretch_positions(original), atol=1e-6)
+    with torch.no_grad():
+        expected = theirs.encode_image(torch.from_numpy(IMAGES), normalize=True).numpy()
+    np.testing.assert_allclose(embeddings(ours, model_config_from(config), IMAGES, TEXTS)[0], expected, atol=1e-5)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/configs/demo.py", f"--workdir={workdir}",
+         f"--config.data.train_shards={','.join(demo_shards['train'])}", "--config.model.context_length=248",
+         "--config.total_steps=2", "--config.log_every_steps=1", "--config.batch_size=8"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from the checkpoint of step 0" in result.stderr
+    assert [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))] == [1, 2]
+
+
+def test_import_refuses_the_wrong_activation(tmp_path):
+    theirs = open_clip_model(model_config_from(demo_config(context_length=77)))
+    path = str(tmp_path / "ViT-tiny.pt")
+    torch.jit.save(torch.jit.script(theirs), path)
+    with pytest.raises(ValueError, match="uses quick_gelu: set --config.model.activation=quick_gelu"):
+        import_weights(demo_config(context_length=77, activation="gelu"), str(tmp_path / "run"), path, stretch=False)
+
+
+def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
+    config = demo_config(context_length=77)
+    model_config = model_config_from(config)
+    source = open_clip_model(model_config)
+    path = str(tmp_path / "open_clip_state.pt")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)  # as open_clip trains
+    import_weights(config, str(tmp_path / "run"), path, stretch=False)
+    _, ours = load_trained(config, str(tmp_path / "run"))
+    expected = embeddings(ours, model_config, IMAGES, TEXTS)
+
+    export_open_clip(model_config, ours, str(tmp_path / "open_clip"))
+    reloaded = open_clip.create_model(f"local-dir:{tmp_path / 'open_clip'}").eval()
+    tokens = torch.from_numpy(tokenize(TEXTS, 77)).long()
+    with torch.no_grad():
+        got = (reloaded.encode_image(torch.from_numpy(IMAGES), normalize=True).numpy(),
+               reloaded.encode_text(tokens, normalize=True).numpy())
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+    export_hf(model_config, ours, str(tmp_path / "hf"))
+    hf = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf")).eval()
+    assert hf.config.text_config.max_position_embeddings == 77
+    with torch.no_grad():
+        got = (hf.get_image_features(pixel_values=torch.from_numpy(IMAGES)).pooler_output,
+               hf.get_text_features(input_ids=tokens).pooler_output)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(torch.nn.functional.normalize(a, dim=-1).numpy(), b, atol=1e-5)
+
+    import_weights(config, str(tmp_path / "from_hf"), str(tmp_path / "hf"), stretch=False)  # and back in
+    _, again = load_trained(config, str(tmp_path / "from_hf"))
+    for a, b in zip(embeddings(again, model_config, IMAGES, TEXTS), expected):
+        np.testing.assert_allclose(a, b, atol=1e-5)
