@@ -117,8 +117,7 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
             else:
                 counts["images_without_captions"] += 1
         out_path = os.path.join(out_dir, os.path.basename(path))
-        write_shard(out_path + ".tmp", survivors)
-        os.replace(out_path + ".tmp", out_path)
+        write_shard(out_path, survivors)
         counts["images_kept"] += len(survivors)
     return {
         "dropped": {k: v for k, v in sorted(counts.items()) if k != "images_kept"},

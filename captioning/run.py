@@ -1,6 +1,6 @@
 """A captioning run: images -> caption shards, resumable, split across workers without coordination.
 
-Shard k is written aside and renamed into place, then its manifest entry (counts, config hash) is
+Shard k is written aside and renamed into place (by `write_shard`), then its manifest entry (counts, config hash) is
 written the same way; a shard counts as finished only when its manifest entry exists. A run killed at
 any moment and started again redoes only unfinished shards: every (image, role, kind) ends up once.
 """
@@ -109,7 +109,7 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
                 engine, shard_inputs, roles, short_side=short_side, max_pixels=max_pixels, seed=seed, batch_images=batch_images
             )
             shard_path = os.path.join(out_dir, shard_name(k) + ".array_record")
-            _atomic_write(shard_path, lambda temporary: write_shard(temporary, records))
+            write_shard(shard_path, records)
             _write_jsonl(os.path.join(out_dir, shard_name(k) + ".errors.jsonl"), errors)
             counts = collections.Counter(f"{c.role}/{c.kind}" for r in records for c in r.captions)
             _write_json(manifest_path(k), {

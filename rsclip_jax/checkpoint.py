@@ -5,6 +5,11 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from rsclip_jax.config import model_config_from
+from rsclip_jax.sharding import make_mesh
+from rsclip_jax.train_state import setup_train_state
 
 
 class Checkpointer:
@@ -44,3 +49,16 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_trained_model(config, workdir: str):
+    """(model config, our CLIP with the parameters of the latest checkpoint in `workdir`), on one device."""
+    model_config = model_config_from(config)
+    setup = setup_train_state(config, model_config, make_mesh((1, 1, 1)))
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=config.keep_checkpoints)
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
+    params = checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
+    checkpointer.close()
+    return model_config, nnx.merge(setup.graphdef, params)

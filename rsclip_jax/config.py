@@ -1,5 +1,7 @@
 """The training config: every key with its default. Recipes in configs/ start from `base_config()`."""
 
+import importlib.util
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -64,6 +66,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the devices left over
     config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
     return config
+
+
+def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a recipe file, as `--config=path:arg` would load it."""
+    spec = importlib.util.spec_from_file_location("recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:

@@ -20,7 +20,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from rsclip_jax.checkpoint import Checkpointer
+from rsclip_jax.checkpoint import Checkpointer, load_trained_model
 from rsclip_jax.config import model_config_from
 from rsclip_jax.hf_layout import hf_clip_config, hf_to_openai, openai_to_hf
 from rsclip_jax.positions import stretch_positions
@@ -70,6 +70,9 @@ def read_weights(source: str) -> tuple[dict[str, np.ndarray], str | None]:
 
 
 def import_weights(config, workdir: str, source: str, stretch: bool) -> None:
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=config.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        raise ValueError(f"{workdir}/checkpoints already holds checkpoints: import into a new workdir")
     model_config = model_config_from(config)
     weights, activation = read_weights(source)
     if activation and activation != model_config.activation:
@@ -82,24 +85,8 @@ def import_weights(config, workdir: str, source: str, stretch: bool) -> None:
     model = nnx.merge(setup.graphdef, state["params"])
     load_openai_state_dict(model, weights)
     state["params"] = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=config.keep_checkpoints)
-    if checkpointer.latest_step() is not None:
-        raise ValueError(f"{workdir}/checkpoints already holds checkpoints: import into a new workdir")
     checkpointer.save(0, state, force=True)
     checkpointer.close()
-
-
-def load_trained(config, workdir: str):
-    """(model config, our CLIP with the parameters of the workdir's latest checkpoint)."""
-    model_config = model_config_from(config)
-    setup = setup_train_state(config, model_config, make_mesh((1, 1, 1)))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=config.keep_checkpoints)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint to export")
-    params = checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
-    checkpointer.close()
-    return model_config, nnx.merge(setup.graphdef, params)
 
 
 def export_open_clip(model_config, model, out: str) -> None:
@@ -151,7 +138,7 @@ def main(argv):
         else:
             if not _OUT.value:
                 raise app.UsageError("export needs --out")
-            model_config, model = load_trained(_CONFIG.value, _WORKDIR.value)
+            model_config, model = load_trained_model(_CONFIG.value, _WORKDIR.value)
             (export_open_clip if _TO.value == "open_clip" else export_hf)(model_config, model, _OUT.value)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None

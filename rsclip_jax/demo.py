@@ -3,7 +3,6 @@
 Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and chance_r1.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,42 +14,30 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rsclip_jax.checkpoint import Checkpointer
-from rsclip_jax.config import model_config_from
+from rsclip_jax.checkpoint import load_trained_model
+from rsclip_jax.config import load_recipe
 from rsclip_jax.demo_corpus import write_demo_corpus
 from rsclip_jax.preprocess import decode_image, normalize_images, resize_center_crop
 from rsclip_jax.records import read_shard
 from rsclip_jax.retrieval import retrieval_recall
-from rsclip_jax.sharding import make_mesh
 from rsclip_jax.tokenizer import tokenize
-from rsclip_jax.train_state import setup_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKDIR = os.path.join("workdirs", "demo")
 NUM_TRAIN, NUM_HELDOUT = 2000, 100
 
 
-def load_recipe(path: str):
-    spec = importlib.util.spec_from_file_location("recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def evaluate_heldout(config, run_dir: str, heldout_paths: list[str]) -> dict:
     """Recall of the last checkpoint on the held-out images, each with all of its captions."""
-    model_config = model_config_from(config)
-    setup = setup_train_state(config, model_config, make_mesh((1, 1, 1)))
-    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), every_steps=1, keep=1)
-    params = checkpointer.restore(checkpointer.latest_step(), setup.abstract_state, setup.shardings)["params"]
-    checkpointer.close()
+    model_config, model = load_trained_model(config, run_dir)
+    graphdef, params = nnx.split(model)
     records = [r for path in heldout_paths for r in read_shard(path)]
     size = model_config.image_size
     images = np.stack([resize_center_crop(decode_image(r.image_jpeg), size) for r in records])
     texts = [c.text for r in records for c in r.captions]
     text_image = np.array([i for i, r in enumerate(records) for _ in r.captions])
-    encode_images = jax.jit(lambda p, x: nnx.merge(setup.graphdef, p).encode_image(normalize_images(x)))
-    encode_texts = jax.jit(lambda p, t: nnx.merge(setup.graphdef, p).encode_text(t))
+    encode_images = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode_image(normalize_images(x)))
+    encode_texts = jax.jit(lambda p, t: nnx.merge(graphdef, p).encode_text(t))
     image_emb = encode_images(params, images)
     text_emb = encode_texts(params, tokenize(texts, model_config.context_length))
     return retrieval_recall(np.asarray(image_emb), np.asarray(text_emb), text_image, ks=(1, 5))

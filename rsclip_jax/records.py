@@ -139,10 +139,13 @@ def decode_record(data: bytes, *, shard: str = "<bytes>", index: int = 0) -> Cap
 
 
 def write_shard(path: str | os.PathLike, records: Iterable[CaptionRecord]) -> int:
-    """Writes records to one ArrayRecord shard; returns how many were written."""
+    """Writes records to one ArrayRecord shard; returns how many were written. The shard is written
+    aside and renamed into place, so `path` never holds a partial shard."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    writer = ArrayRecordWriter(os.fspath(path), "group_size:1")
+    path = os.fspath(path)
+    temporary = path + ".tmp"
+    writer = ArrayRecordWriter(temporary, "group_size:1")
     count = 0
     try:
         for record in records:
@@ -150,6 +153,7 @@ def write_shard(path: str | os.PathLike, records: Iterable[CaptionRecord]) -> in
             count += 1
     finally:
         writer.close()
+    os.replace(temporary, path)
     return count
 
 

@@ -1,12 +1,11 @@
 """Every recipe loads and sets up its model, data spec and optimizer (abstractly: nothing allocated)."""
 
-import importlib.util
 import os
 
 import jax
 import pytest
 
-from rsclip_jax.config import example_spec_from, model_config_from
+from rsclip_jax.config import example_spec_from, load_recipe, model_config_from
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.train_state import setup_train_state
 
@@ -14,10 +13,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def load(name, arg=None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_recipe(os.path.join(CONFIGS, f"{name}.py"), arg)
 
 
 @pytest.mark.parametrize("name", ["demo", "rsclip_b16", "longclip_b16", "clips_b16"])

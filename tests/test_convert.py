@@ -1,6 +1,5 @@
 """`rsclip_jax.convert`: OpenAI/open_clip/HF weights into a workdir the trainer resumes from, and out again."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,18 +13,16 @@ import torch
 import transformers
 
 from rsclip_jax import stretch_positions, tokenize
-from rsclip_jax.config import model_config_from
-from rsclip_jax.convert import export_hf, export_open_clip, import_weights, load_trained
+from rsclip_jax.config import load_recipe, model_config_from
+from rsclip_jax.checkpoint import load_trained_model
+from rsclip_jax.convert import export_hf, export_open_clip, import_weights
 from test_open_clip_parity import open_clip_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def demo_config(**model):
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_recipe(os.path.join(REPO, "configs", "demo.py"))
     config.model.update(model)
     return config
 
@@ -48,7 +45,7 @@ def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_sha
     workdir = str(tmp_path / "run")
     import_weights(config, workdir, path, stretch=True)
 
-    _, ours = load_trained(config, workdir)
+    _, ours = load_trained_model(config, workdir)
     original = theirs.state_dict()["positional_embedding"].numpy()
     np.testing.assert_allclose(ours.positional_embedding[...], stretch_positions(original), atol=1e-6)
     with torch.no_grad():
@@ -82,7 +79,7 @@ def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
     path = str(tmp_path / "open_clip_state.pt")
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)  # as open_clip trains
     import_weights(config, str(tmp_path / "run"), path, stretch=False)
-    _, ours = load_trained(config, str(tmp_path / "run"))
+    _, ours = load_trained_model(config, str(tmp_path / "run"))
     expected = embeddings(ours, model_config, IMAGES, TEXTS)
 
     export_open_clip(model_config, ours, str(tmp_path / "open_clip"))
@@ -104,6 +101,6 @@ def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
         np.testing.assert_allclose(torch.nn.functional.normalize(a, dim=-1).numpy(), b, atol=1e-5)
 
     import_weights(config, str(tmp_path / "from_hf"), str(tmp_path / "hf"), stretch=False)  # and back in
-    _, again = load_trained(config, str(tmp_path / "from_hf"))
+    _, again = load_trained_model(config, str(tmp_path / "from_hf"))
     for a, b in zip(embeddings(again, model_config, IMAGES, TEXTS), expected):
         np.testing.assert_allclose(a, b, atol=1e-5)
