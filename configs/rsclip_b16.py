@@ -10,19 +10,20 @@ image in the same batch instead.
 
 The step count follows from the argument: `--config=configs/rsclip_b16.py:epochs=6,examples=10000000`
 (examples per epoch: caption rows after filtering; 1M images x 10 by default). Start from OpenAI's
-ViT-B/16 weights imported into the workdir, with positions stretched to 248.
+ViT-B/16 weights imported into the workdir, with positions stretched to 248. `eval_root=DIR` adds the
+paper's evaluations (COCO, Flickr30k, Urban-1k, ImageNet; layout in `rsclip_jax.config.paper_evals`).
 """
 
-from rsclip_jax.config import paper_b16_config
+from rsclip_jax.config import paper_b16_config, paper_evals
 
 
-def _arguments(arg: str | None) -> dict[str, int]:
-    values = {"epochs": 6, "examples": 10_000_000}
+def _arguments(arg: str | None) -> dict:
+    values = {"epochs": 6, "examples": 10_000_000, "eval_root": ""}
     for item in filter(None, (arg or "").split(",")):
         key, _, value = item.partition("=")
         if key not in values:
-            raise ValueError(f"configs/rsclip_b16.py takes epochs= and examples=, not {key!r}")
-        values[key] = int(value)
+            raise ValueError(f"configs/rsclip_b16.py takes epochs=, examples= and eval_root=, not {key!r}")
+        values[key] = type(values[key])(value)
     return values
 
 
@@ -33,4 +34,6 @@ def get_config(arg=None):
     config.data.sampling = "rows"
     config.data.rows_per_image = 10
     config.loss.kind = "softmax_union"
+    if args["eval_root"]:
+        config.evals = paper_evals(args["eval_root"])
     return config

@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the devices left over
     config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
+
+    # name -> evaluator settings (rsclip_jax/evaluators.py), e.g. paper_evals(root); results go to
+    # metrics.jsonl and TensorBoard as eval/NAME/METRIC.
+    config.evals = ml_collections.ConfigDict()
     return config
 
 
@@ -90,6 +94,20 @@ def example_spec_from(config: ml_collections.ConfigDict, model: ModelConfig) -> 
         sub_caption_tokens=data.sub_caption_tokens, random_resized_crop=data.random_resized_crop,
         crop_scale=tuple(data.crop_scale),
     )
+
+
+def paper_evals(root: str, every_steps: int = 1000) -> ml_collections.ConfigDict:
+    """METHOD.md section 5 under one folder: ROOT/coco (val2017), ROOT/flickr30k (Karpathy test),
+    ROOT/Urban1k, with the paper's "A photo of " prefix, and ImageNet zero-shot from the TFDS data in
+    ROOT/tfds (every 5x as many steps: 50k images and 80k prompts)."""
+    retrieval = dict(kind="retrieval", prefix="A photo of ", every_steps=every_steps)
+    return ml_collections.ConfigDict({
+        "coco": dict(retrieval, dataset="coco", root=f"{root}/coco"),
+        "flickr30k": dict(retrieval, dataset="flickr30k", root=f"{root}/flickr30k"),
+        "urban1k": dict(retrieval, dataset="urban1k", root=f"{root}/Urban1k"),
+        "imagenet": dict(kind="zeroshot", source="tfds:imagenet2012", split="validation", data_dir=f"{root}/tfds",
+                         every_steps=5 * every_steps),
+    })
 
 
 def paper_b16_config(epochs: int, examples_per_epoch: int) -> ml_collections.ConfigDict:

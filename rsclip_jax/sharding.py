@@ -1,5 +1,7 @@
 """Parameter shardings from logical axis names and rules (logical name -> mesh axis)."""
 
+import math
+
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -11,6 +13,14 @@ DEFAULT_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vo
 def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", "tensor")) -> jax.sharding.Mesh:
     """A mesh of Auto axes: Explicit ones (jax.make_mesh's default) reject an fsdp-sharded contraction."""
     return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
+    """`config.mesh.shape` with its one -1 replaced by the devices left over."""
+    known = math.prod(size for size in shape if size != -1)
+    if list(shape).count(-1) > 1 or num_devices % known:
+        raise ValueError(f"config.mesh.shape {tuple(shape)} does not fit {num_devices} devices")
+    return tuple(num_devices // known if size == -1 else size for size in shape)
 
 
 def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:

@@ -8,8 +8,8 @@ TPU pod or under SLURM, where JAX finds the cluster itself.
 """
 
 import codecs
+import json
 import logging as pylogging
-import math
 import os
 import signal
 import sys
@@ -23,9 +23,10 @@ from ml_collections import config_flags
 from rsclip_jax.checkpoint import Checkpointer
 from rsclip_jax.config import example_spec_from, model_config_from
 from rsclip_jax.data import DataError, resolve_shards, train_dataset
+from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.optim import learning_rate_schedule
-from rsclip_jax.sharding import make_mesh
+from rsclip_jax.sharding import make_mesh, mesh_shape
 from rsclip_jax.train_state import init_train_state, setup_train_state
 from rsclip_jax.train_step import batch_sharding, make_train_step
 
@@ -47,13 +48,6 @@ def _initialize_distributed():
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
         jax.distributed.initialize()
-
-
-def _mesh_shape(shape, num_devices):
-    known = math.prod(size for size in shape if size != -1)
-    if list(shape).count(-1) > 1 or num_devices % known:
-        raise ValueError(f"config.mesh.shape {tuple(shape)} does not fit {num_devices} devices")
-    return tuple(num_devices // known if size == -1 else size for size in shape)
 
 
 def _check_config(config, spec, mesh):
@@ -103,11 +97,15 @@ def main(argv):
         model_config = model_config_from(config)
         spec = example_spec_from(config, model_config)
         shard_paths = resolve_shards(config.data.train_shards, "config.data.train_shards")
-        mesh = make_mesh(_mesh_shape(config.mesh.shape, jax.device_count()))
+        mesh = make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
         _check_config(config, spec, mesh)
     except (ValueError, DataError) as e:
         raise app.UsageError(str(e)) from None
     logging.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))
+    if is_chief:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:  # what `rsclip_jax.evaluate` rebuilds from
+            f.write(config.to_json_best_effort(indent=1))
 
     # ---- Data ------------------------------------------------------------------------------------
     dataset, skipped = train_dataset(
@@ -135,6 +133,10 @@ def main(argv):
                 f"variant, context_length, logit_bias_init, optimizer): use the config it was trained with, or "
                 f"another --workdir. Orbax said: {e}"
             ) from None
+    try:
+        evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
     schedule = learning_rate_schedule(config.optim, config.total_steps)
     train_step = make_train_step(config, setup, spec.slot_kinds, schedule, mesh)
     writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step)
@@ -144,7 +146,8 @@ def main(argv):
 
     # ---- Loop ------------------------------------------------------------------------------------
     try:
-        _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir)
+        _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir,
+                    evaluators)
     except TrainingError as e:
         raise SystemExit(f"error: {e}") from None
     finally:
@@ -152,7 +155,8 @@ def main(argv):
         writer.close()
 
 
-def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir):
+def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir,
+                evaluators):
     def check_finite():
         nonfinite_step = int(state["nonfinite_step"])
         if nonfinite_step >= 0:
@@ -186,6 +190,11 @@ def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpo
             if jax.process_index() == 0:
                 log_console(step, config.total_steps, logged)
             window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+        due = [evaluator for evaluator in evaluators if evaluator.due(step, last)]
+        if due:
+            check_finite()
+            writer.write(step, flat_metrics(run_evaluators(due, state["params"])))
+            window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0  # eval time is not throughput
         stop = bool(preempted) or last
         if stop or step % config.checkpoint_every_steps == 0:
             check_finite()

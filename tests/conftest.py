@@ -21,5 +21,13 @@ def demo_shards(tmp_path_factory):
     return write_demo_corpus(str(tmp_path_factory.mktemp("corpus")), num_train=40, num_heldout=16, records_per_shard=25)
 
 
+@pytest.fixture(scope="session")
+def tiny_tfds(tmp_path_factory):
+    """data_dir of the prepared TFDS dataset `tiny_shapes` (tests/tiny_tfds.py)."""
+    from tiny_tfds import prepare
+
+    return prepare(str(tmp_path_factory.mktemp("tfds")))
+
+
 # tests/captioning runs in the captioning environment (vLLM), from `make test`.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["captioning"]

@@ -1,0 +1,86 @@
+"""Run the evaluators of a config on a checkpoint.
+
+    python -m rsclip_jax.evaluate --workdir=DIR [--checkpoint=DIR/checkpoints/STEP] [--config=RECIPE[:ARG]]
+
+Without --config, the config the workdir was trained with (DIR/config.json) names the model and the
+evals. Without --checkpoint, the latest checkpoint of DIR is evaluated. Results are written to
+DIR/eval/step_STEP.json (or --output) and printed as one JSON line.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from rsclip_jax.checkpoint import Checkpointer
+from rsclip_jax.config import model_config_from
+from rsclip_jax.evaluators import build_evaluators, run_evaluators
+from rsclip_jax.sharding import make_mesh, mesh_shape
+from rsclip_jax.train_state import setup_train_state
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe; default: the workdir's config.json.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A step folder DIR/checkpoints/STEP; default: the latest.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the results; default DIR/eval/step_STEP.json.")
+
+
+def _config(workdir: str) -> ml_collections.ConfigDict:
+    if _CONFIG.value is not None:
+        return _CONFIG.value
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise app.UsageError(f"{path} does not exist (workdirs made by `convert import` have none): give --config")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _checkpoint(workdir: str) -> tuple[str, int]:
+    """(checkpoints folder, step) of --checkpoint, or of the latest checkpoint in the workdir."""
+    if _CHECKPOINT.value:
+        folder, step = os.path.split(os.path.normpath(_CHECKPOINT.value))
+        if not step.isdigit() or not os.path.isdir(_CHECKPOINT.value):
+            raise app.UsageError(f"--checkpoint={_CHECKPOINT.value} is not a step folder such as DIR/checkpoints/1000")
+        return folder, int(step)
+    folder = os.path.join(workdir, "checkpoints")
+    checkpointer = Checkpointer(folder, every_steps=1, keep=1_000_000)
+    step = checkpointer.latest_step()
+    checkpointer.close()
+    if step is None:
+        raise app.UsageError(f"{folder} holds no checkpoint")
+    return folder, step
+
+
+def main(argv):
+    del argv
+    workdir = _WORKDIR.value
+    if not workdir:
+        raise app.UsageError("give --workdir=DIR (and optionally --checkpoint, --config)")
+    config = _config(workdir)
+    if not config.get("evals"):
+        raise app.UsageError("the config has no evals: add entries to config.evals (see rsclip_jax/evaluators.py)")
+    folder, step = _checkpoint(workdir)
+    model_config = model_config_from(config)
+    mesh = make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
+    setup = setup_train_state(config, model_config, mesh)
+    try:
+        evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
+    checkpointer = Checkpointer(folder, every_steps=1, keep=1_000_000)
+    params = checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
+    checkpointer.close()
+
+    results = {"checkpoint": os.path.join(folder, str(step)), "step": step, "evals": run_evaluators(evaluators, params)}
+    if jax.process_index() == 0:
+        output = _OUTPUT.value or os.path.join(workdir, "eval", f"step_{step}.json")
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w") as f:
+            json.dump(results, f, indent=1)
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,118 @@
+"""Evaluators named in `config.evals`: image-text retrieval and zero-shot classification.
+
+Each entry of `config.evals` is one evaluator, its `kind` "retrieval" or "zeroshot", with the settings
+below (RETRIEVAL / ZEROSHOT hold their defaults). `every_steps` runs it during training every that
+many steps (0: only after the last step). Data are read and captions tokenized once, when built, so
+a missing file stops a run before it trains.
+"""
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from rsclip_jax.classification_sets import load_classification_set, prompt_templates
+from rsclip_jax.embedding import Embedder
+from rsclip_jax.retrieval import retrieval_recall
+from rsclip_jax.retrieval_sets import load_retrieval_set
+from rsclip_jax.tokenizer import tokenize
+from rsclip_jax.zeroshot import class_embeddings, topk_accuracy
+
+COMMON = {"every_steps": 0, "batch_size": 256, "limit": 0}  # limit: the first N images (0: all)
+RETRIEVAL = {"dataset": "", "root": "", "annotations": "", "prefix": ""}  # prefix: e.g. "A photo of "
+ZEROSHOT = {"source": "", "split": "test", "data_dir": "", "classnames": None, "templates": "openai"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    name: str
+    every_steps: int
+    run: Callable[[dict], dict]  # params -> metrics
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or (self.every_steps > 0 and step % self.every_steps == 0)
+
+
+def _settings(name: str, entry) -> dict:
+    entry = dict(entry)
+    kind = entry.pop("kind", None)
+    defaults = {"retrieval": RETRIEVAL, "zeroshot": ZEROSHOT}.get(kind)
+    if defaults is None:
+        raise ValueError(f"config.evals.{name}.kind must be 'retrieval' or 'zeroshot', not {kind!r}")
+    known = {**COMMON, **defaults}
+    unknown = sorted(set(entry) - set(known))
+    if unknown:
+        raise ValueError(f"config.evals.{name}.{unknown[0]} is not a {kind} setting: known are {sorted(known)}")
+    return {"kind": kind, **known, **entry}
+
+
+def _read_image(path: str):
+    with Image.open(path) as image:
+        return image.convert("RGB"), 0
+
+
+def _retrieval(name, settings, embedder, context_length):
+    dataset = load_retrieval_set(settings["dataset"], settings["root"], annotations=settings["annotations"],
+                                 limit=settings["limit"])
+    texts = [settings["prefix"] + caption for captions in dataset.captions for caption in captions]
+    text_image = np.array([i for i, captions in enumerate(dataset.captions) for _ in captions])
+    tokens = tokenize(texts, context_length)
+
+    def run(params):
+        paths = dataset.image_paths
+        image_emb, _, valid = embedder.images(params, len(paths), lambda i: _read_image(paths[i]), name)
+        text_emb = embedder.texts(params, tokens, name)
+        recall = retrieval_recall(image_emb, text_emb, text_image)
+        return {**recall, "images": len(paths), "texts": len(texts), "bad_images": int((~valid).sum())}
+
+    return run
+
+
+def _zeroshot(name, settings, embedder, context_length):
+    dataset = load_classification_set(settings["source"], split=settings["split"], data_dir=settings["data_dir"],
+                                      classnames=settings["classnames"])
+    templates = prompt_templates(settings["templates"])
+    tokens = tokenize([t.format(c) for c in dataset.classnames for t in templates], context_length)
+    count = min(settings["limit"] or dataset.size, dataset.size)
+
+    def run(params):
+        prompt_emb = embedder.texts(params, tokens, name).reshape(len(dataset.classnames), len(templates), -1)
+        image_emb, labels, valid = embedder.images(params, count, dataset.read, name)
+        accuracy = topk_accuracy(image_emb[valid], class_embeddings(prompt_emb), labels[valid])
+        return {**accuracy, "images": int(valid.sum()), "classes": len(dataset.classnames), "bad_images": int((~valid).sum())}
+
+    return run
+
+
+def build_evaluators(config, model_config, graphdef, params_sharding, mesh) -> list[Evaluator]:
+    """One Evaluator per entry of config.evals, sharing compiled encoders between equal batch sizes."""
+    embedders: dict[int, Embedder] = {}
+    evaluators = []
+    for name, entry in config.evals.items():
+        settings = _settings(name, entry)
+        batch_size = settings["batch_size"]
+        if batch_size not in embedders:
+            embedders[batch_size] = Embedder(graphdef, params_sharding, mesh, batch_size=batch_size,
+                                             image_size=model_config.image_size)
+        make = _retrieval if settings["kind"] == "retrieval" else _zeroshot
+        run = make(name, settings, embedders[batch_size], model_config.context_length)
+        evaluators.append(Evaluator(name, settings["every_steps"], run))
+    return evaluators
+
+
+def run_evaluators(evaluators: list[Evaluator], params) -> dict[str, dict]:
+    """{name: metrics} of each evaluator on `params`, with the seconds each took."""
+    results = {}
+    for evaluator in evaluators:
+        start = time.perf_counter()
+        results[evaluator.name] = {**evaluator.run(params), "seconds": round(time.perf_counter() - start, 2)}
+        logging.info("eval %s: %s", evaluator.name, results[evaluator.name])
+    return results
+
+
+def flat_metrics(results: dict[str, dict]) -> dict[str, float]:
+    """{"eval/NAME/METRIC": value}, as metrics.jsonl and TensorBoard take them."""
+    return {f"eval/{name}/{metric}": value for name, metrics in results.items() for metric, value in metrics.items()}

@@ -1,0 +1,116 @@
+"""Evaluators on 8 fake devices against the same numbers computed directly, one example at a time."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from rsclip_jax.classification_sets import load_classification_set, prompt_templates
+from rsclip_jax.config import load_recipe, model_config_from
+from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
+from rsclip_jax.preprocess import normalize_images, resize_center_crop
+from rsclip_jax.records import read_shard
+from rsclip_jax.retrieval import retrieval_recall
+from rsclip_jax.sharding import make_mesh
+from rsclip_jax.tokenizer import tokenize
+from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.zeroshot import class_embeddings, topk_accuracy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_retrieval_folder(records, root) -> str:
+    """The jsonl layout: one JPEG per record and its captions."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "captions.jsonl"), "w") as f:
+        for i, record in enumerate(records):
+            with open(os.path.join(root, f"{i}.jpg"), "wb") as image:
+                image.write(record.image_jpeg)
+            f.write(json.dumps({"image": f"{i}.jpg", "captions": [c.text for c in record.captions]}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    config = load_recipe(os.path.join(REPO, "configs", "demo.py"))
+    model_config = model_config_from(config)
+    mesh = make_mesh((8, 1, 1))
+    setup = setup_train_state(config, model_config, mesh)
+    params = init_train_state(config, model_config, setup)["params"]
+    return config, model_config, mesh, setup, params
+
+
+def evaluate(tiny_model, evals: dict) -> dict:
+    config, model_config, mesh, setup, params = tiny_model
+    config = ml_collections.ConfigDict(config)
+    config.evals = ml_collections.ConfigDict(evals)
+    evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
+    return run_evaluators(evaluators, params)
+
+
+def direct_embeddings(tiny_model, images, texts):
+    _, model_config, _, setup, params = tiny_model
+    model = nnx.merge(setup.graphdef, jax.device_get(params))
+    crops = np.stack([resize_center_crop(image, model_config.image_size) for image in images])
+    return (np.asarray(model.encode_image(normalize_images(jnp.asarray(crops)))),
+            np.asarray(model.encode_text(jnp.asarray(tokenize(texts, model_config.context_length)))))
+
+
+def test_retrieval_with_padding_matches_the_direct_computation(tiny_model, demo_shards, tmp_path):
+    records = list(read_shard(demo_shards["heldout"][0]))[:13]  # 13 images: the second batch of 8 is padded
+    root = write_retrieval_folder(records, str(tmp_path / "set"))
+    results = evaluate(tiny_model, {"set": dict(kind="retrieval", dataset="jsonl", root=root, prefix="A photo of ",
+                                                batch_size=8)})["set"]
+
+    texts = ["A photo of " + c.text for r in records for c in r.captions]
+    text_image = np.array([i for i, r in enumerate(records) for _ in r.captions])
+    images = [Image.open(os.path.join(root, f"{i}.jpg")).convert("RGB") for i in range(len(records))]
+    expected = retrieval_recall(*direct_embeddings(tiny_model, images, texts), text_image)
+    assert {k: results[k] for k in expected} == pytest.approx(expected)
+    assert (results["images"], results["texts"], results["bad_images"]) == (13, 130, 0)
+
+
+def test_a_corrupt_image_is_counted_not_fatal(tiny_model, demo_shards, tmp_path):
+    records = list(read_shard(demo_shards["heldout"][0]))[:4]
+    root = write_retrieval_folder(records, str(tmp_path / "set"))
+    with open(os.path.join(root, "2.jpg"), "wb") as f:
+        f.write(b"not a jpeg")
+    results = evaluate(tiny_model, {"set": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8)})["set"]
+    assert results["bad_images"] == 1 and results["images"] == 4
+
+
+@pytest.mark.parametrize("source", ["tfds", "folder"])
+def test_zeroshot_matches_the_direct_computation(tiny_model, tiny_tfds, tmp_path, source):
+    if source == "tfds":
+        settings = dict(source="tfds:tiny_shapes", split="test", data_dir=tiny_tfds)
+    else:
+        for i in range(11):
+            path = tmp_path / ("red_thing", "green_thing")[i % 2] / f"{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.new("RGB", (36, 48), (255 - 20 * i, 20 * i, 0)).save(path)
+        settings = dict(source=f"folder:{tmp_path}")
+    results = evaluate(tiny_model, {"zs": dict(kind="zeroshot", batch_size=8, **settings)})["zs"]
+
+    dataset = load_classification_set(settings["source"], split="test", data_dir=settings.get("data_dir", ""))
+    templates = prompt_templates("openai")
+    examples = [dataset.read(i) for i in range(dataset.size)]
+    prompts = [t.format(name) for name in dataset.classnames for t in templates]
+    image_emb, prompt_emb = direct_embeddings(tiny_model, [image for image, _ in examples], prompts)
+    classes = class_embeddings(prompt_emb.reshape(2, len(templates), -1))
+    expected = topk_accuracy(image_emb, classes, np.array([label for _, label in examples]), ks=(1,))
+    assert results["top1"] == pytest.approx(expected["top1"])
+    assert (results["images"], results["classes"], results["top5"]) == (dataset.size, 2, 100.0)
+
+
+def test_flat_metrics_names_and_bad_settings(tiny_model):
+    assert flat_metrics({"coco": {"i2t_r1": 5.0}}) == {"eval/coco/i2t_r1": 5.0}
+    with pytest.raises(ValueError, match="config.evals.coco.prefx is not a retrieval setting"):
+        evaluate(tiny_model, {"coco": dict(kind="retrieval", dataset="coco", root="/nowhere", prefx="A photo of ")})
+    with pytest.raises(ValueError, match="config.evals.x.kind must be"):
+        evaluate(tiny_model, {"x": dict(kind="linear_probe")})
