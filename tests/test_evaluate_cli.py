@@ -1,0 +1,86 @@
+"""Evals during training, `rsclip_jax.evaluate` on the checkpoints afterwards, and `rsclip_jax.report`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from rsclip_jax.records import read_shard
+from test_evaluators import write_retrieval_folder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+RECIPE = """
+import ml_collections
+from rsclip_jax.config import load_recipe
+
+
+def get_config(arg=None):
+    config = load_recipe({demo!r})
+    config.update(total_steps=4, batch_size=8, log_every_steps=2, checkpoint_every_steps=2)
+    config.data.train_shards = {shards!r}
+    config.evals = ml_collections.ConfigDict(dict(
+        heldout=dict(kind="retrieval", dataset="jsonl", root={root!r}, prefix="A photo of ", every_steps=2, batch_size=8),
+        shapes=dict(kind="zeroshot", source="tfds:tiny_shapes", data_dir={tfds!r}, every_steps=0, batch_size=8),
+    ))
+    return config
+"""
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=REPO, env=ONE_DEVICE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def without_seconds(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+@pytest.mark.slow
+def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_tfds):
+    root = write_retrieval_folder(list(read_shard(demo_shards["heldout"][0])), str(tmp_path / "heldout"))
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(RECIPE.format(demo=os.path.join(REPO, "configs", "demo.py"), shards=",".join(demo_shards["train"]),
+                                    root=root, tfds=tiny_tfds))
+    workdir = str(tmp_path / "run")
+    run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    during = {}
+    for line in lines:
+        for key, value in line.items():
+            if key.startswith("eval/"):
+                _, name, metric = key.split("/")
+                during.setdefault((line["step"], name), {})[metric] = value
+    assert sorted(during) == [(2, "heldout"), (4, "heldout"), (4, "shapes")]
+    assert during[(2, "heldout")]["images"] == 16 and during[(4, "shapes")]["classes"] == 2
+
+    # Alone, on the workdir's config.json: the same numbers as during training, for each checkpoint.
+    latest = json.loads(run("rsclip_jax.evaluate", f"--workdir={workdir}").stdout.strip().splitlines()[-1])
+    assert latest["step"] == 4
+    for name in ("heldout", "shapes"):
+        assert without_seconds(latest["evals"][name]) == pytest.approx(without_seconds(during[(4, name)]))
+    with open(os.path.join(workdir, "eval", "step_4.json")) as f:
+        assert json.load(f)["evals"].keys() == {"heldout", "shapes"}
+    earlier = run("rsclip_jax.evaluate", f"--workdir={workdir}", f"--checkpoint={workdir}/checkpoints/2")
+    earlier = json.loads(earlier.stdout.strip().splitlines()[-1])
+    assert without_seconds(earlier["evals"]["heldout"]) == pytest.approx(without_seconds(during[(2, "heldout")]))
+
+    out = run("rsclip_jax.report", workdir).stdout.strip().splitlines()[-1]
+    for name in ("training.png", "eval.png"):
+        with Image.open(os.path.join(out, name)) as image:
+            assert image.format == "PNG" and image.width > 500
+    summary = open(os.path.join(out, "README.md")).read()
+    assert "| heldout | 4 | i2t_r1 |" in summary and "| shapes | 4 | top1 |" in summary
+
+
+def test_evaluate_names_what_is_missing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={tmp_path}"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO, env=ONE_DEVICE)
+    assert result.returncode != 0 and "config.json does not exist" in result.stderr and "give --config" in result.stderr
