@@ -34,5 +34,13 @@ def test_paper_numbers():
     assert load("rsclip_b16", "epochs=2,examples=2048000").total_steps == 2000
     longclip = load("longclip_b16")
     assert (longclip.model.frozen_text_positions, longclip.loss.label_smoothing, longclip.loss.short_caption_components) == (20, 0.1, 32)
-    with pytest.raises(ValueError, match="takes epochs= and examples="):
+    with pytest.raises(ValueError, match="takes epochs=, examples= and eval_root="):
         load("rsclip_b16", "epoch=3")
+
+
+def test_paper_evals_follow_eval_root():
+    assert not load("rsclip_b16").evals
+    evals = load("rsclip_b16", "epochs=1,eval_root=/data/eval").evals
+    assert sorted(evals) == ["coco", "flickr30k", "imagenet", "urban1k"]
+    assert (evals.coco.dataset, evals.coco.root, evals.coco.prefix) == ("coco", "/data/eval/coco", "A photo of ")
+    assert (evals.imagenet.source, evals.imagenet.data_dir) == ("tfds:imagenet2012", "/data/eval/tfds")

@@ -114,3 +114,16 @@ def test_flat_metrics_names_and_bad_settings(tiny_model):
         evaluate(tiny_model, {"coco": dict(kind="retrieval", dataset="coco", root="/nowhere", prefx="A photo of ")})
     with pytest.raises(ValueError, match="config.evals.x.kind must be"):
         evaluate(tiny_model, {"x": dict(kind="linear_probe")})
+
+
+def test_each_encoder_compiles_once_for_a_padded_set(tiny_model):
+    from rsclip_jax.embedding import Embedder
+
+    _, model_config, mesh, setup, params = tiny_model
+    embedder = Embedder(setup.graphdef, setup.shardings["params"], mesh, batch_size=8, image_size=model_config.image_size)
+    tokens = tokenize([f"caption {i}" for i in range(21)], model_config.context_length)
+    assert embedder.texts(params, tokens, "set").shape == (21, model_config.embed_dim)
+    image = Image.new("RGB", (50, 40))
+    embeddings, labels, valid = embedder.images(params, 19, lambda i: (image, i), "set")
+    assert embeddings.shape == (19, model_config.embed_dim) and labels.tolist() == list(range(19)) and valid.all()
+    assert embedder._encode_texts._cache_size() == 1 and embedder._encode_images._cache_size() == 1
