@@ -55,8 +55,9 @@ def test_tiny_model_equals_open_clip(activation, context_length):
 
 
 @pytest.mark.slow
-def test_b16_at_248_tokens_equals_open_clip():
-    assert_same_embeddings(model_config("B/16", context_length=248, dtype="float32"), atol=1e-4)
+@pytest.mark.parametrize("context_length", [77, 248])
+def test_b16_equals_open_clip(context_length):
+    assert_same_embeddings(model_config("B/16", context_length=context_length, dtype="float32"), atol=1e-4)
 
 
 def test_loading_a_mismatched_state_dict_names_the_problem():
