@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Long-CLIP: "short" slots are matched against image embeddings rebuilt from their top principal
     # components over the batch; 0 turns it off.
     config.loss.short_caption_components = 0
+    # "on": each device's rows against the gathered batch (losses.sharded_contrastive_loss), logits memory
+    # O(B/devices * B * K); "off": the whole [B, B*K] logits on every device; "auto": on from
+    # SHARDED_LOSS_MIN_BATCH examples per step when there are several data-parallel devices.
+    config.loss.sharded = "auto"
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 1e-6

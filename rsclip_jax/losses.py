@@ -2,12 +2,13 @@
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 LOSS_KINDS = ("softmax_union", "softmax_per_caption", "sigmoid")
 
 
-def _soft_cross_entropy(logits, positives, label_smoothing):
-    """Mean over rows of the cross-entropy against a uniform target over each row's positives.
+def _soft_cross_entropy_sum(logits, positives, label_smoothing):
+    """Sum over rows of the cross-entropy against a uniform target over each row's positives.
 
     The target row is (1 - eps) * uniform(positives) + eps / columns, which for one positive is
     torch's cross_entropy(label_smoothing=eps).
@@ -15,7 +16,52 @@ def _soft_cross_entropy(logits, positives, label_smoothing):
     positives = positives.astype(logits.dtype)
     target = positives / positives.sum(axis=-1, keepdims=True)
     target = (1.0 - label_smoothing) * target + label_smoothing / logits.shape[-1]
-    return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+    return -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1))
+
+
+def _check_arguments(image_emb, text_emb, kind, label_smoothing):
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_KINDS}")
+    if image_emb.ndim != 2 or text_emb.ndim != 3 or text_emb.shape[0] != image_emb.shape[0]:
+        raise ValueError(
+            f"contrastive_loss expects image_emb [B, D] and text_emb [B, K, D], got {image_emb.shape} and {text_emb.shape}"
+        )
+    if kind == "sigmoid" and label_smoothing:
+        raise ValueError("label_smoothing applies to the softmax loss kinds only, not 'sigmoid'")
+
+
+def _rows_loss(images, texts, ids, all_images, all_texts, all_ids, scale, bias, kind, label_smoothing):
+    """The share of the loss of some rows of the batch (images [b, D], their texts [b, K, D] and ids [b])
+    against the whole batch (all_*, [B, ...]): the loss of the batch is the sum of the shares of its
+    row blocks. Memory is O(b * B * K)."""
+    batch, num_captions, width = all_texts.shape
+    rows = images.shape[0]
+    same_image = ids[:, None] == all_ids[None, :]  # [b, B]
+
+    if kind == "softmax_per_caption":
+        image_to_text = scale * jnp.einsum("id,jkd->kij", images, all_texts)  # [K, b images, B texts]
+        text_to_image = scale * jnp.einsum("jkd,id->kji", texts, all_images)  # [K, b texts, B images]
+        return (_soft_cross_entropy_sum(image_to_text, same_image[None], label_smoothing)
+                + _soft_cross_entropy_sum(text_to_image, same_image[None], label_smoothing)) / (2 * batch * num_captions)
+
+    # Text column j * K + k is caption k of image j; local text row j * K + k likewise.
+    image_to_text = scale * images @ all_texts.reshape(batch * num_captions, width).T  # [b, B*K]
+    positives = jnp.repeat(same_image, num_captions, axis=1)  # [b, B*K]
+    if kind == "softmax_union":
+        text_to_image = scale * texts.reshape(rows * num_captions, width) @ all_images.T  # [b*K, B]
+        return (_soft_cross_entropy_sum(image_to_text, positives, label_smoothing) / (2 * batch)
+                + _soft_cross_entropy_sum(text_to_image, jnp.repeat(same_image, num_captions, axis=0), label_smoothing)
+                / (2 * batch * num_captions))
+    labels = 2.0 * positives.astype(jnp.float32) - 1.0  # sigmoid: every image-text pair once
+    return -jnp.sum(jax.nn.log_sigmoid(labels * (image_to_text + bias))) / (batch * num_captions)
+
+
+def _inputs(image_emb, text_emb, logit_scale, image_ids, logit_bias):
+    """float32 embeddings, scale and bias, and image ids (row numbers when not given)."""
+    ids = jnp.arange(image_emb.shape[0]) if image_ids is None else jnp.asarray(image_ids)
+    bias = jnp.zeros((), jnp.float32) if logit_bias is None else jnp.asarray(logit_bias, jnp.float32)
+    scale = jnp.exp(jnp.asarray(logit_scale, jnp.float32))
+    return image_emb.astype(jnp.float32), text_emb.astype(jnp.float32), ids, scale, bias
 
 
 def contrastive_loss(
@@ -35,38 +81,38 @@ def contrastive_loss(
     each one's captions are positives for the other. kind: one of LOSS_KINDS (see METHOD.md section 3).
     Computed in float32 whatever the input dtype.
     """
-    if kind not in LOSS_KINDS:
-        raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_KINDS}")
-    if image_emb.ndim != 2 or text_emb.ndim != 3 or text_emb.shape[0] != image_emb.shape[0]:
-        raise ValueError(
-            f"contrastive_loss expects image_emb [B, D] and text_emb [B, K, D], got {image_emb.shape} and {text_emb.shape}"
-        )
-    if kind == "sigmoid" and label_smoothing:
-        raise ValueError("label_smoothing applies to the softmax loss kinds only, not 'sigmoid'")
-    batch, num_captions, width = text_emb.shape
-    images = image_emb.astype(jnp.float32)
-    texts = text_emb.astype(jnp.float32)
-    scale = jnp.exp(jnp.asarray(logit_scale, jnp.float32))
-    ids = jnp.arange(batch) if image_ids is None else jnp.asarray(image_ids)
-    same_image = ids[:, None] == ids[None, :]  # [B, B]
+    _check_arguments(image_emb, text_emb, kind, label_smoothing)
+    images, texts, ids, scale, bias = _inputs(image_emb, text_emb, logit_scale, image_ids, logit_bias)
+    return _rows_loss(images, texts, ids, images, texts, ids, scale, bias, kind, label_smoothing)
 
-    if kind == "softmax_per_caption":
-        logits = scale * jnp.einsum("id,jkd->kij", images, texts)  # [K, B images, B texts]
-        image_to_text = _soft_cross_entropy(logits, same_image[None], label_smoothing)
-        text_to_image = _soft_cross_entropy(jnp.swapaxes(logits, 1, 2), same_image.T[None], label_smoothing)
-        return (image_to_text + text_to_image) / 2
 
-    # Text column j * K + k is caption k of image j.
-    logits = scale * images @ texts.reshape(batch * num_captions, width).T  # [B, B*K]
-    positives = jnp.repeat(same_image, num_captions, axis=1)  # [B, B*K]
-    if kind == "softmax_union":
-        image_to_text = _soft_cross_entropy(logits, positives, label_smoothing)
-        text_to_image = _soft_cross_entropy(logits.T, positives.T, label_smoothing)
-        return (image_to_text + text_to_image) / 2
+def sharded_contrastive_loss(
+    image_emb,
+    text_emb,
+    logit_scale,
+    *,
+    mesh,
+    kind: str,
+    image_ids=None,
+    logit_bias=None,
+    label_smoothing: float = 0.0,
+    axes=("data", "fsdp"),
+):
+    """`contrastive_loss`, equal in value and gradients, with the batch split over the mesh `axes`:
+    each device holds its own rows against the gathered batch (open_clip's --local-loss
+    --gather-with-grad), so its logits take O(B/devices * B * K) memory instead of O(B * B * K)."""
+    _check_arguments(image_emb, text_emb, kind, label_smoothing)
+    rows = PartitionSpec(axes)
 
-    bias = 0.0 if logit_bias is None else jnp.asarray(logit_bias, jnp.float32)
-    labels = 2.0 * positives.astype(jnp.float32) - 1.0
-    return -jnp.sum(jax.nn.log_sigmoid(labels * (logits + bias))) / (batch * num_captions)
+    def local_share(images, texts, ids, scale, bias):
+        gather = lambda x: jax.lax.all_gather(x, axes, axis=0, tiled=True)  # backward: a reduce-scatter
+        share = _rows_loss(images, texts, ids, gather(images), gather(texts), gather(ids), scale, bias, kind,
+                           label_smoothing)
+        return jax.lax.psum(share, axes)
+
+    return jax.shard_map(
+        local_share, mesh=mesh, in_specs=(rows, rows, rows, PartitionSpec(), PartitionSpec()), out_specs=PartitionSpec()
+    )(*_inputs(image_emb, text_emb, logit_scale, image_ids, logit_bias))
 
 
 def primary_components(embeddings, num_components: int):

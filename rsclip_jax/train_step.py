@@ -1,5 +1,7 @@
 """The jitted training step: loss from the config, gradient accumulation, NaN guard, logit-scale clamp."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,7 +9,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rsclip_jax.losses import contrastive_loss, primary_components
+from rsclip_jax.losses import contrastive_loss, primary_components, sharded_contrastive_loss
 from rsclip_jax.preprocess import normalize_images
 from rsclip_jax.train_state import TrainSetup
 
@@ -17,8 +19,20 @@ def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
 
 
-def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...]):
+SHARDED_LOSS_MIN_BATCH = 1024
+
+
+def uses_sharded_loss(config: ml_collections.ConfigDict, mesh) -> bool:
+    choice = config.loss.sharded
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"config.loss.sharded must be 'auto', 'on' or 'off', not {choice!r}")
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    return choice == "on" or (choice == "auto" and data_parallel > 1 and config.batch_size >= SHARDED_LOSS_MIN_BATCH)
+
+
+def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...], mesh):
     image_emb, text_emb = model(normalize_images(batch["image"]), batch["tokens"])
+    loss_fn = partial(sharded_contrastive_loss, mesh=mesh) if uses_sharded_loss(config, mesh) else contrastive_loss
     kwargs = dict(
         kind=config.loss.kind, image_ids=batch["image_id"], label_smoothing=config.loss.label_smoothing,
         logit_bias=model.logit_bias[...] if hasattr(model, "logit_bias") else None,
@@ -26,10 +40,10 @@ def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: t
     scale = model.logit_scale[...]
     components = config.loss.short_caption_components
     if not components:
-        return contrastive_loss(image_emb, text_emb, scale, **kwargs)
+        return loss_fn(image_emb, text_emb, scale, **kwargs)
     short = [i for i, kind in enumerate(slot_kinds) if kind == "short"]
     fine = [i for i, kind in enumerate(slot_kinds) if kind != "short"]
-    return contrastive_loss(image_emb, text_emb[:, fine], scale, **kwargs) + contrastive_loss(
+    return loss_fn(image_emb, text_emb[:, fine], scale, **kwargs) + loss_fn(
         primary_components(image_emb, components), text_emb[:, short], scale, **kwargs
     )
 
@@ -39,7 +53,7 @@ def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
     accum = config.optim.accum_steps
 
     def loss_fn(params, batch):
-        return training_loss(config, nnx.merge(setup.graphdef, params), batch, slot_kinds)
+        return training_loss(config, nnx.merge(setup.graphdef, params), batch, slot_kinds, mesh)
 
     grad_fn = jax.value_and_grad(loss_fn)
 

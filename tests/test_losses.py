@@ -1,5 +1,7 @@
 """Every loss kind against a float64 reference written here, loop by loop, from METHOD.md section 3."""
 
+from functools import partial
+
 import jax
 import numpy as np
 import pytest
@@ -96,3 +98,34 @@ def test_loss_rejects_bad_arguments():
         contrastive_loss(img, txt[:, 0], 0.0, kind="sigmoid")
     with pytest.raises(ValueError, match="label_smoothing"):
         contrastive_loss(img, txt, 0.0, kind="sigmoid", label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2)])
+@pytest.mark.parametrize("kind", ["softmax_union", "softmax_per_caption", "sigmoid"])
+def test_sharded_loss_equals_the_plain_loss_with_gradients(kind, mesh_shape):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rsclip_jax.losses import sharded_contrastive_loss
+    from rsclip_jax.sharding import make_mesh
+
+    mesh = make_mesh(mesh_shape)
+    rng = np.random.default_rng(2)
+    batch, num_captions, width = 16, 3, 8
+    img = unit_rows(rng.normal(size=(batch, width))).astype(np.float32)
+    txt = unit_rows(img[:, None, :] + 0.8 * rng.normal(size=(batch, num_captions, width))).astype(np.float32)
+    ids = rng.integers(0, 11, size=batch)  # same-image rows, some on other devices
+    eps = 0.0 if kind == "sigmoid" else 0.1
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    img_sharded, txt_sharded, ids_sharded = (jax.device_put(x, rows) for x in (img, txt, ids))
+
+    def value_and_grads(loss_fn, *arrays):
+        return jax.jit(jax.value_and_grad(
+            lambda i, t, scale, bias: loss_fn(i, t, scale, kind=kind, image_ids=arrays[2], logit_bias=bias,
+                                              label_smoothing=eps), argnums=(0, 1, 2, 3)
+        ))(arrays[0], arrays[1], np.float32(np.log(10.0)), np.float32(-2.0))
+
+    plain = value_and_grads(contrastive_loss, img, txt, ids)
+    sharded = value_and_grads(partial(sharded_contrastive_loss, mesh=mesh), img_sharded, txt_sharded, ids_sharded)
+    np.testing.assert_allclose(sharded[0], plain[0], rtol=1e-6)
+    for got, want in zip(sharded[1], plain[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

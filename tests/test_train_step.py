@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from rsclip_jax import tokenize
@@ -9,29 +10,41 @@ from rsclip_jax.config import base_config, model_config_from
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.train_state import init_train_state, setup_train_state
-from rsclip_jax.train_step import make_train_step, training_loss
+from rsclip_jax.train_step import (
+    SHARDED_LOSS_MIN_BATCH, batch_sharding, make_train_step, training_loss, uses_sharded_loss,
+)
 
 
-def test_accumulated_step_equals_mean_of_micro_batch_gradients():
+def tiny_config():
     config = base_config()
     config.model.variant, config.model.context_length, config.model.dtype = "tiny", 16, "float32"
     config.total_steps, config.optim.lr, config.optim.warmup_steps = 10, 1e-3, 0
+    return config
+
+
+def random_batch(size, num_captions=2):
+    rng = np.random.default_rng(0)
+    texts = [f"caption {i} of a red cube" for i in range(size * num_captions)]
+    return {
+        "image": rng.integers(0, 255, (size, 32, 32, 3), dtype=np.uint8),
+        "tokens": tokenize(texts, 16).reshape(size, num_captions, 16),
+        "image_id": rng.integers(0, size - 2, size),  # some rows share an image
+    }
+
+
+def test_accumulated_step_equals_mean_of_micro_batch_gradients():
+    config = tiny_config()
     config.optim.accum_steps = 2
     model_config = model_config_from(config)
     mesh = make_mesh((1, 1, 1))
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
-        "tokens": tokenize([f"caption {i} of a red cube" for i in range(16)], 16).reshape(8, 2, 16),
-        "image_id": np.arange(8),
-    }
+    batch = random_batch(8)
     setup = setup_train_state(config, model_config, mesh)
     state = init_train_state(config, model_config, setup)
     params = jax.tree.map(np.asarray, state["params"])
 
     def loss(p, offset):  # micro-batch `offset` holds rows offset, offset + 2, ...
         micro = jax.tree.map(lambda x: x[offset::2], batch)
-        return training_loss(config, nnx.merge(setup.graphdef, p), micro, ("any",))
+        return training_loss(config, nnx.merge(setup.graphdef, p), micro, ("any",), mesh)
 
     loss_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
     losses, grads = zip(*(loss_and_grad(params, a) for a in range(2)))
@@ -43,3 +56,34 @@ def test_accumulated_step_equals_mean_of_micro_batch_gradients():
     np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-5)
     np.testing.assert_allclose(metrics["grad_norm"], expected_norm, rtol=1e-4)
     assert int(state["step"]) == 1 and int(state["nonfinite_step"]) == -1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("short_caption_components", [0, 4])
+def test_sharded_loss_gives_the_plain_loss_and_gradients_in_the_model(short_caption_components):
+    mesh = make_mesh((4, 2, 1))
+    batch = jax.device_put(random_batch(16), batch_sharding(mesh))
+    results = []
+    for sharded in ("off", "on"):
+        config = tiny_config()
+        config.loss.sharded, config.loss.short_caption_components = sharded, short_caption_components
+        model_config = model_config_from(config)
+        setup = setup_train_state(config, model_config, mesh)
+        params = init_train_state(config, model_config, setup)["params"]
+        loss = lambda p: training_loss(config, nnx.merge(setup.graphdef, p), batch, ("long", "short"), mesh)
+        results.append(jax.device_get(jax.jit(jax.value_and_grad(loss))(params)))
+    (plain_loss, plain_grads), (sharded_loss, sharded_grads) = results
+    np.testing.assert_allclose(sharded_loss, plain_loss, rtol=1e-6)
+    # float32 sums in another order: gradients of order 1 agree to about 1e-6
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), sharded_grads, plain_grads)
+
+
+def test_sharded_loss_is_the_default_for_large_batches_on_several_devices():
+    config = tiny_config()
+    config.batch_size = SHARDED_LOSS_MIN_BATCH
+    assert uses_sharded_loss(config, make_mesh((8, 1, 1))) and not uses_sharded_loss(config, make_mesh((1, 1, 1)))
+    config.batch_size = 256
+    assert not uses_sharded_loss(config, make_mesh((8, 1, 1)))
+    config.loss.sharded = "yes"
+    with pytest.raises(ValueError, match="config.loss.sharded must be"):
+        uses_sharded_loss(config, make_mesh((8, 1, 1)))
