@@ -46,7 +46,12 @@ def _initialize_distributed():
         # Cross-process collectives between CPU devices; GPU and TPU devices ignore this setting.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # JAX binds one GPU per SLURM task; a single task per node drives all of its node's GPUs instead.
+        gpus = os.environ.get("SLURM_GPUS_ON_NODE", "")
+        one_per_node = os.environ.get("SLURM_NTASKS_PER_NODE") == "1" and gpus.isdigit()
+        jax.distributed.initialize(local_device_ids=list(range(int(gpus))) if one_per_node else None)
+    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
         jax.distributed.initialize()
 
 

@@ -1,0 +1,43 @@
+# Shared by the launch scripts: option checks and `run`, which prints each command (shell-quoted, so it
+# can be pasted) and runs it unless --dry-run was given.
+# shellcheck shell=bash
+
+# shellcheck disable=SC2034  # both are read by the scripts that source this file
+DRY_RUN="" REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+# require NAME...: each named variable must be set, else the missing --option is named.
+require() {
+  local name
+  for name in "$@"; do
+    [[ -n "${!name}" ]] || die "--${name//_/-} is required (see --help)"
+  done
+}
+
+# The argument as the shell reads it back: bare when safe, else in single quotes.
+quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+run() {
+  local line="" arg
+  for arg in "$@"; do
+    line+="$(quote "$arg") "
+  done
+  echo "${line% }"
+  if [[ -z "$DRY_RUN" ]]; then
+    "$@"
+  fi
+}
+
+note() {
+  echo "# $*"
+}
