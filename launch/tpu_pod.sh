@@ -46,10 +46,10 @@ if [[ -n "$DRY_RUN" ]] || ! "${tpu[@]}" describe "$name" "${where[@]}" >/dev/nul
   run "${tpu[@]}" create "$name" "${where[@]}" --accelerator-type "$accelerator" --version "$version"
 fi
 
-note "2. install on every worker: the project at $ref, JAX for TPUs, gcsfs for gs:// workdirs"
+note "2. install on every worker: the project at $ref, JAX for TPUs, gs:// support (gcsfs; google-cloud-storage for TensorBoard)"
 install="set -e; [ -d rsclip-jax ] || git clone -q $(quote "$repo") rsclip-jax; cd rsclip-jax"
 install+="; git fetch -q origin; git checkout -q $(quote "$ref"); make .venv/.installed-base"
-install+="; .venv/bin/pip install -q 'jax[tpu]' gcsfs"
+install+="; .venv/bin/pip install -q 'jax[tpu]' gcsfs google-cloud-storage"
 run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "$install"
 
 note "3. train on all workers (one process per worker)"

@@ -5,6 +5,7 @@ import os
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from rsclip_jax.config import model_config_from
@@ -19,7 +20,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every_steps, enable_async_checkpointing=True, create=True
         )
-        self.directory = os.path.abspath(directory)
+        # Orbax wants absolute paths; a bucket (gs://...) is one already.
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -42,7 +44,7 @@ class Checkpointer:
             abstract_state, shardings,
         )
         items = {"state": ocp.args.StandardRestore(target)}
-        if data_iterator is not None and os.path.isdir(os.path.join(self.directory, str(step), "data")):
+        if data_iterator is not None and (self.directory / str(step) / "data").exists():
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 

@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.freeze = ()  # regexes over parameter paths, e.g. r"visual\..*" (lock the image tower)
 
     config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the devices left over
+    config.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor) within a slice; -1 takes the devices left over
+    config.mesh.dcn_shape = (1, 1, 1)  # the same axes across slices (docs/scaling.md): usually (slices, 1, 1)
     config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
 
     # name -> evaluator settings (rsclip_jax/evaluators.py), e.g. paper_evals(root); results go to

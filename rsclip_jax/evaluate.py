@@ -13,12 +13,13 @@ import os
 import jax
 import ml_collections
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import Checkpointer
 from rsclip_jax.config import model_config_from
 from rsclip_jax.evaluators import build_evaluators, run_evaluators
-from rsclip_jax.sharding import make_mesh, mesh_shape
+from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import setup_train_state
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe; default: the workdir's config.json.", lock_config=True)
@@ -30,20 +31,19 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the results; defau
 def _config(workdir: str) -> ml_collections.ConfigDict:
     if _CONFIG.value is not None:
         return _CONFIG.value
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
         raise app.UsageError(f"{path} does not exist (workdirs made by `convert import` have none): give --config")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def _checkpoint(workdir: str) -> tuple[str, int]:
     """(checkpoints folder, step) of --checkpoint, or of the latest checkpoint in the workdir."""
     if _CHECKPOINT.value:
-        folder, step = os.path.split(os.path.normpath(_CHECKPOINT.value))
-        if not step.isdigit() or not os.path.isdir(_CHECKPOINT.value):
+        path = epath.Path(_CHECKPOINT.value)
+        if not path.name.isdigit() or not path.is_dir():
             raise app.UsageError(f"--checkpoint={_CHECKPOINT.value} is not a step folder such as DIR/checkpoints/1000")
-        return folder, int(step)
+        return str(path.parent), int(path.name)
     folder = os.path.join(workdir, "checkpoints")
     checkpointer = Checkpointer(folder, every_steps=1, keep=1_000_000)
     step = checkpointer.latest_step()
@@ -63,7 +63,7 @@ def main(argv):
         raise app.UsageError("the config has no evals: add entries to config.evals (see rsclip_jax/evaluators.py)")
     folder, step = _checkpoint(workdir)
     model_config = model_config_from(config)
-    mesh = make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
+    mesh = mesh_from_config(config.mesh)
     setup = setup_train_state(config, model_config, mesh)
     try:
         evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
@@ -75,10 +75,9 @@ def main(argv):
 
     results = {"checkpoint": os.path.join(folder, str(step)), "step": step, "evals": run_evaluators(evaluators, params)}
     if jax.process_index() == 0:
-        output = _OUTPUT.value or os.path.join(workdir, "eval", f"step_{step}.json")
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with open(output, "w") as f:
-            json.dump(results, f, indent=1)
+        output = epath.Path(_OUTPUT.value or epath.Path(workdir) / "eval" / f"step_{step}.json")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=1))
         print(json.dumps(results))
 
 

@@ -1,9 +1,12 @@
-"""Training metrics: DIR/metrics.jsonl, TensorBoard event files and a console line (process 0 only)."""
+"""Training metrics: DIR/metrics.jsonl, TensorBoard event files and a console line (process 0 only).
+
+The workdir may be a bucket: paths go through etils.epath (gs:// with gcsfs installed).
+"""
 
 import json
-import os
 
 from absl import logging
+from etils import epath
 from tensorboardX import SummaryWriter
 
 
@@ -12,19 +15,17 @@ class MetricWriter:
         self.enabled = enabled
         if not enabled:
             return
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = epath.Path(workdir) / "metrics.jsonl"
         self._forget_steps_after(resumed_from_step)
-        self.file = open(self.path, "a")
-        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.file = self.path.open("a")
+        self.tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
     def _forget_steps_after(self, step: int):
-        """A resumed run logs again the steps after its checkpoint; keep one line per step."""
-        if not os.path.exists(self.path):
+        """A resumed run logs again the steps after its checkpoint; keep the lines up to the checkpoint."""
+        if not self.path.exists():
             return
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        lines = self.path.read_text().splitlines(keepends=True)
+        self.path.write_text("".join(line for line in lines if line.strip() and json.loads(line)["step"] <= step))
 
     def write(self, step: int, metrics: dict):
         if not self.enabled:

@@ -4,23 +4,48 @@ import math
 
 import jax
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 # Fully sharded data parallel over `fsdp`, Megatron-style tensor parallel over `tensor`.
 DEFAULT_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
 
 
-def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", "tensor")) -> jax.sharding.Mesh:
-    """A mesh of Auto axes: Explicit ones (jax.make_mesh's default) reject an fsdp-sharded contraction."""
-    return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", "tensor"),
+              dcn_shape: tuple[int, ...] | None = None) -> jax.sharding.Mesh:
+    """A mesh of Auto axes (Explicit ones, jax.make_mesh's default, reject an fsdp-sharded contraction).
+
+    `shape` lays the axes out within a slice (fast interconnect); `dcn_shape` multiplies them across
+    slices (data-center network), so the mesh is their product. Slices are TPU slices, or processes
+    where devices have no slice (GPU hosts, CPU tests).
+    """
+    axis_types = (jax.sharding.AxisType.Auto,) * len(names)
+    if dcn_shape is None or math.prod(dcn_shape) == 1:
+        return jax.make_mesh(shape, names, axis_types=axis_types)
+    devices = jax.devices()
+    slices = {getattr(device, "slice_index", None) for device in devices}
+    grid = mesh_utils.create_hybrid_device_mesh(
+        shape, dcn_shape, devices, process_is_granule=len(slices) != math.prod(dcn_shape)
+    )
+    return jax.sharding.Mesh(grid, names, axis_types=axis_types)
 
 
 def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
-    """`config.mesh.shape` with its one -1 replaced by the devices left over."""
+    """`config.mesh.shape` with its one -1 replaced by the devices left over (per slice: divide
+    num_devices by the slices first)."""
     known = math.prod(size for size in shape if size != -1)
     if list(shape).count(-1) > 1 or num_devices % known:
         raise ValueError(f"config.mesh.shape {tuple(shape)} does not fit {num_devices} devices")
     return tuple(num_devices // known if size == -1 else size for size in shape)
+
+
+def mesh_from_config(mesh_config) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` (shape within a slice, dcn_shape across slices) over all devices."""
+    dcn_shape = tuple(mesh_config.get("dcn_shape", (1,) * len(mesh_config.shape)))
+    slices = math.prod(dcn_shape)
+    if jax.device_count() % slices:
+        raise ValueError(f"config.mesh.dcn_shape {dcn_shape} does not divide {jax.device_count()} devices")
+    return make_mesh(mesh_shape(mesh_config.shape, jax.device_count() // slices), dcn_shape=dcn_shape)
 
 
 def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:

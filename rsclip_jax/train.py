@@ -8,7 +8,6 @@ TPU pod or under SLURM, where JAX finds the cluster itself.
 """
 
 import codecs
-import json
 import logging as pylogging
 import os
 import signal
@@ -18,6 +17,7 @@ import time
 import jax
 import ml_collections
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import Checkpointer
@@ -26,7 +26,7 @@ from rsclip_jax.data import DataError, resolve_shards, train_dataset
 from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.optim import learning_rate_schedule
-from rsclip_jax.sharding import make_mesh, mesh_shape
+from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import init_train_state, setup_train_state
 from rsclip_jax.train_step import batch_sharding, make_train_step
 
@@ -102,15 +102,14 @@ def main(argv):
         model_config = model_config_from(config)
         spec = example_spec_from(config, model_config)
         shard_paths = resolve_shards(config.data.train_shards, "config.data.train_shards")
-        mesh = make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
+        mesh = mesh_from_config(config.mesh)
         _check_config(config, spec, mesh)
     except (ValueError, DataError) as e:
         raise app.UsageError(str(e)) from None
     logging.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))
-    if is_chief:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:  # what `rsclip_jax.evaluate` rebuilds from
-            f.write(config.to_json_best_effort(indent=1))
+    if is_chief:  # what `rsclip_jax.evaluate` rebuilds the model and evals from
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1))
 
     # ---- Data ------------------------------------------------------------------------------------
     dataset, skipped = train_dataset(

@@ -76,7 +76,8 @@ def test_same_losses_on_one_device_a_mesh_and_two_processes(tmp_path, demo_shard
     port = free_port()
     processes = [
         subprocess.Popen(
-            train_command(tmp_path / "two", shards, steps, "--config.mesh.shape=(2,2,2)",
+            # (2, 2, 2) as 2 "slices" (processes) of (1, 2, 2): the hybrid mesh of multi-slice TPU runs
+            train_command(tmp_path / "two", shards, steps, "--config.mesh.shape=(1,2,2)", "--config.mesh.dcn_shape=(2,1,1)",
                           f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
             env=environment(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
         )
