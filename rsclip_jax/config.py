@@ -17,6 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 10
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
+    # MFU's denominator, dense bf16 TFLOP/s per device; 0: looked up from the device kind (flops.py).
+    config.peak_tflops_per_device = 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.variant = "B/16"

@@ -45,12 +45,14 @@ class MetricWriter:
 
 
 def console_line(step: int, total_steps: int, m: dict) -> str:
-    """open_clip's spirit: progress, loss, lr, scale, throughput and the time spent waiting for data."""
+    """open_clip's spirit: progress, loss, lr, scale, throughput (with MFU when the device's peak is
+    known) and the time spent waiting for data."""
     return (
         f"Train step {step}/{total_steps} ({100 * step / total_steps:.0f}%) | loss {m['loss']:.4f} | "
         f"lr {m['learning_rate']:.3e} | logit_scale {m['logit_scale']:.2f} | grad_norm {m['grad_norm']:.3f} | "
-        f"{m['examples_per_sec']:.1f} samples/s | data {m['data_wait_s']:.3f}s ({100 * m['data_wait_fraction']:.0f}%) | "
-        f"skipped {m['skipped_records']}"
+        f"{m['examples_per_sec']:.1f} samples/s | {m['tflops_per_device']:.2f} TFLOP/s/device"
+        + (f" (MFU {100 * m['mfu']:.1f}%)" if "mfu" in m else "")
+        + f" | data {m['data_wait_s']:.3f}s ({100 * m['data_wait_fraction']:.0f}%) | skipped {m['skipped_records']}"
     )
 
 

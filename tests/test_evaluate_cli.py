@@ -52,6 +52,10 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         lines = [json.loads(line) for line in f]
+    training = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in training] == [2, 4]
+    assert all(line["tflops_per_device"] > 0 and 0 <= line["data_wait_fraction"] <= 1 for line in training)
+    assert all("mfu" not in line for line in training)  # no known peak for a CPU
     during = {}
     for line in lines:
         for key, value in line.items():
