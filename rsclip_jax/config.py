@@ -51,9 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
     # components over the batch; 0 turns it off.
     config.loss.short_caption_components = 0
     # "on": each device's rows against the gathered batch (losses.sharded_contrastive_loss), logits memory
-    # O(B/devices * B * K); "off": the whole [B, B*K] logits on every device; "auto": on from
+    # O(min(B/devices, row_chunk) * B * K); "off": the plain loss, left to XLA's partitioner; "auto": on from
     # SHARDED_LOSS_MIN_BATCH examples per step when there are several data-parallel devices.
     config.loss.sharded = "auto"
+    # Sharded loss: each device's rows in blocks of this many, logits recomputed in the backward pass.
+    config.loss.row_chunk = 1024
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 1e-6

@@ -11,12 +11,13 @@ def _soft_cross_entropy_sum(logits, positives, label_smoothing):
     """Sum over rows of the cross-entropy against a uniform target over each row's positives.
 
     The target row is (1 - eps) * uniform(positives) + eps / columns, which for one positive is
-    torch's cross_entropy(label_smoothing=eps).
+    torch's cross_entropy(label_smoothing=eps). Written as logsumexp minus the target-weighted mean,
+    so that no target or log-softmax matrix is materialised: only the logits are.
     """
     positives = positives.astype(logits.dtype)
-    target = positives / positives.sum(axis=-1, keepdims=True)
-    target = (1.0 - label_smoothing) * target + label_smoothing / logits.shape[-1]
-    return -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1))
+    positive_mean = jnp.sum(positives * logits, axis=-1) / positives.sum(axis=-1)
+    target_dot_logits = (1.0 - label_smoothing) * positive_mean + label_smoothing * logits.mean(axis=-1)
+    return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target_dot_logits)
 
 
 def _check_arguments(image_emb, text_emb, kind, label_smoothing):
@@ -86,6 +87,19 @@ def contrastive_loss(
     return _rows_loss(images, texts, ids, images, texts, ids, scale, bias, kind, label_smoothing)
 
 
+def _chunked_rows_loss(images, texts, ids, *whole_batch, row_chunk: int):
+    """`_rows_loss` over blocks of at most `row_chunk` rows, one after another, each block's logits
+    recomputed in the backward pass: logits memory O(row_chunk * B * K) whatever the rows."""
+    rows = images.shape[0]
+    block = max(size for size in range(1, min(row_chunk, rows) + 1) if rows % size == 0)
+    if block == rows:
+        return _rows_loss(images, texts, ids, *whole_batch)
+
+    block_loss = jax.checkpoint(lambda chunk: _rows_loss(*chunk, *whole_batch))
+    blocks = [x.reshape(rows // block, block, *x.shape[1:]) for x in (images, texts, ids)]
+    return jax.lax.map(block_loss, blocks).sum()
+
+
 def sharded_contrastive_loss(
     image_emb,
     text_emb,
@@ -96,18 +110,20 @@ def sharded_contrastive_loss(
     image_ids=None,
     logit_bias=None,
     label_smoothing: float = 0.0,
+    row_chunk: int = 1024,
     axes=("data", "fsdp"),
 ):
     """`contrastive_loss`, equal in value and gradients, with the batch split over the mesh `axes`:
     each device holds its own rows against the gathered batch (open_clip's --local-loss
-    --gather-with-grad), so its logits take O(B/devices * B * K) memory instead of O(B * B * K)."""
+    --gather-with-grad), in blocks of at most `row_chunk` rows, so its logits take
+    O(min(B/devices, row_chunk) * B * K) memory instead of O(B * B * K)."""
     _check_arguments(image_emb, text_emb, kind, label_smoothing)
     rows = PartitionSpec(axes)
 
     def local_share(images, texts, ids, scale, bias):
         gather = lambda x: jax.lax.all_gather(x, axes, axis=0, tiled=True)  # backward: a reduce-scatter
-        share = _rows_loss(images, texts, ids, gather(images), gather(texts), gather(ids), scale, bias, kind,
-                           label_smoothing)
+        share = _chunked_rows_loss(images, texts, ids, gather(images), gather(texts), gather(ids), scale, bias, kind,
+                                   label_smoothing, row_chunk=row_chunk)
         return jax.lax.psum(share, axes)
 
     return jax.shard_map(

@@ -32,7 +32,9 @@ def uses_sharded_loss(config: ml_collections.ConfigDict, mesh) -> bool:
 
 def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...], mesh):
     image_emb, text_emb = model(normalize_images(batch["image"]), batch["tokens"])
-    loss_fn = partial(sharded_contrastive_loss, mesh=mesh) if uses_sharded_loss(config, mesh) else contrastive_loss
+    loss_fn = contrastive_loss
+    if uses_sharded_loss(config, mesh):
+        loss_fn = partial(sharded_contrastive_loss, mesh=mesh, row_chunk=config.loss.row_chunk)
     kwargs = dict(
         kind=config.loss.kind, image_ids=batch["image_id"], label_smoothing=config.loss.label_smoothing,
         logit_bias=model.logit_bias[...] if hasattr(model, "logit_bias") else None,

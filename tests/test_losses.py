@@ -100,9 +100,9 @@ def test_loss_rejects_bad_arguments():
         contrastive_loss(img, txt, 0.0, kind="sigmoid", label_smoothing=0.1)
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2)])
+@pytest.mark.parametrize("mesh_shape,row_chunk", [((8, 1, 1), 1024), ((2, 2, 2), 2)])  # 4 rows a device: 2 blocks
 @pytest.mark.parametrize("kind", ["softmax_union", "softmax_per_caption", "sigmoid"])
-def test_sharded_loss_equals_the_plain_loss_with_gradients(kind, mesh_shape):
+def test_sharded_loss_equals_the_plain_loss_with_gradients(kind, mesh_shape, row_chunk):
     from jax.sharding import NamedSharding, PartitionSpec
 
     from rsclip_jax.losses import sharded_contrastive_loss
@@ -125,7 +125,8 @@ def test_sharded_loss_equals_the_plain_loss_with_gradients(kind, mesh_shape):
         ))(arrays[0], arrays[1], np.float32(np.log(10.0)), np.float32(-2.0))
 
     plain = value_and_grads(contrastive_loss, img, txt, ids)
-    sharded = value_and_grads(partial(sharded_contrastive_loss, mesh=mesh), img_sharded, txt_sharded, ids_sharded)
+    sharded = value_and_grads(partial(sharded_contrastive_loss, mesh=mesh, row_chunk=row_chunk), img_sharded, txt_sharded,
+                              ids_sharded)
     np.testing.assert_allclose(sharded[0], plain[0], rtol=1e-6)
     for got, want in zip(sharded[1], plain[1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
