@@ -16,23 +16,19 @@ class MetricWriter:
         if not enabled:
             return
         self.path = epath.Path(workdir) / "metrics.jsonl"
-        self._forget_steps_after(resumed_from_step)
-        self.file = self.path.open("a")
+        # A resumed run logs again the steps after its checkpoint: keep the lines up to the checkpoint.
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        self.lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= resumed_from_step]
         self.tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
-
-    def _forget_steps_after(self, step: int):
-        """A resumed run logs again the steps after its checkpoint; keep the lines up to the checkpoint."""
-        if not self.path.exists():
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        self.path.write_text("".join(line for line in lines if line.strip() and json.loads(line)["step"] <= step))
 
     def write(self, step: int, metrics: dict):
         if not self.enabled:
             return
-        record = {"step": step, **metrics}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        self.lines.append(json.dumps({"step": step, **metrics}))
+        # The whole file, written aside and renamed: a bucket has no append, and a crash leaves the old file.
+        staged = self.path.with_name(self.path.name + ".tmp")
+        staged.write_text("\n".join(self.lines) + "\n")
+        staged.replace(self.path)
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(name, value, step)
@@ -40,7 +36,6 @@ class MetricWriter:
 
     def close(self):
         if self.enabled:
-            self.file.close()
             self.tensorboard.close()
 
 

@@ -29,7 +29,7 @@ from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import init_train_state, setup_train_state
-from rsclip_jax.train_step import batch_sharding, make_train_step
+from rsclip_jax.train_step import batch_sharding, make_train_step, uses_sharded_loss
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard files go here.")
@@ -70,6 +70,10 @@ def _check_config(config, spec, mesh):
             problems.append(
                 "config.loss.short_caption_components needs grouped sampling with a 'short' slot and another slot"
             )
+    try:
+        uses_sharded_loss(config, mesh)
+    except ValueError as e:
+        problems.append(str(e))
     if problems:
         raise ValueError("; ".join(problems))
 
