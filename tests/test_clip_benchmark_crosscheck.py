@@ -14,24 +14,9 @@ from clip_benchmark.metrics import zeroshot_retrieval
 from PIL import Image
 
 from rsclip_jax.records import read_shard
+from recipes import REPO, write_recipe
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32  # the demo model's: images already at size, so both sides' resize and crop are exact no-ops
-
-RECIPE = """
-import ml_collections
-from rsclip_jax.config import load_recipe
-
-
-def get_config(arg=None):
-    config = load_recipe({demo!r})
-    config.update(total_steps=30, batch_size=16, log_every_steps=10, checkpoint_every_steps=30)
-    config.data.train_shards = {shards!r}
-    config.evals = ml_collections.ConfigDict(dict(
-        heldout=dict(kind="retrieval", dataset="jsonl", root={root!r}, batch_size=8),
-    ))
-    return config
-"""
 
 
 def write_set(records, root):
@@ -58,9 +43,10 @@ def test_recalls_equal_clip_benchmark_on_the_exported_model(tmp_path, demo_shard
     records = [r for path in demo_shards["heldout"] for r in read_shard(path)]
     root = str(tmp_path / "heldout")
     entries = write_set(records, root)
-    recipe = tmp_path / "recipe.py"
-    recipe.write_text(RECIPE.format(demo=os.path.join(REPO, "configs", "demo.py"), shards=",".join(demo_shards["train"]),
-                                    root=root))
+    recipe = write_recipe(
+        tmp_path / "recipe.py", train_shards=demo_shards["train"], total_steps=30, batch_size=16, log_every_steps=10,
+        checkpoint_every_steps=30, evals={"heldout": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8)},
+    )
     workdir, exported = str(tmp_path / "run"), str(tmp_path / "open_clip")
     run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
     run("rsclip_jax.convert", "export", f"--config={recipe}", f"--workdir={workdir}", "--to=open_clip", f"--out={exported}")

@@ -9,26 +9,10 @@ import pytest
 from PIL import Image
 
 from rsclip_jax.records import read_shard
+from recipes import REPO, write_recipe
 from test_evaluators import write_retrieval_folder
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-
-RECIPE = """
-import ml_collections
-from rsclip_jax.config import load_recipe
-
-
-def get_config(arg=None):
-    config = load_recipe({demo!r})
-    config.update(total_steps=4, batch_size=8, log_every_steps=2, checkpoint_every_steps=2)
-    config.data.train_shards = {shards!r}
-    config.evals = ml_collections.ConfigDict(dict(
-        heldout=dict(kind="retrieval", dataset="jsonl", root={root!r}, prefix="A photo of ", every_steps=2, batch_size=8),
-        shapes=dict(kind="zeroshot", source="tfds:tiny_shapes", data_dir={tfds!r}, every_steps=0, batch_size=8),
-    ))
-    return config
-"""
 
 
 def run(*args):
@@ -44,9 +28,13 @@ def without_seconds(metrics: dict) -> dict:
 @pytest.mark.slow
 def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_tfds):
     root = write_retrieval_folder(list(read_shard(demo_shards["heldout"][0])), str(tmp_path / "heldout"))
-    recipe = tmp_path / "recipe.py"
-    recipe.write_text(RECIPE.format(demo=os.path.join(REPO, "configs", "demo.py"), shards=",".join(demo_shards["train"]),
-                                    root=root, tfds=tiny_tfds))
+    recipe = write_recipe(
+        tmp_path / "recipe.py", train_shards=demo_shards["train"], total_steps=4, batch_size=8, log_every_steps=2,
+        checkpoint_every_steps=2, evals={
+            "heldout": dict(kind="retrieval", dataset="jsonl", root=root, prefix="A photo of ", every_steps=2, batch_size=8),
+            "shapes": dict(kind="zeroshot", source="tfds:tiny_shapes", data_dir=tiny_tfds, every_steps=0, batch_size=8),
+        },
+    )
     workdir = str(tmp_path / "run")
     run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
 
