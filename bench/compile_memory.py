@@ -1,10 +1,11 @@
-"""Compiled peak memory per device of the training step, plain against sharded (chunked) loss.
+"""Compiled peak memory per device, plain against sharded (chunked) loss: of the loss alone (its value
+and gradients for the model's embedding width) and of the whole training step.
 
     .venv/bin/python bench/compile_memory.py [--variant B/16] [--batches 2048 32768] [--captions 5] [--devices 8]
 
-Compiles (never runs) the real train step for `--devices` fake CPU devices on a (devices, 1, 1) mesh
-and reads XLA's `memory_analysis()` of the per-device program: arguments, outputs and temporaries.
-Compute is float32 on the CPU backend. Prints one JSON line.
+Compiles (never runs) for `--devices` fake CPU devices on a (devices, 1, 1) mesh and reads XLA's
+`memory_analysis()` of the per-device program: arguments, outputs and temporaries. Compute is float32
+on the CPU backend. Prints one JSON line.
 """
 
 import argparse
@@ -28,14 +29,45 @@ def main():
 
     import jax
     import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from rsclip_jax.config import base_config, model_config_from
+    from rsclip_jax.losses import contrastive_loss, sharded_contrastive_loss
     from rsclip_jax.optim import learning_rate_schedule
     from rsclip_jax.sharding import make_mesh
     from rsclip_jax.train_state import setup_train_state
     from rsclip_jax.train_step import make_train_step
 
     mesh = make_mesh((args.devices, 1, 1))
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+    def peak_gib(compiled) -> float:
+        m = compiled.memory_analysis()
+        return round((m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                      + m.temp_size_in_bytes) / 2**30, 3)
+
+    def loss_peak(model_config, batch, sharded):
+        loss = sharded_contrastive_loss if sharded == "on" else contrastive_loss
+        kwargs = {"mesh": mesh} if sharded == "on" else {}
+        value_and_grads = jax.jit(jax.value_and_grad(
+            lambda i, t, s: loss(i, t, s, kind="softmax_union", **kwargs), argnums=(0, 1)
+        ), in_shardings=(rows, rows, None))
+        width = model_config.embed_dim
+        return peak_gib(value_and_grads.lower(
+            jax.ShapeDtypeStruct((batch, width), jnp.float32),
+            jax.ShapeDtypeStruct((batch, args.captions, width), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32),
+        ).compile())
+
+    def step_peak(config, model_config, batch):
+        setup = setup_train_state(config, model_config, mesh)
+        step = make_train_step(config, setup, ("any",) * args.captions, learning_rate_schedule(config.optim, 1000), mesh)
+        size = model_config.image_size
+        return peak_gib(step.lower(setup.abstract_state, {
+            "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
+            "tokens": jax.ShapeDtypeStruct((batch, args.captions, args.context), jnp.int32),
+            "image_id": jax.ShapeDtypeStruct((batch,), jnp.int32),
+        }).compile())
+
     results = []
     for batch in args.batches:
         for sharded in ("off", "on"):
@@ -44,23 +76,11 @@ def main():
             config.update(batch_size=batch, total_steps=1000)
             config.loss.sharded = sharded
             model_config = model_config_from(config)
-            setup = setup_train_state(config, model_config, mesh)
-            step = make_train_step(config, setup, ("any",) * args.captions, learning_rate_schedule(config.optim, 1000), mesh)
-            size = model_config.image_size
-            abstract_batch = {
-                "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
-                "tokens": jax.ShapeDtypeStruct((batch, args.captions, args.context), jnp.int32),
-                "image_id": jax.ShapeDtypeStruct((batch,), jnp.int32),
-            }
             start = time.perf_counter()
-            memory = step.lower(setup.abstract_state, abstract_batch).compile().memory_analysis()
-            gib = lambda n: round(n / 2**30, 2)
             results.append({
                 "global_batch": batch, "loss": "sharded" if sharded == "on" else "plain",
-                "arguments_gib": gib(memory.argument_size_in_bytes), "outputs_gib": gib(memory.output_size_in_bytes),
-                "temporaries_gib": gib(memory.temp_size_in_bytes),
-                "peak_gib": gib(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+                "loss_only_peak_gib": loss_peak(model_config, batch, sharded),
+                "train_step_peak_gib": step_peak(config, model_config, batch),
                 "compile_s": round(time.perf_counter() - start, 1),
             })
     print(json.dumps({"bench": "compile_memory", "variant": args.variant, "context_length": args.context,
