@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/train_step.py --variant tiny --batch 64 --context 64 --captions 2
     .venv/bin/python bench/train_step.py --variant B/16 --batch 8 --context 248 --steps 3 --open-clip
+    .venv/bin/python bench/train_step.py ... --peak-tflops 0.332   # a CPU: give its peak for MFU
 
 Inputs are random (images, token ids ending in end-of-text): compute does not depend on their values.
 Prints one JSON line.
@@ -64,7 +65,7 @@ def ours(args):
     seconds = time_steps(step, args.warmup, args.steps)
     flops = args.batch * clip_training_flops_per_example(model_config, args.captions, args.batch)
     tflops = flops / seconds / jax.device_count() / 1e12
-    peak = peak_tflops_per_device(jax.devices()[0].device_kind)
+    peak = args.peak_tflops or peak_tflops_per_device(jax.devices()[0].device_kind)
     return model_config, {
         "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "compute_dtype": str(np.dtype(model_config.compute_dtype)), "step_s": round(seconds, 4),
@@ -124,6 +125,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--open-clip", action="store_true", help="also time open_clip's step (needs --captions 1)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="peak TFLOP/s per device for MFU; default: looked up for TPUs and NVIDIA GPUs")
     args = parser.parse_args()
     if args.open_clip and args.captions != 1:
         parser.error("--open-clip compares one caption per image (open_clip's ClipLoss): use --captions 1")
