@@ -18,6 +18,7 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 from etils import epath
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import Checkpointer
@@ -154,8 +155,7 @@ def main(argv):
     )
     peak = config.peak_tflops_per_device or peak_tflops_per_device(jax.devices()[0].device_kind)
 
-    preempted = []
-    signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+    preempted = _preemption_check()
 
     # ---- Loop ------------------------------------------------------------------------------------
     try:
@@ -166,6 +166,17 @@ def main(argv):
     finally:
         checkpointer.close()  # lets a save in flight finish, so the last good checkpoint is complete
         writer.close()
+
+
+def _preemption_check():
+    """step -> whether to save and stop at that step. One process: once it got SIGTERM. Several: at the
+    step they all agree on after any of them got one (JAX's preemption service, which takes SIGTERM
+    itself), so that every process saves the same step."""
+    if jax.process_count() > 1:
+        return multihost_utils.reached_preemption_sync_point
+    signalled = []
+    signal.signal(signal.SIGTERM, lambda *_: signalled.append(True))
+    return lambda step: bool(signalled)
 
 
 def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir,
@@ -211,11 +222,11 @@ def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpo
             check_finite()
             writer.write(step, flat_metrics(run_evaluators(due, state["params"])))
             window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0  # eval time is not throughput
-        stop = bool(preempted) or last
-        if stop or step % config.checkpoint_every_steps == 0:
+        preempt = preempted(step)
+        if preempt or last or step % config.checkpoint_every_steps == 0:
             check_finite()
-            checkpointer.save(step, state, data_iterator, force=stop)
-        if preempted:
+            checkpointer.save(step, state, data_iterator, force=preempt or last)
+        if preempt:
             logging.warning("SIGTERM: saved step %d and stopping", step)
             break
 

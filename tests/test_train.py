@@ -154,3 +154,29 @@ def test_sigterm_saves_and_stops(tmp_path, demo_shards):
     assert run.returncode == 0, stderr[-3000:]
     saved = [int(d) for d in os.listdir(tmp_path / "checkpoints")]
     assert saved and saved[0] >= 1 and "SIGTERM: saved step" in stderr
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, demo_shards):
+    port = free_port()
+    processes = [
+        subprocess.Popen(
+            train_command(tmp_path, demo_shards["train"], "--config.total_steps=100000",
+                          "--config.checkpoint_every_steps=100000", "--config.mesh.shape=(2,2,2)",
+                          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
+            env=environment(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        for i in range(2)
+    ]
+    deadline = time.time() + 300
+    while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
+        assert all(p.poll() is None for p in processes) and time.time() < deadline
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)  # the scheduler preempts one host
+    stderrs = [p.communicate(timeout=180)[1] for p in processes]
+    for p, stderr in zip(processes, stderrs):
+        assert p.returncode == 0, stderr[-3000:]
+    saved = [line.split("saved step ")[1].split()[0] for stderr in stderrs for line in stderr.splitlines()
+             if "SIGTERM: saved step" in line]
+    assert len(saved) == 2 and saved[0] == saved[1], saved  # both processes stopped at the same step
+    assert os.listdir(tmp_path / "checkpoints") == [saved[0]]
