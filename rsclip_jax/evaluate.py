@@ -70,8 +70,13 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     checkpointer = Checkpointer(folder, every_steps=1, keep=1_000_000)
-    params = checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
-    checkpointer.close()
+    try:
+        params = checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
+    except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
+        raise app.UsageError(f"the checkpoint {folder}/{step} does not fit the config's model: give the --config it "
+                             f"was trained with. Orbax said: {e}") from None
+    finally:
+        checkpointer.close()
 
     results = {"checkpoint": os.path.join(folder, str(step)), "step": step, "evals": run_evaluators(evaluators, params)}
     if jax.process_index() == 0:

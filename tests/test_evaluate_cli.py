@@ -64,6 +64,12 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
     earlier = json.loads(earlier.stdout.strip().splitlines()[-1])
     assert without_seconds(earlier["evals"]["heldout"]) == pytest.approx(without_seconds(during[(2, "heldout")]))
 
+    mismatch = subprocess.run(
+        [sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={workdir}", f"--config={recipe}",
+         "--config.model.context_length=16"], capture_output=True, text=True, timeout=600, cwd=REPO, env=ONE_DEVICE,
+    )
+    assert mismatch.returncode != 0 and f"the checkpoint {workdir}/checkpoints/4 does not fit" in mismatch.stderr
+
     out = run("rsclip_jax.report", workdir).stdout.strip().splitlines()[-1]
     for name in ("training.png", "eval.png"):
         with Image.open(os.path.join(out, name)) as image:
