@@ -53,14 +53,27 @@ class Checkpointer:
         self.manager.close()
 
 
+def restore_params(directory: str, setup, step: int | None = None) -> tuple[int, dict]:
+    """(step, parameters) of checkpoint `step` in `directory` (default: the latest), in `setup`'s
+    shardings; the optimizer state is read too, as the tree asks, and dropped. A checkpoint of
+    another model raises ValueError naming it."""
+    checkpointer = Checkpointer(directory, every_steps=1, keep=1_000_000)  # never prunes what it reads
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no checkpoint")
+        try:
+            return step, checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
+        except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
+            raise ValueError(f"the checkpoint {directory}/{step} does not fit the config's model: give the config "
+                             f"it was trained with. Orbax said: {e}") from None
+    finally:
+        checkpointer.close()
+
+
 def load_trained_model(config, workdir: str):
     """(model config, our CLIP with the parameters of the latest checkpoint in `workdir`), on one device."""
     model_config = model_config_from(config)
     setup = setup_train_state(config, model_config, make_mesh((1, 1, 1)))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=config.keep_checkpoints)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
-    params = checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
-    checkpointer.close()
+    _, params = restore_params(os.path.join(workdir, "checkpoints"), setup)
     return model_config, nnx.merge(setup.graphdef, params)

@@ -10,17 +10,18 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-from flax import nnx
 
-from rsclip_jax.checkpoint import load_trained_model
-from rsclip_jax.config import load_recipe
+from rsclip_jax.checkpoint import restore_params
+from rsclip_jax.config import load_recipe, model_config_from
 from rsclip_jax.demo_corpus import write_demo_corpus
-from rsclip_jax.preprocess import decode_image, normalize_images, resize_center_crop
+from rsclip_jax.embedding import Embedder
+from rsclip_jax.preprocess import decode_image
 from rsclip_jax.records import read_shard
 from rsclip_jax.retrieval import retrieval_recall
+from rsclip_jax.sharding import make_mesh
 from rsclip_jax.tokenizer import tokenize
+from rsclip_jax.train_state import setup_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKDIR = os.path.join("workdirs", "demo")
@@ -28,19 +29,19 @@ NUM_TRAIN, NUM_HELDOUT = 2000, 100
 
 
 def evaluate_heldout(config, run_dir: str, heldout_paths: list[str]) -> dict:
-    """Recall of the last checkpoint on the held-out images, each with all of its captions."""
-    model_config, model = load_trained_model(config, run_dir)
-    graphdef, params = nnx.split(model)
+    """Recall of the last checkpoint on the held-out images, each with all of its captions, through the
+    evaluators' encoder."""
+    model_config = model_config_from(config)
+    mesh = make_mesh((1, 1, 1))
+    setup = setup_train_state(config, model_config, mesh)
+    _, params = restore_params(os.path.join(run_dir, "checkpoints"), setup)
     records = [r for path in heldout_paths for r in read_shard(path)]
-    size = model_config.image_size
-    images = np.stack([resize_center_crop(decode_image(r.image_jpeg), size) for r in records])
-    texts = [c.text for r in records for c in r.captions]
     text_image = np.array([i for i, r in enumerate(records) for _ in r.captions])
-    encode_images = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode_image(normalize_images(x)))
-    encode_texts = jax.jit(lambda p, t: nnx.merge(graphdef, p).encode_text(t))
-    image_emb = encode_images(params, images)
-    text_emb = encode_texts(params, tokenize(texts, model_config.context_length))
-    return retrieval_recall(np.asarray(image_emb), np.asarray(text_emb), text_image, ks=(1, 5))
+    embedder = Embedder(setup.graphdef, setup.shardings["params"], mesh, batch_size=len(records),
+                        image_size=model_config.image_size)
+    image_emb, _, _ = embedder.images(params, len(records), lambda i: (decode_image(records[i].image_jpeg), 0), "held-out")
+    tokens = tokenize([c.text for r in records for c in r.captions], model_config.context_length)
+    return retrieval_recall(image_emb, embedder.texts(params, tokens, "held-out"), text_image, ks=(1, 5))
 
 
 def main():

@@ -16,7 +16,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from rsclip_jax.checkpoint import Checkpointer
+from rsclip_jax.checkpoint import restore_params
 from rsclip_jax.config import model_config_from
 from rsclip_jax.evaluators import build_evaluators, run_evaluators
 from rsclip_jax.sharding import mesh_from_config
@@ -37,20 +37,14 @@ def _config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def _checkpoint(workdir: str) -> tuple[str, int]:
-    """(checkpoints folder, step) of --checkpoint, or of the latest checkpoint in the workdir."""
-    if _CHECKPOINT.value:
-        path = epath.Path(_CHECKPOINT.value)
-        if not path.name.isdigit() or not path.is_dir():
-            raise app.UsageError(f"--checkpoint={_CHECKPOINT.value} is not a step folder such as DIR/checkpoints/1000")
-        return str(path.parent), int(path.name)
-    folder = os.path.join(workdir, "checkpoints")
-    checkpointer = Checkpointer(folder, every_steps=1, keep=1_000_000)
-    step = checkpointer.latest_step()
-    checkpointer.close()
-    if step is None:
-        raise app.UsageError(f"{folder} holds no checkpoint")
-    return folder, step
+def _checkpoint(workdir: str) -> tuple[str, int | None]:
+    """(checkpoints folder, step) of --checkpoint, or the workdir's checkpoints and None: the latest."""
+    if not _CHECKPOINT.value:
+        return os.path.join(workdir, "checkpoints"), None
+    path = epath.Path(_CHECKPOINT.value)
+    if not path.name.isdigit() or not path.is_dir():
+        raise app.UsageError(f"--checkpoint={_CHECKPOINT.value} is not a step folder such as DIR/checkpoints/1000")
+    return str(path.parent), int(path.name)
 
 
 def main(argv):
@@ -69,14 +63,10 @@ def main(argv):
         evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
-    checkpointer = Checkpointer(folder, every_steps=1, keep=1_000_000)
     try:
-        params = checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
-    except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
-        raise app.UsageError(f"the checkpoint {folder}/{step} does not fit the config's model: give the --config it "
-                             f"was trained with. Orbax said: {e}") from None
-    finally:
-        checkpointer.close()
+        step, params = restore_params(folder, setup, step)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
 
     results = {"checkpoint": os.path.join(folder, str(step)), "step": step, "evals": run_evaluators(evaluators, params)}
     if jax.process_index() == 0:
