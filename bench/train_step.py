@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from rsclip_jax.config import base_config, model_config_from
-from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device
+from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import init_train_state, setup_train_state
@@ -64,14 +64,14 @@ def ours(args):
 
     seconds = time_steps(step, args.warmup, args.steps)
     flops = args.batch * clip_training_flops_per_example(model_config, args.captions, args.batch)
-    tflops = flops / seconds / jax.device_count() / 1e12
     peak = args.peak_tflops or peak_tflops_per_device(jax.devices()[0].device_kind)
+    achieved = utilization(flops, seconds, jax.device_count(), peak)
     return model_config, {
         "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "compute_dtype": str(np.dtype(model_config.compute_dtype)), "step_s": round(seconds, 4),
         "examples_per_s": round(args.batch / seconds, 1), "gflops_per_example": round(flops / args.batch / 1e9, 2),
-        "tflops_per_device": round(tflops, 3), "peak_tflops_per_device": peak,
-        "mfu": round(tflops / peak, 4) if peak else None,
+        "tflops_per_device": round(achieved["tflops_per_device"], 3), "peak_tflops_per_device": peak,
+        "mfu": round(achieved["mfu"], 4) if peak else None,
     }
 
 

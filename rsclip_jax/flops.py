@@ -44,6 +44,13 @@ def clip_training_flops_per_example(config: ModelConfig, captions_per_example: i
     return 3.0 * (image + captions_per_example * text + logits)
 
 
+def utilization(flops_per_step: float, seconds_per_step: float, devices: int, peak_tflops: float | None) -> dict:
+    """{"tflops_per_device": achieved TFLOP/s per device, "mfu": its fraction of the peak (only when the
+    peak is known)}."""
+    tflops = flops_per_step / seconds_per_step / devices / 1e12
+    return {"tflops_per_device": tflops, **({"mfu": tflops / peak_tflops} if peak_tflops else {})}
+
+
 def peak_tflops_per_device(device_kind: str) -> float | None:
     """The dense bf16 peak of a device kind, or None when it is not in PEAK_TFLOPS (CPUs, others)."""
     for name, peak in PEAK_TFLOPS:

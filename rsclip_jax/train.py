@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 
 import jax
 import ml_collections
@@ -25,7 +26,7 @@ from rsclip_jax.checkpoint import Checkpointer
 from rsclip_jax.config import example_spec_from, model_config_from
 from rsclip_jax.data import DataError, resolve_shards, train_dataset
 from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
-from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device
+from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
 from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
@@ -150,17 +151,19 @@ def main(argv):
     schedule = learning_rate_schedule(config.optim, config.total_steps)
     train_step = make_train_step(config, setup, spec.slot_kinds, schedule, mesh)
     writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step)
-    flops_per_step = config.batch_size * clip_training_flops_per_example(
-        model_config, spec.captions_per_example, config.batch_size
+    throughput = partial(
+        utilization,
+        config.batch_size * clip_training_flops_per_example(model_config, spec.captions_per_example, config.batch_size),
+        devices=jax.device_count(),
+        peak_tflops=config.peak_tflops_per_device or peak_tflops_per_device(jax.devices()[0].device_kind),
     )
-    peak = config.peak_tflops_per_device or peak_tflops_per_device(jax.devices()[0].device_kind)
 
     preempted = _preemption_check()
 
     # ---- Loop ------------------------------------------------------------------------------------
     try:
         _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir,
-                    evaluators, (flops_per_step, peak))
+                    evaluators, throughput)
     except TrainingError as e:
         raise SystemExit(f"error: {e}") from None
     finally:
@@ -180,7 +183,7 @@ def _preemption_check():
 
 
 def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir,
-                evaluators, flops):
+                evaluators, throughput):
     def check_finite():
         nonfinite_step = int(state["nonfinite_step"])
         if nonfinite_step >= 0:
@@ -205,11 +208,9 @@ def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpo
             check_finite()
             elapsed = time.perf_counter() - window_start
             logged = {name: float(value) for name, value in jax.device_get(metrics).items()}
-            flops_per_step, peak = flops
-            tflops = flops_per_step * window_steps / elapsed / jax.device_count() / 1e12
             logged.update(
-                examples_per_sec=config.batch_size * window_steps / elapsed, tflops_per_device=tflops,
-                **({"mfu": tflops / peak} if peak else {}), data_wait_s=data_wait / window_steps,
+                examples_per_sec=config.batch_size * window_steps / elapsed, **throughput(elapsed / window_steps),
+                data_wait_s=data_wait / window_steps,
                 data_wait_fraction=data_wait / elapsed, skipped_records=sum(skipped.counts.values()),
                 **{f"skipped_{reason}": count for reason, count in skipped.counts.items()},
             )
