@@ -27,12 +27,18 @@ quote() {
   fi
 }
 
-run() {
+# The arguments as one command line to paste or to pass to a remote shell.
+command_line() {
   local line="" arg
   for arg in "$@"; do
     line+="$(quote "$arg") "
   done
-  echo "${line% }"
+  printf '%s' "${line% }"
+}
+
+run() {
+  command_line "$@"
+  echo
   if [[ -z "$DRY_RUN" ]]; then
     "$@"
   fi

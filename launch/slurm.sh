@@ -42,10 +42,7 @@ note "1. install on the shared filesystem: the project and JAX for NVIDIA GPUs (
 run make .venv/.installed-base
 run .venv/bin/pip install -q "jax[$cuda]"
 
-train=".venv/bin/python -m rsclip_jax.train --config=$(quote "$config") --workdir=$(quote "$workdir")"
-for flag in "$@"; do
-  train+=" $(quote "$flag")"
-done
+train="$(command_line .venv/bin/python -m rsclip_jax.train "--config=$config" "--workdir=$workdir" "$@")"
 # Every task sees all of its node's GPUs: per GPU, jax.distributed binds task N of a node to its GPU N
 # (SLURM_LOCALID); per node, the trainer asks for all of them (SLURM_GPUS_ON_NODE).
 srun_options="--kill-on-bad-exit=1"

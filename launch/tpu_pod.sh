@@ -53,8 +53,6 @@ install+="; .venv/bin/pip install -q 'jax[tpu]' gcsfs google-cloud-storage"
 run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "$install"
 
 note "3. train on all workers (one process per worker)"
-train="cd rsclip-jax && .venv/bin/python -m rsclip_jax.train --config=$(quote "$config") --workdir=$(quote "$workdir")"
-for flag in "${trainer_flags[@]}"; do
-  train+=" $(quote "$flag")"
-done
+train="cd rsclip-jax && $(command_line .venv/bin/python -m rsclip_jax.train "--config=$config" "--workdir=$workdir" \
+  "${trainer_flags[@]}")"
 run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "$train"
