@@ -9,6 +9,7 @@ itself (TFDS label names or folder names, underscores read as spaces).
 """
 
 import dataclasses
+import functools
 import importlib.resources
 import json
 import os
@@ -16,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
+
+from rsclip_jax.preprocess import load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # OpenAI's hand-cleaned ImageNet names read better as prompts than WordNet's first lemma.
@@ -29,6 +32,7 @@ class ClassificationSet:
     read: Callable[[int], tuple[Image.Image, int]]  # index -> (image, label); thread-safe
 
 
+@functools.cache
 def prompt_asset() -> dict:
     return json.loads(importlib.resources.files("rsclip_jax").joinpath("assets/zeroshot_prompts.json").read_text())
 
@@ -79,8 +83,7 @@ def _folder_set(root: str):
 
     def read(index):
         path, label = items[index]
-        with Image.open(path) as image:
-            return image.convert("RGB"), label
+        return load_image(path), label
 
     return classes, len(items), read
 

@@ -53,15 +53,17 @@ class Embedder:
         An image that fails to load is logged, embedded as black and marked invalid."""
         size = self.image_size
 
+        blank = {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(-1), "valid": np.bool_(False)}
+
         def load(row):
             if row >= count:
-                return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(-1), "valid": np.bool_(False)}
+                return blank
             try:
                 image, label = read(row)
                 return {"image": resize_center_crop(image, size), "label": np.int32(label), "valid": np.bool_(True)}
             except (OSError, ValueError) as e:  # PIL's errors for unreadable or truncated files
                 logging.warning("%s: image %d could not be read (%s); counted as bad", description, row, e)
-                return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(-1), "valid": np.bool_(False)}
+                return blank
 
         batches = (
             grain.MapDataset.source(self._local_rows(count)).map(load).batch(self.local_batch_size)

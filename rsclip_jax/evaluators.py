@@ -12,10 +12,10 @@ from typing import Callable
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from rsclip_jax.classification_sets import load_classification_set, prompt_templates
 from rsclip_jax.embedding import Embedder
+from rsclip_jax.preprocess import load_image
 from rsclip_jax.retrieval import retrieval_recall
 from rsclip_jax.retrieval_sets import load_retrieval_set
 from rsclip_jax.tokenizer import tokenize
@@ -49,11 +49,6 @@ def _settings(name: str, entry) -> dict:
     return {"kind": kind, **known, **entry}
 
 
-def _read_image(path: str):
-    with Image.open(path) as image:
-        return image.convert("RGB"), 0
-
-
 def _retrieval(name, settings, embedder, context_length):
     dataset = load_retrieval_set(settings["dataset"], settings["root"], annotations=settings["annotations"],
                                  limit=settings["limit"])
@@ -63,7 +58,7 @@ def _retrieval(name, settings, embedder, context_length):
 
     def run(params):
         paths = dataset.image_paths
-        image_emb, _, valid = embedder.images(params, len(paths), lambda i: _read_image(paths[i]), name)
+        image_emb, _, valid = embedder.images(params, len(paths), lambda i: (load_image(paths[i]), 0), name)
         text_emb = embedder.texts(params, tokens, name)
         recall = retrieval_recall(image_emb, text_emb, text_image)
         return {**recall, "images": len(paths), "texts": len(texts), "bad_images": int((~valid).sum())}

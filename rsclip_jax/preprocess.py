@@ -22,6 +22,12 @@ def decode_image(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
+def load_image(path: str) -> Image.Image:
+    """An image file -> RGB image; PIL raises on unreadable files."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
     """open_clip's eval transform: bicubic resize of the short side to `size`, centre crop -> uint8 [size, size, 3]."""
     width, height = image.size
