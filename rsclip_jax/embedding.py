@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from rsclip_jax.sharding import BATCH_AXES
 from rsclip_jax.preprocess import normalize_images, resize_center_crop
 
 
@@ -26,7 +27,7 @@ class Embedder:
             raise ValueError(f"eval batch_size {batch_size} must divide over {shares} processes x data-parallel devices")
         self.batch_size, self.image_size, self.num_threads = batch_size, image_size, num_threads
         self.local_batch_size = batch_size // jax.process_count()
-        self.sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+        self.sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
         replicated = NamedSharding(mesh, PartitionSpec())
 
         def encode_images(params, batch):

@@ -8,6 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rsclip_jax.attention import attend
+from rsclip_jax.sharding import constrain_batch
+
 LAYER_NORM_EPSILON = 1e-5  # CLIP's; Flax's default is 1e-6
 
 
@@ -36,8 +39,9 @@ def layer_norm(width, dtype, rngs):
 class MultiheadAttention(nnx.Module):
     """Self-attention with one fused input projection, as torch's nn.MultiheadAttention."""
 
-    def __init__(self, width, heads, *, in_std, out_std, dtype, rngs):
+    def __init__(self, width, heads, *, in_std, out_std, dtype, rngs, attention="xla"):
         head_dim = width // heads
+        self.attention = attention
         self.in_proj = nnx.LinearGeneral(
             width, (3, heads, head_dim), dtype=dtype, kernel_init=normal(in_std), rngs=rngs,
             kernel_metadata=axes("embed", None, "heads", "head_dim"), bias_metadata=axes(None, "heads", "head_dim"),
@@ -49,7 +53,7 @@ class MultiheadAttention(nnx.Module):
 
     def __call__(self, x, *, causal: bool):
         qkv = self.in_proj(x)  # [B, T, 3, H, Dh]
-        attended = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=causal)
+        attended = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal, implementation=self.attention)
         return self.out_proj(attended)
 
 
@@ -70,11 +74,13 @@ class Mlp(nnx.Module):
 
 
 class ResidualAttentionBlock(nnx.Module):
-    def __init__(self, width, heads, mlp_ratio, activation, *, num_layers, dtype, rngs):
+    def __init__(self, width, heads, mlp_ratio, activation, *, num_layers, dtype, rngs, attention):
         # OpenAI CLIP's initialisation: residual branches scaled down with depth.
         attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * num_layers) ** -0.5, (2 * width) ** -0.5
         self.ln_1 = layer_norm(width, dtype, rngs)
-        self.attn = MultiheadAttention(width, heads, in_std=attn_std, out_std=proj_std, dtype=dtype, rngs=rngs)
+        self.attn = MultiheadAttention(
+            width, heads, in_std=attn_std, out_std=proj_std, dtype=dtype, rngs=rngs, attention=attention
+        )
         self.ln_2 = layer_norm(width, dtype, rngs)
         self.mlp = Mlp(
             width, int(width * mlp_ratio), activation, fc_std=fc_std, proj_std=proj_std, dtype=dtype, rngs=rngs
@@ -85,24 +91,51 @@ class ResidualAttentionBlock(nnx.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+# Which intermediate values a rematerialised block keeps for its backward pass (jax.checkpoint_policies);
+# "off" keeps everything and recomputes nothing.
+REMAT_POLICIES = {
+    "off": None,
+    "nothing": jax.checkpoint_policies.nothing_saveable,  # only each block's input
+    "dots": jax.checkpoint_policies.dots_saveable,  # every matmul output
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections, not attention
+}
+
+
 class Transformer(nnx.Module):
-    def __init__(self, width, layers, heads, mlp_ratio, activation, *, dtype, rngs, remat=False):
-        self.remat = remat
+    """Residual blocks run one after another, or as one `lax.scan` over their stacked weights
+    (`scan=True`: one compiled block, and under remat the backward pass holds one block's
+    activations at a time). Parameters stay one subtree per block either way, as OpenAI names them."""
+
+    def __init__(self, width, layers, heads, mlp_ratio, activation, *, dtype, rngs, remat_policy="off", scan=False,
+                 attention="xla"):
+        self.remat_policy = remat_policy
+        self.scan = scan
         self.resblocks = nnx.List(
             [
-                ResidualAttentionBlock(width, heads, mlp_ratio, activation, num_layers=layers, dtype=dtype, rngs=rngs)
+                ResidualAttentionBlock(
+                    width, heads, mlp_ratio, activation, num_layers=layers, dtype=dtype, rngs=rngs, attention=attention
+                )
                 for _ in range(layers)
             ]
         )
 
     def __call__(self, x, *, causal: bool):
-        def run_block(block, x):
-            return block(x, causal=causal)
+        graphdef = nnx.graphdef(self.resblocks[0])
 
-        if self.remat:
-            run_block = nnx.remat(run_block)
-        for block in self.resblocks:
-            x = run_block(block, x)
+        def run_block(state, x):
+            return constrain_batch(nnx.merge(graphdef, state)(x, causal=causal))
+
+        if self.remat_policy != "off":
+            # Inside a scan the loop boundary already keeps XLA from merging the recomputation away.
+            run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
+        states = [nnx.state(block) for block in self.resblocks]
+        x = constrain_batch(x)
+        if not self.scan:
+            for state in states:
+                x = run_block(state, x)
+            return x
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        x, _ = jax.lax.scan(lambda x, state: (run_block(state, x), None), x, stacked)
         return x
 
 

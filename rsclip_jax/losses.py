@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from rsclip_jax.sharding import BATCH_AXES
+
 LOSS_KINDS = ("softmax_union", "softmax_per_caption", "sigmoid")
 
 
@@ -111,7 +113,7 @@ def sharded_contrastive_loss(
     logit_bias=None,
     label_smoothing: float = 0.0,
     row_chunk: int = 1024,
-    axes=("data", "fsdp"),
+    axes=BATCH_AXES,
 ):
     """`contrastive_loss`, equal in value and gradients, with the batch split over the mesh `axes`:
     each device holds its own rows against the gathered batch (open_clip's --local-loss

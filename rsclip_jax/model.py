@@ -25,7 +25,7 @@ class VisionTransformer(nnx.Module):
         self.ln_pre = layer_norm(width, dtype, rngs)
         self.transformer = Transformer(
             width, config.vision_layers, config.vision_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs,
-            remat=config.remat,
+            remat_policy=config.remat_policy, scan=config.scan_layers, attention=config.attention,
         )
         self.ln_post = layer_norm(width, dtype, rngs)
         self.proj = nnx.Param(normal(scale)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))
@@ -60,7 +60,7 @@ class CLIP(nnx.Module):
         )
         self.transformer = Transformer(
             width, config.text_layers, config.text_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs,
-            remat=config.remat,
+            remat_policy=config.remat_policy, scan=config.scan_layers, attention=config.attention,
         )
         self.ln_final = layer_norm(width, dtype, rngs)
         self.text_projection = nnx.Param(normal(width**-0.5)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))

@@ -50,6 +50,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientT
         optax.adamw(
             learning_rate_schedule(optim, config.total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
             weight_decay=optim.weight_decay, mask=decay,
+            mu_dtype=optim.get("mu_dtype"),
         )
     )
     if config.model.frozen_text_positions:

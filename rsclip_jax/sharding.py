@@ -7,12 +7,14 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+# Examples are split over both data-parallel axes: `data` (replicated parameters) and `fsdp` (sharded ones).
+BATCH_AXES = ("data", "fsdp")
 # Fully sharded data parallel over `fsdp`, Megatron-style tensor parallel over `tensor`.
 DEFAULT_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
 
 
 def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", "tensor"),
-              dcn_shape: tuple[int, ...] | None = None) -> jax.sharding.Mesh:
+              dcn_shape: tuple[int, ...] | None = None, devices=None) -> jax.sharding.Mesh:
     """A mesh of Auto axes (Explicit ones, jax.make_mesh's default, reject an fsdp-sharded contraction).
 
     `shape` lays the axes out within a slice (fast interconnect); `dcn_shape` multiplies them across
@@ -20,9 +22,9 @@ def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", 
     where devices have no slice (GPU hosts, CPU tests).
     """
     axis_types = (jax.sharding.AxisType.Auto,) * len(names)
+    devices = jax.devices() if devices is None else devices
     if dcn_shape is None or math.prod(dcn_shape) == 1:
-        return jax.make_mesh(shape, names, axis_types=axis_types)
-    devices = jax.devices()
+        return jax.make_mesh(shape, names, axis_types=axis_types, devices=devices)
     slices = {getattr(device, "slice_index", None) for device in devices}
     grid = mesh_utils.create_hybrid_device_mesh(
         shape, dcn_shape, devices, process_is_granule=len(slices) != math.prod(dcn_shape)
@@ -39,13 +41,26 @@ def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
     return tuple(num_devices // known if size == -1 else size for size in shape)
 
 
-def mesh_from_config(mesh_config) -> jax.sharding.Mesh:
-    """The mesh of `config.mesh` (shape within a slice, dcn_shape across slices) over all devices."""
-    dcn_shape = tuple(mesh_config.get("dcn_shape", (1,) * len(mesh_config.shape)))
+def mesh_from_config(mesh_config, devices=None) -> jax.sharding.Mesh:
+    """The mesh of `config.mesh` (shape within a slice, dcn_shape across slices) over `devices` (all
+    devices when None)."""
+    devices = jax.devices() if devices is None else devices
+    shape = (-1, 1, 1) if mesh_config.shape is None else tuple(mesh_config.shape)
+    dcn_shape = tuple(mesh_config.get("dcn_shape", (1,) * len(shape)))
     slices = math.prod(dcn_shape)
-    if jax.device_count() % slices:
-        raise ValueError(f"config.mesh.dcn_shape {dcn_shape} does not divide {jax.device_count()} devices")
-    return make_mesh(mesh_shape(mesh_config.shape, jax.device_count() // slices), dcn_shape=dcn_shape)
+    if len(devices) % slices:
+        raise ValueError(f"config.mesh.dcn_shape {dcn_shape} does not divide {len(devices)} devices")
+    return make_mesh(mesh_shape(shape, len(devices) // slices), dcn_shape=dcn_shape, devices=devices)
+
+
+def constrain_batch(x):
+    """Activations [batch, ...] split over BATCH_AXES when traced under a mesh (`jax.sharding.use_abstract_mesh`),
+    so XLA keeps each device's examples on it rather than following the weights' fsdp sharding; unchanged
+    elsewhere."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES))
 
 
 def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:

@@ -7,11 +7,9 @@ Several processes: --coordinator_address=host:port --num_processes=N --process_i
 TPU pod or under SLURM, where JAX finds the cluster itself.
 """
 
-import codecs
 import logging as pylogging
 import os
 import signal
-import sys
 import time
 from functools import partial
 
@@ -23,7 +21,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import Checkpointer
-from rsclip_jax.config import example_spec_from, model_config_from
+from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
 from rsclip_jax.data import DataError, resolve_shards, train_dataset
 from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
@@ -82,17 +80,6 @@ def _check_config(config, spec, mesh):
 
 def _quiet_orbax_info(record) -> bool:
     return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
-
-
-def _parse_flags(argv):
-    """absl's parser, with a wrong --config override (unknown key, wrong type) as one clear line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"error in the flags: {e}")
-    except (AttributeError, KeyError) as e:  # ml_collections: an unknown key, with a suggestion
-        message = codecs.decode(str(e).strip("'"), "unicode_escape").replace("\n", " ")
-        sys.exit(f"error in the --config flags: unknown key {message}")
 
 
 def main(argv):
@@ -233,4 +220,4 @@ def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpo
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

@@ -11,12 +11,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from rsclip_jax.losses import contrastive_loss, primary_components, sharded_contrastive_loss
 from rsclip_jax.preprocess import normalize_images
+from rsclip_jax.sharding import BATCH_AXES
 from rsclip_jax.train_state import TrainSetup
 
 
 def batch_sharding(mesh) -> NamedSharding:
     """Examples split over every data-parallel axis (data and fsdp); the rest of each array whole."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 SHARDED_LOSS_MIN_BATCH = 1024
@@ -55,7 +56,9 @@ def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
     accum = config.optim.accum_steps
 
     def loss_fn(params, batch):
-        return training_loss(config, nnx.merge(setup.graphdef, params), batch, slot_kinds, mesh)
+        # Traced under the mesh, so the model can pin its activations to the batch axes (constrain_batch).
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return training_loss(config, nnx.merge(setup.graphdef, params), batch, slot_kinds, mesh)
 
     grad_fn = jax.value_and_grad(loss_fn)
 

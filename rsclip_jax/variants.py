@@ -5,6 +5,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from rsclip_jax.attention import IMPLEMENTATIONS
+from rsclip_jax.layers import REMAT_POLICIES
+
 ACTIVATIONS = ("quick_gelu", "gelu")
 
 
@@ -31,12 +34,21 @@ class ModelConfig:
     # A learnable logit bias for the sigmoid loss (SigLIP starts at -10); None: no such parameter,
     # as in OpenAI CLIP's state dict.
     logit_bias_init: float | None = None
-    # Recompute each residual block's activations in the backward pass: memory for compute.
-    remat: bool = False
+    # What each residual block keeps for the backward pass (layers.REMAT_POLICIES): "off" keeps every
+    # activation; the others recompute the rest, memory for compute.
+    remat_policy: str = "off"
+    # Run each tower's blocks as one lax.scan over stacked weights: one compiled block instead of 12.
+    scan_layers: bool = False
+    # attention.IMPLEMENTATIONS: "xla" everywhere, "cudnn" fused on NVIDIA GPUs, "flash" Pallas on TPUs.
+    attention: str = "xla"
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model remat_policy {self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"model attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
         if self.image_size % self.patch_size:
             raise ValueError(f"model image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):

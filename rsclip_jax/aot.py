@@ -1,0 +1,131 @@
+"""Compile the training step of a recipe ahead of time for an accelerator this machine need not have, and
+report its memory per chip.
+
+    python -m rsclip_jax.aot --config=configs/rsclip_b16.py --topology=v5e-8 [--slices=2] [--max-batch] \
+        [--config.batch_size=4096 ...]
+
+Topologies: Cloud TPU accelerator types (v4-8 ... v4-512, v5e-1 ... v5e-256, v5p-8 ... v5p-256, v6e-1 ...
+v6e-256; libtpu: `pip install -e '.[tpu]'`) and NVIDIA GPU nodes (a100-8, h100-8, h200-8; the CUDA plugin:
+`pip install -e '.[gpu]'`). Memory settings the config leaves unset are picked as training picks them
+(rsclip_jax.fit) and named in `picked`. Prints one JSON line; a step that does not fit adds one line on
+stderr saying what needs how much, and the exit status is 1.
+"""
+
+import importlib.metadata
+import json
+import os
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
+from rsclip_jax.fit import HEADROOM, compile_train_step, pick_memory_settings
+from rsclip_jax.flops import clip_training_flops_per_example
+from rsclip_jax.topology import GPU_TARGETS, target
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v4-32, v5p-128, v6e-256, h100-8, ...")
+_SLICES = flags.DEFINE_integer("slices", 1, "Slices (TPU) or nodes (GPU) joined over the data-center network.")
+_MAX_BATCH = flags.DEFINE_boolean("max-batch", False, "Also find the largest global batch that fits, by compiling.")
+
+GIB = 2**30
+
+
+def _versions() -> dict:
+    versions = {"jax": jax.__version__}
+    for package in ("libtpu", "jax-cuda13-plugin"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _fits_with_headroom(result) -> bool:
+    return bool(result.memory) and result.memory.headroom >= HEADROOM
+
+
+def largest_batch(config, devices, hbm_bytes, granularity: int) -> int:
+    """The largest multiple of `granularity` whose step fits with HEADROOM to spare (0 if none): doubling
+    from the config's batch, then bisecting."""
+    config = config.copy_and_resolve_references()
+
+    def fits(batch):
+        config.batch_size = batch
+        return _fits_with_headroom(compile_train_step(config, devices, hbm_bytes))
+
+    low, high = 0, max(granularity, config.batch_size // granularity * granularity)
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > granularity:
+        middle = (low + high) // 2 // granularity * granularity
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def _report(config, topology, result, picked) -> dict:
+    model = model_config_from(config)
+    chips = len(topology.devices)
+    flops = config.batch_size * clip_training_flops_per_example(
+        model, example_spec_from(config, model).captions_per_example, config.batch_size
+    )
+    memory = result.memory
+    report = {
+        "config": config_flags.get_config_filename(flags.FLAGS["config"]), "topology": topology.name,
+        "slices": topology.slices, "chips": chips,
+        "device_kind": topology.devices[0].device_kind, "batch_size": config.batch_size,
+        "batch_per_chip": config.batch_size / chips,
+        "settings": {"mesh.shape": tuple(config.mesh.shape), "model.remat_policy": config.model.remat_policy,
+                     "model.scan_layers": config.model.scan_layers, "model.attention": config.model.attention,
+                     "optim.mu_dtype": config.optim.mu_dtype, "loss.sharded": config.loss.sharded},
+        "picked": picked,
+        "argument_bytes": memory and memory.argument_bytes, "temp_bytes": memory and memory.temp_bytes,
+        "total_bytes": memory and memory.total_bytes, "hbm_bytes": topology.hbm_bytes,
+        "headroom_pct": memory and round(100 * memory.headroom, 1), "fits": bool(memory and memory.fits),
+        "compile_s": round(result.seconds, 1), "tflops_per_step": round(flops / 1e12, 2),
+        "tflops_per_chip": round(flops / 1e12 / chips, 3), **_versions(),
+    }
+    if result.error:
+        report["compiler_error"] = result.error
+    return report
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None or not _TOPOLOGY.value:
+        raise app.UsageError("give --config=configs/<recipe>.py and --topology=NAME (e.g. v5e-8, h100-8)")
+    try:
+        topology = target(_TOPOLOGY.value, _SLICES.value)
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    config, picked, result = pick_memory_settings(_CONFIG.value, topology.devices, topology.hbm_bytes)
+    report = _report(config, topology, result, picked)
+    if _MAX_BATCH.value:
+        tensor = max(config.mesh.shape[2], 1)  # batches split over the other two axes, 16 examples a device at least
+        granularity = 16 * len(topology.devices) // tensor * config.optim.accum_steps
+        report["max_batch"] = largest_batch(config, topology.devices, topology.hbm_bytes, granularity)
+        report["max_batch_granularity"] = granularity
+    print(json.dumps(report), flush=True)
+    if not report["fits"]:
+        needs = (f"{result.memory.total_bytes / GIB:.2f} GiB (arguments {result.memory.argument_bytes / GIB:.2f}, "
+                 f"temporaries {result.memory.temp_bytes / GIB:.2f})" if result.memory else result.error)
+        sys.exit(f"does not fit: the training step at batch {config.batch_size} on {topology.name} needs {needs} per "
+                 f"chip of {topology.hbm_bytes / GIB:.2f} GiB; lower config.batch_size or set "
+                 f"config.model.remat_policy=nothing")
+
+
+def _cross_compile_environment(argv):
+    """The local backend stays the CPU; the GPU compiler needs these flags to compile without a GPU."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    jax.config.update("jax_platforms", "cpu")
+    if any(arg.split("=")[-1].split("-")[0] in GPU_TARGETS for arg in argv if arg.startswith("--topology")):
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false "
+                                   "--xla_gpu_autotune_level=0").strip()
+
+
+if __name__ == "__main__":
+    _cross_compile_environment(sys.argv)
+    app.run(main, flags_parser=parse_flags)

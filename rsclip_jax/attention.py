@@ -1,0 +1,56 @@
+"""Scaled dot-product attention: XLA's, cuDNN's fused kernel (GPU), or Pallas flash attention (TPU).
+
+The fused kernels never hold the [heads, tokens, tokens] score matrix of a whole batch in memory.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from rsclip_jax.sharding import BATCH_AXES
+
+IMPLEMENTATIONS = ("xla", "cudnn", "flash")
+# Pallas TPU flash attention works on blocks of this many tokens: sequences are padded up to a multiple.
+FLASH_BLOCK = 128
+
+
+def attend(q, k, v, *, causal: bool, implementation: str):
+    """q, k, v [batch, tokens, heads, head_dim] -> [batch, tokens, heads, head_dim]."""
+    if implementation == "flash":
+        return _tpu_flash_attention(q, k, v, causal)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+
+
+def _tpu_flash_attention(q, k, v, causal):
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
+
+    tokens, head_dim = q.shape[1], q.shape[-1]
+    padded = math.ceil(tokens / FLASH_BLOCK) * FLASH_BLOCK
+    # Padding keys get their own segment id, so no real query attends to them.
+    segments = jnp.broadcast_to((jnp.arange(padded) >= tokens).astype(jnp.int32), (q.shape[0], padded))
+
+    def kernel(q, k, v, segments):
+        to_heads_first = lambda x: jnp.pad(x, ((0, 0), (0, padded - tokens), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+        out = pallas_flash.flash_attention(
+            to_heads_first(q), to_heads_first(k), to_heads_first(v), segment_ids=pallas_flash.SegmentIds(segments, segments),
+            causal=causal, sm_scale=1.0 / math.sqrt(head_dim),
+            block_sizes=pallas_flash.BlockSizes(
+                block_q=FLASH_BLOCK, block_k_major=FLASH_BLOCK, block_k=FLASH_BLOCK, block_b=1,
+                block_q_major_dkv=FLASH_BLOCK, block_k_major_dkv=FLASH_BLOCK, block_k_dkv=FLASH_BLOCK,
+                block_q_dkv=FLASH_BLOCK, block_k_major_dq=FLASH_BLOCK, block_k_dq=FLASH_BLOCK, block_q_dq=FLASH_BLOCK,
+            ),
+        )
+        return out.transpose(0, 2, 1, 3)[:, :tokens]
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return kernel(q, k, v, segments)
+    # A Pallas kernel is one opaque call that XLA cannot split: run it on each device's own examples and heads.
+    heads = "tensor" if q.shape[2] % mesh.shape.get("tensor", 1) == 0 else None
+    qkv_spec = PartitionSpec(BATCH_AXES, None, heads, None)
+    return jax.shard_map(
+        kernel, in_specs=(qkv_spec, qkv_spec, qkv_spec, PartitionSpec(BATCH_AXES, None)), out_specs=qkv_spec,
+        check_vma=False,
+    )(q, k, v, segments)

@@ -1,0 +1,139 @@
+"""The training step compiled ahead of time for a set of devices, its memory per device, and the memory
+settings a config leaves unset picked so that the step fits: the fastest candidate that compiles with
+HEADROOM to spare."""
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from rsclip_jax.config import example_spec_from, model_config_from
+from rsclip_jax.model import CLIP
+from rsclip_jax.optim import learning_rate_schedule, make_optimizer
+from rsclip_jax.sharding import mesh_from_config
+from rsclip_jax.train_state import setup_train_state
+from rsclip_jax.train_step import batch_sharding, make_train_step
+
+HEADROOM = 0.10
+# Remat policies from fastest to leanest: each keeps less for the backward pass and recomputes more.
+REMAT_LADDER = ("off", "dots_no_batch", "nothing")
+# Parameters, gradients and AdamW moments replicated on every chip may take this share of its memory;
+# beyond it they are sharded over the slice (fsdp) instead.
+REPLICATED_STATE_SHARE = 0.10
+ATTENTION_BY_PLATFORM = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "flash"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+    """Bytes per device of a compiled step, as XLA's memory analysis counts them."""
+
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    hbm_bytes: int
+
+    @property
+    def total_bytes(self) -> int:  # donated state: outputs reuse the arguments' buffers
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    @property
+    def headroom(self) -> float:
+        return 1.0 - self.total_bytes / self.hbm_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.hbm_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    compiled: jax.stages.Compiled | None  # None when the compiler refused it for lack of memory
+    memory: StepMemory | None
+    seconds: float
+    error: str = ""  # the compiler's reason when it refused
+
+
+class OutOfMemory(Exception):
+    """The compiler refused the step: it needs more memory per device than there is."""
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
+    """ShapeDtypeStructs of one global training batch of `config`, sharded as the trainer shards it."""
+    model = model_config_from(config)
+    spec = example_spec_from(config, model)
+    sharding = batch_sharding(mesh)
+    size, batch = model.image_size, config.batch_size
+    return {
+        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharding),
+        "tokens": jax.ShapeDtypeStruct((batch, spec.captions_per_example, model.context_length), jnp.int32,
+                                       sharding=sharding),
+        "image_id": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding),
+    }
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices, hbm_bytes: int) -> CompiledStep:
+    """The real training step of `config` (model, loss, optimizer, mesh, shardings) compiled for `devices`."""
+    mesh = mesh_from_config(config.mesh, devices)
+    setup = setup_train_state(config, model_config_from(config), mesh)
+    spec = example_spec_from(config, model_config_from(config))
+    step = make_train_step(config, setup, spec.slot_kinds, learning_rate_schedule(config.optim, config.total_steps), mesh)
+    state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                         setup.abstract_state, setup.shardings)
+    start = time.perf_counter()
+    try:
+        compiled = step.lower(state, abstract_batch(config, mesh)).compile()
+    except Exception as e:  # XLA raises its own error type; only memory exhaustion is an answer, not a bug
+        if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+            raise
+        return CompiledStep(None, None, time.perf_counter() - start, _first_line_with(str(e), "HBM") or str(e)[:300])
+    analysis = compiled.memory_analysis()
+    memory = StepMemory(analysis.argument_size_in_bytes, analysis.output_size_in_bytes, analysis.alias_size_in_bytes,
+                        analysis.temp_size_in_bytes, hbm_bytes)
+    return CompiledStep(compiled, memory, time.perf_counter() - start)
+
+
+def _first_line_with(text: str, word: str) -> str:
+    return next((line.strip() for line in text.splitlines() if word in line), "")
+
+
+def replicated_state_bytes(config: ml_collections.ConfigDict) -> int:
+    """Parameters, their gradients and the optimizer state, all in full on one device."""
+    model_config = model_config_from(config)
+    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CLIP(model_config, rngs=nnx.Rngs(0))), nnx.Param))
+    opt_state = jax.eval_shape(make_optimizer(config, params).init, params)
+    nbytes = lambda tree: sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
+    return 2 * nbytes(params) + nbytes(opt_state)
+
+
+def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: int):
+    """-> (config with every unset memory setting filled in, {key: what was picked}, the CompiledStep of the
+    result). Candidates are tried fastest first; the first that fits with HEADROOM to spare wins, else
+    the leanest. Settings the config gives are kept as they are."""
+    config = config.copy_and_resolve_references()
+    platform = devices[0].platform
+    picked = {}
+
+    def pick(section, key, value):
+        if config[section][key] is None:
+            config[section][key] = value
+            picked[f"{section}.{key}"] = value
+
+    pick("model", "scan_layers", True)
+    pick("model", "attention", ATTENTION_BY_PLATFORM.get(platform, "xla"))
+    if config.mesh.shape is None:
+        fsdp = replicated_state_bytes(config) > REPLICATED_STATE_SHARE * hbm_bytes
+        pick("mesh", "shape", (1, -1, 1) if fsdp else (-1, 1, 1))
+    ladder = REMAT_LADDER if config.model.remat_policy is None else (config.model.remat_policy,)
+    for policy in ladder:
+        config.model.remat_policy = policy
+        result = compile_train_step(config, devices, hbm_bytes)
+        if result.memory and result.memory.headroom >= HEADROOM:
+            break
+    if len(ladder) > 1:
+        picked["model.remat_policy"] = config.model.remat_policy
+    return config, picked, result

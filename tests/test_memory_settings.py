@@ -1,0 +1,57 @@
+"""Memory settings change memory, not numbers: the whole training step on 8 fake devices (fsdp and tensor
+axes, activations pinned to the batch axes) gives the losses of the plain step under every setting."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from rsclip_jax.config import model_config_from
+from rsclip_jax.optim import learning_rate_schedule
+from rsclip_jax.sharding import make_mesh
+from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_step import batch_sharding, make_train_step
+from test_train_step import random_batch, tiny_config
+
+
+@functools.cache
+def losses(mesh_shape, steps=3, **settings):
+    config = tiny_config()
+    for key, value in settings.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    mesh = make_mesh(mesh_shape)
+    setup = setup_train_state(config, model_config_from(config), mesh)
+    state = init_train_state(config, model_config_from(config), setup)
+    step = make_train_step(config, setup, ("any", "any"), learning_rate_schedule(config.optim, config.total_steps), mesh)
+    batch = jax.device_put(random_batch(16), batch_sharding(mesh))
+    values = []
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+        values.append(float(metrics["loss"]))
+    return values
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [
+    dict(model__remat_policy="nothing", model__scan_layers=True),
+    dict(model__remat_policy="dots_no_batch", model__scan_layers=False),
+    dict(model__remat_policy="dots", model__scan_layers=True),
+])
+def test_remat_and_scan_keep_the_losses_of_every_step(settings):
+    reference = losses((1, 4, 2))
+    np.testing.assert_allclose(losses((1, 4, 2), **settings), reference, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_batch_constraints_on_an_fsdp_mesh_keep_the_single_device_losses():
+    np.testing.assert_allclose(losses((1, 4, 2)), losses((1, 1, 1)), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_bfloat16_first_moments_stay_close():
+    reference = losses((8, 1, 1), steps=5)
+    lean = losses((8, 1, 1), steps=5, optim__mu_dtype="bfloat16")
+    assert lean[0] == reference[0]  # the first step's loss comes before any update
+    np.testing.assert_allclose(lean, reference, rtol=2e-3)
