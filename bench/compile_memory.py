@@ -22,7 +22,7 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[2048, 32768])
     parser.add_argument("--captions", type=int, default=5)
     parser.add_argument("--devices", type=int, default=8)
-    parser.add_argument("--no-remat", dest="remat", action="store_false", help="keep every block's activations")
+    parser.add_argument("--remat-policy", default="nothing", help="off keeps every block's activations")
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"  # before JAX loads
     sys.argv = sys.argv[:1]
@@ -72,7 +72,7 @@ def main():
     for batch in args.batches:
         for sharded in ("off", "on"):
             config = base_config()
-            config.model.update(variant=args.variant, context_length=args.context, remat=args.remat)
+            config.model.update(variant=args.variant, context_length=args.context, remat_policy=args.remat_policy)
             config.update(batch_size=batch, total_steps=1000)
             config.loss.sharded = sharded
             model_config = model_config_from(config)
@@ -84,7 +84,7 @@ def main():
                 "compile_s": round(time.perf_counter() - start, 1),
             })
     print(json.dumps({"bench": "compile_memory", "variant": args.variant, "context_length": args.context,
-                      "captions_per_image": args.captions, "devices": args.devices, "remat": args.remat,
+                      "captions_per_image": args.captions, "devices": args.devices, "remat_policy": args.remat_policy,
                       "per_device": results}))
 
 

@@ -4,6 +4,10 @@
     .venv/bin/python bench/train_step.py --variant tiny --batch 64 --context 64 --captions 2
     .venv/bin/python bench/train_step.py --variant B/16 --batch 8 --context 248 --steps 3 --open-clip
     .venv/bin/python bench/train_step.py ... --peak-tflops 0.332   # a CPU: give its peak for MFU
+    python bench/train_step.py --variant B/16 --context 248 --max-batch --open-clip   # a GPU or TPU host
+
+On a GPU or TPU the memory settings left unset are picked as training picks them (rsclip_jax.fit);
+`--max-batch` first finds the largest batch that fits this host's devices, by compiling.
 
 Inputs are random (images, token ids ending in end-of-text): compute does not depend on their values.
 Prints one JSON line.
@@ -17,6 +21,7 @@ import jax
 import numpy as np
 
 from rsclip_jax.config import base_config, model_config_from
+from rsclip_jax.fit import largest_batch, pick_for_local_devices
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
@@ -46,9 +51,17 @@ def time_steps(step_fn, warmup: int, steps: int) -> float:
 
 def ours(args):
     config = base_config()
-    config.model.update(variant=args.variant, context_length=args.context, dtype=args.dtype, remat=args.remat)
+    config.model.update(variant=args.variant, context_length=args.context, dtype=args.dtype,
+                        remat_policy=args.remat_policy)
     config.update(batch_size=args.batch, total_steps=1000)
     config.optim.update(lr=1e-5, warmup_steps=0)
+    config.data.slot_kinds = ("any",) * args.captions
+    config, picked = pick_for_local_devices(config)
+    if args.max_batch:
+        devices = jax.devices()
+        args.batch = config.batch_size = largest_batch(
+            config, devices, devices[0].memory_stats()["bytes_limit"], granularity=8 * len(devices)
+        )
     model_config = model_config_from(config)
     mesh = mesh_from_config(config.mesh)
     setup = setup_train_state(config, model_config, mesh)
@@ -67,7 +80,9 @@ def ours(args):
     peak = args.peak_tflops or peak_tflops_per_device(jax.devices()[0].device_kind)
     achieved = utilization(flops, seconds, jax.device_count(), peak)
     return model_config, {
-        "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "batch": args.batch,
+        "remat_policy": model_config.remat_policy, "scan_layers": model_config.scan_layers,
+        "attention": model_config.attention, "picked": picked,
         "compute_dtype": str(np.dtype(model_config.compute_dtype)), "step_s": round(seconds, 4),
         "examples_per_s": round(args.batch / seconds, 1), "gflops_per_example": round(flops / args.batch / 1e9, 2),
         "tflops_per_device": round(achieved["tflops_per_device"], 3), "peak_tflops_per_device": peak,
@@ -91,7 +106,7 @@ def theirs(args, model_config):
                     mlp_ratio=c.mlp_ratio),
         quick_gelu=c.activation == "quick_gelu",
     ).to(device)
-    model.set_grad_checkpointing(args.remat)
+    model.set_grad_checkpointing(model_config.remat_policy != "off")
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-2)
     batch = random_batch(model_config, args.batch, 1)
@@ -121,7 +136,9 @@ def main():
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--captions", type=int, default=1, help="K captions per image (open_clip: 1 only)")
     parser.add_argument("--dtype", default=None, help="compute dtype; default bfloat16 on accelerators, float32 on CPU")
-    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--remat-policy", default=None,
+                        help="off, nothing, dots, dots_no_batch; default: picked on accelerators, off on a CPU")
+    parser.add_argument("--max-batch", action="store_true", help="find and use the largest batch that fits")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--open-clip", action="store_true", help="also time open_clip's step (needs --captions 1)")
@@ -132,7 +149,7 @@ def main():
         parser.error("--open-clip compares one caption per image (open_clip's ClipLoss): use --captions 1")
     model_config, result = ours(args)
     report = {"bench": "train_step", "variant": args.variant, "batch": args.batch, "context_length": args.context,
-              "captions_per_image": args.captions, "remat": args.remat, "rsclip_jax": result}
+              "captions_per_image": args.captions, "rsclip_jax": result}
     if args.open_clip:
         report["open_clip"] = theirs(args, model_config)
         report["speedup_vs_open_clip"] = round(report["open_clip"]["step_s"] / result["step_s"], 2)

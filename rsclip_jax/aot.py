@@ -14,6 +14,7 @@ stderr saying what needs how much, and the exit status is 1.
 import importlib.metadata
 import json
 import os
+import re
 import sys
 
 import jax
@@ -21,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
-from rsclip_jax.fit import HEADROOM, compile_train_step, pick_memory_settings
+from rsclip_jax.fit import largest_batch, pick_memory_settings
 from rsclip_jax.flops import clip_training_flops_per_example
 from rsclip_jax.topology import GPU_TARGETS, target
 
@@ -41,28 +42,6 @@ def _versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def _fits_with_headroom(result) -> bool:
-    return bool(result.memory) and result.memory.headroom >= HEADROOM
-
-
-def largest_batch(config, devices, hbm_bytes, granularity: int) -> int:
-    """The largest multiple of `granularity` whose step fits with HEADROOM to spare (0 if none): doubling
-    from the config's batch, then bisecting."""
-    config = config.copy_and_resolve_references()
-
-    def fits(batch):
-        config.batch_size = batch
-        return _fits_with_headroom(compile_train_step(config, devices, hbm_bytes))
-
-    low, high = 0, max(granularity, config.batch_size // granularity * granularity)
-    while fits(high):
-        low, high = high, 2 * high
-    while high - low > granularity:
-        middle = (low + high) // 2 // granularity * granularity
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low
 
 
 def _report(config, topology, result, picked) -> dict:
@@ -109,11 +88,23 @@ def main(argv):
         report["max_batch_granularity"] = granularity
     print(json.dumps(report), flush=True)
     if not report["fits"]:
+        sys.exit(_does_not_fit(config, topology, result))
+
+
+def _does_not_fit(config, topology, result) -> str:
+    if result.memory:
         needs = (f"{result.memory.total_bytes / GIB:.2f} GiB (arguments {result.memory.argument_bytes / GIB:.2f}, "
-                 f"temporaries {result.memory.temp_bytes / GIB:.2f})" if result.memory else result.error)
-        sys.exit(f"does not fit: the training step at batch {config.batch_size} on {topology.name} needs {needs} per "
-                 f"chip of {topology.hbm_bytes / GIB:.2f} GiB; lower config.batch_size or set "
-                 f"config.model.remat_policy=nothing")
+                 f"temporaries {result.memory.temp_bytes / GIB:.2f})")
+    else:  # the TPU compiler refused it and says what it needed
+        match = re.search(r"required for (.+?) \(([\d.]+)G\)", result.error)
+        needs = f"{match.group(2)} GiB of {match.group(1)}" if match else f"more than it has ({result.error})"
+    remedies = ["lower config.batch_size"]
+    if config.model.remat_policy != "nothing":
+        remedies.append("set config.model.remat_policy=nothing")
+    if config.mesh.shape[0] != 1:
+        remedies.append("shard the state with config.mesh.shape='(1,-1,1)'")
+    return (f"does not fit: the training step at batch {config.batch_size} on {topology.name} needs {needs} per chip, "
+            f"of {topology.hbm_bytes / GIB:.2f} GiB; {', or '.join(remedies)}")
 
 
 def _cross_compile_environment(argv):

@@ -57,9 +57,9 @@ class CompiledStep:
     seconds: float
     error: str = ""  # the compiler's reason when it refused
 
-
-class OutOfMemory(Exception):
-    """The compiler refused the step: it needs more memory per device than there is."""
+    @property
+    def fits_with_headroom(self) -> bool:
+        return bool(self.memory) and self.memory.headroom >= HEADROOM
 
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
@@ -132,8 +132,37 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
     for policy in ladder:
         config.model.remat_policy = policy
         result = compile_train_step(config, devices, hbm_bytes)
-        if result.memory and result.memory.headroom >= HEADROOM:
+        if result.fits_with_headroom:
             break
     if len(ladder) > 1:
         picked["model.remat_policy"] = config.model.remat_policy
     return config, picked, result
+
+
+def largest_batch(config, devices, hbm_bytes, granularity: int) -> int:
+    """The largest multiple of `granularity` whose step fits with HEADROOM to spare (0 if none): doubling
+    from the config's batch, then bisecting."""
+    config = config.copy_and_resolve_references()
+
+    def fits(batch):
+        config.batch_size = batch
+        return compile_train_step(config, devices, hbm_bytes).fits_with_headroom
+
+    low, high = 0, max(granularity, config.batch_size // granularity * granularity)
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > granularity:
+        middle = (low + high) // 2 // granularity * granularity
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def pick_for_local_devices(config: ml_collections.ConfigDict):
+    """`pick_memory_settings` for the devices this run trains on, with the memory each may allocate; on a
+    CPU (no memory limit to fit) the config comes back unchanged. -> (config, {key: what was picked})."""
+    devices = jax.devices()
+    if devices[0].platform not in ("gpu", "tpu"):
+        return config, {}
+    limit = devices[0].memory_stats()["bytes_limit"]
+    config, picked, _ = pick_memory_settings(config, devices, limit)
+    return config, picked

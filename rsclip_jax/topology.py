@@ -69,6 +69,8 @@ def tpu_target(name: str, slices: int = 1) -> Target:
     # them it prints a page of warnings.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # Compiling opens no TPU, so several compiling processes may hold libtpu at once (its lockfile refuses).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
 

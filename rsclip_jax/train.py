@@ -24,6 +24,7 @@ from rsclip_jax.checkpoint import Checkpointer
 from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
 from rsclip_jax.data import DataError, resolve_shards, train_dataset
 from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
+from rsclip_jax.fit import pick_for_local_devices
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
 from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.optim import learning_rate_schedule
@@ -93,6 +94,10 @@ def main(argv):
     _initialize_distributed()
     is_chief = jax.process_index() == 0
     try:
+        # Memory settings the config leaves unset: the fastest whose compiled step fits these devices.
+        config, picked = pick_for_local_devices(config)
+        if picked:
+            logging.info("picked for %s: %s", jax.devices()[0].device_kind, picked)
         model_config = model_config_from(config)
         spec = example_spec_from(config, model_config)
         shard_paths = resolve_shards(config.data.train_shards, "config.data.train_shards")

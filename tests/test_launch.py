@@ -8,7 +8,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["launch/lib.sh", "launch/tpu_pod.sh", "launch/gpu_node.sh", "launch/slurm.sh"]
+SCRIPTS = ["launch/lib.sh", "launch/tpu_pod.sh", "launch/gpu_node.sh", "launch/slurm.sh", "bench/gpu_suite.sh"]
 
 
 def dry_run(script, *args):
@@ -67,3 +67,11 @@ def test_a_missing_option_is_named():
     result = subprocess.run([os.path.join(REPO, "launch/slurm.sh"), "--nodes", "2", "--dry-run"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "--gpus-per-node is required" in result.stderr
+
+
+def test_gpu_suite_builds_its_environments_and_runs_both_benchmarks():
+    commands = dry_run("bench/gpu_suite.sh")
+    assert any(command.startswith(".venv-gpu/bin/python -m pip install -e .\\[gpu\\,torch\\]") for command in commands)
+    benchmarks = [command for command in commands if command.startswith("timeout 600 ")]
+    assert [command.split()[3] for command in benchmarks] == ["bench/train_step.py", "bench/caption_throughput.py"]
+    assert "--max-batch --open-clip" in benchmarks[0] and "--model-size 7b" in benchmarks[1]

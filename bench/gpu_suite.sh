@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU benchmarks in one command, on a machine with one NVIDIA GPU; every step under 10 minutes; JSON lines
+# to stdout and to bench/results/gpu_suite-<date>.jsonl:
+#   (a) the B/16 training step, 248 text positions, bf16, at the largest batch that fits (picked memory
+#       settings, as training picks them), and open_clip's same step in the same run: step time, examples/s,
+#       MFU, ratio;
+#   (b) captioning throughput with a full-size Qwen2.5-VL-7B architecture built here with random weights,
+#       generation lengths fixed to the paper's mean caption lengths, shared-prefix vs unshared prompts.
+#
+#   bash bench/gpu_suite.sh            # builds .venv-gpu (jax[cuda13] + torch) and .venv-vllm (vLLM) if absent
+#   bash bench/gpu_suite.sh --dry-run  # prints the commands, runs none
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DRY_RUN=0
+[[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
+PYTHON=${PYTHON:-python3}
+STEP_TIMEOUT=${STEP_TIMEOUT:-600}
+OUT=bench/results/gpu_suite-$(date +%Y%m%d-%H%M%S).jsonl
+
+run() {
+  if ((DRY_RUN)); then
+    printf '%q ' "$@"
+    echo
+  else
+    "$@"
+  fi
+}
+
+step() {  # a benchmark under the step time limit; its JSON line goes to stdout and to $OUT
+  if ((DRY_RUN)); then
+    run timeout "$STEP_TIMEOUT" "$@"
+  else
+    timeout "$STEP_TIMEOUT" "$@" | tee -a "$OUT"
+  fi
+}
+
+if [[ ! -x .venv-gpu/bin/python ]]; then
+  run "$PYTHON" -m venv .venv-gpu
+  run .venv-gpu/bin/python -m pip install -e '.[gpu,torch]'
+fi
+if [[ ! -x .venv-vllm/bin/python ]]; then
+  run "$PYTHON" -m venv .venv-vllm
+  run .venv-vllm/bin/python -m pip install vllm msgpack array-record pillow tqdm
+  run .venv-vllm/bin/python -m pip install --no-deps -e .
+fi
+((DRY_RUN)) || mkdir -p bench/results
+
+step .venv-gpu/bin/python bench/train_step.py --variant B/16 --context 248 --captions 1 --dtype bfloat16 \
+  --max-batch --open-clip --warmup 2 --steps 10
+step .venv-vllm/bin/python bench/caption_throughput.py --model-size 7b --images 64
+((DRY_RUN)) || echo "results: $OUT" >&2
