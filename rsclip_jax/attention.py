@@ -14,13 +14,32 @@ from rsclip_jax.sharding import BATCH_AXES
 IMPLEMENTATIONS = ("xla", "cudnn", "flash")
 # Pallas TPU flash attention works on blocks of this many tokens: sequences are padded up to a multiple.
 FLASH_BLOCK = 128
+# cuDNN's fused attention takes, in training, only even lengths (ViT-B/16's 197 tokens are padded to 200).
+CUDNN_MULTIPLE = 8
 
 
 def attend(q, k, v, *, causal: bool, implementation: str):
     """q, k, v [batch, tokens, heads, head_dim] -> [batch, tokens, heads, head_dim]."""
     if implementation == "flash":
         return _tpu_flash_attention(q, k, v, causal)
+    if implementation == "cudnn" and q.shape[1] % CUDNN_MULTIPLE:
+        return padded_attention(q, k, v, causal, CUDNN_MULTIPLE, "cudnn")
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+
+
+def _pad_tokens(x, padded):
+    return jnp.pad(x, ((0, 0), (0, padded - x.shape[1]), (0, 0), (0, 0)))
+
+
+def padded_attention(q, k, v, causal, multiple, implementation):
+    """jax.nn.dot_product_attention over tokens padded to a multiple of `multiple`, padding keys masked."""
+    tokens = q.shape[1]
+    padded = math.ceil(tokens / multiple) * multiple
+    out = jax.nn.dot_product_attention(
+        _pad_tokens(q, padded), _pad_tokens(k, padded), _pad_tokens(v, padded), is_causal=causal,
+        key_value_seq_lengths=jnp.full((q.shape[0],), tokens, jnp.int32), implementation=implementation,
+    )
+    return out[:, :tokens]
 
 
 def _tpu_flash_attention(q, k, v, causal):
@@ -32,7 +51,7 @@ def _tpu_flash_attention(q, k, v, causal):
     segments = jnp.broadcast_to((jnp.arange(padded) >= tokens).astype(jnp.int32), (q.shape[0], padded))
 
     def kernel(q, k, v, segments):
-        to_heads_first = lambda x: jnp.pad(x, ((0, 0), (0, padded - tokens), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+        to_heads_first = lambda x: _pad_tokens(x, padded).transpose(0, 2, 1, 3)
         out = pallas_flash.flash_attention(
             to_heads_first(q), to_heads_first(k), to_heads_first(v), segment_ids=pallas_flash.SegmentIds(segments, segments),
             causal=causal, sm_scale=1.0 / math.sqrt(head_dim),

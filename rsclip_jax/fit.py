@@ -24,7 +24,8 @@ REMAT_LADDER = ("off", "dots_no_batch", "nothing")
 # Parameters, gradients and AdamW moments replicated on every chip may take this share of its memory;
 # beyond it they are sharded over the slice (fsdp) instead.
 REPLICATED_STATE_SHARE = 0.10
-ATTENTION_BY_PLATFORM = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "flash"}
+# Fused attention per platform; cuDNN's takes half-precision inputs only.
+ATTENTION_BY_PLATFORM = {"gpu": "cudnn", "tpu": "flash"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +124,11 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
             config[section][key] = value
             picked[f"{section}.{key}"] = value
 
+    # The compute dtype the devices train in, also when compiling for them from a CPU host.
+    pick("model", "dtype", "bfloat16")
     pick("model", "scan_layers", True)
-    pick("model", "attention", ATTENTION_BY_PLATFORM.get(platform, "xla"))
+    fused = ATTENTION_BY_PLATFORM.get(platform, "xla")
+    pick("model", "attention", fused if config.model.dtype == "bfloat16" or fused == "flash" else "xla")
     if config.mesh.shape is None:
         fsdp = replicated_state_bytes(config) > REPLICATED_STATE_SHARE * hbm_bytes
         pick("mesh", "shape", (1, -1, 1) if fsdp else (-1, 1, 1))

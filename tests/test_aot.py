@@ -65,8 +65,8 @@ def test_the_tiny_recipe_compiles_for_a_v5e_2x2_slice(libtpu):
     assert report["temp_bytes"] > 0 and report["total_bytes"] >= report["argument_bytes"] + report["temp_bytes"] - 1
     assert 0 < report["headroom_pct"] < 100 and report["compile_s"] > 0 and report["libtpu"]
     # Unset memory settings are picked, and said: the fastest, since the tiny model fits easily.
-    assert report["picked"] == {"model.scan_layers": True, "model.attention": "flash", "mesh.shape": [-1, 1, 1],
-                                "model.remat_policy": "off"}
+    assert report["picked"] == {"model.dtype": "bfloat16", "model.scan_layers": True, "model.attention": "flash",
+                                "mesh.shape": [-1, 1, 1], "model.remat_policy": "off"}
     assert report["tflops_per_chip"] == pytest.approx(report["tflops_per_step"] / 4, abs=1e-3)
 
 
