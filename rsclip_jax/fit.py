@@ -129,6 +129,10 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
     pick("model", "scan_layers", True)
     fused = ATTENTION_BY_PLATFORM.get(platform, "xla")
     pick("model", "attention", fused if config.model.dtype == "bfloat16" or fused == "flash" else "xla")
+    slices = len({getattr(device, "slice_index", 0) for device in devices})
+    if slices > 1 and math.prod(config.mesh.dcn_shape) == 1:  # data parallel across slices (docs/scaling.md)
+        config.mesh.dcn_shape = (slices, 1, 1)
+        picked["mesh.dcn_shape"] = config.mesh.dcn_shape
     if config.mesh.shape is None:
         fsdp = replicated_state_bytes(config) > REPLICATED_STATE_SHARE * hbm_bytes
         pick("mesh", "shape", (1, -1, 1) if fsdp else (-1, 1, 1))

@@ -3,10 +3,13 @@ through libtpu, by their accelerator type names (`v5e-8`, `v4-32`, `v5p-128`, `v
 nodes (`h100-8`) through the CUDA plugin."""
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
 from importlib.resources import files
+
+from jax.experimental import topologies
 
 # HBM per chip that the TPU compiler lets a program use, GiB: the "available HBM" its out-of-memory
 # error names (libtpu 0.0.42.1; tests/test_aot.py checks v5e's against the compiler).
@@ -71,17 +74,12 @@ def tpu_target(name: str, slices: int = 1) -> Target:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     # Compiling opens no TPU, so several compiling processes may hold libtpu at once (its lockfile refuses).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    try:
-        from jax.experimental import topologies
-
-        description = topologies.get_topology_desc(
-            platform="tpu", topology_name=f"{prefix}:{'x'.join(map(str, grid))}", chip_config_name=chip_config,
-            chips_per_host_bounds=tuple(min(side, 2) for side in grid) + (1,) * (3 - len(grid)), num_slices=slices,
-        )
-    except RuntimeError as e:
-        if "tpu" in str(e).lower() and ("not found" in str(e).lower() or "unknown backend" in str(e).lower()):
-            raise RuntimeError(LIBTPU_HINT) from None
-        raise
+    if importlib.util.find_spec("libtpu") is None:
+        raise RuntimeError(LIBTPU_HINT)
+    description = topologies.get_topology_desc(
+        platform="tpu", topology_name=f"{prefix}:{'x'.join(map(str, grid))}", chip_config_name=chip_config,
+        chips_per_host_bounds=tuple(min(side, 2) for side in grid) + (1,) * (3 - len(grid)), num_slices=slices,
+    )
     return Target(name, tuple(description.devices), int(TPU_HBM_GIB[generation] * 2**30), slices)
 
 
@@ -107,16 +105,11 @@ def gpu_target(name: str, slices: int = 1) -> Target:
                          f"1 to 8 on one host or a multiple of 8)")
     text = _gpu_target_text(match.group(1))
     per_host = min(count, GPUS_PER_HOST)
-    try:
-        from jax.experimental import topologies
-
-        description = topologies.get_topology_desc(
-            platform="cuda", target_config=text, topology=f"{slices}x{count // per_host}x{per_host}"
-        )
-    except RuntimeError as e:
-        if "cuda" in str(e).lower() and ("not found" in str(e).lower() or "unknown backend" in str(e).lower()):
-            raise RuntimeError(GPU_HINT) from None
-        raise
+    if importlib.util.find_spec("jax_cuda13_plugin") is None:
+        raise RuntimeError(GPU_HINT)
+    description = topologies.get_topology_desc(
+        platform="cuda", target_config=text, topology=f"{slices}x{count // per_host}x{per_host}"
+    )
     memory = int(re.search(r"device_memory_size:\s*(\d+)", text).group(1))
     fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEFAULT_GPU_MEMORY_FRACTION))
     return Target(name, tuple(description.devices), int(memory * fraction), slices)

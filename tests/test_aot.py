@@ -8,12 +8,14 @@ import re
 import subprocess
 import sys
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsclip_jax.topology import TPU_HBM_GIB, parse_tpu_name, tpu_chip_grid, tpu_target
+from rsclip_jax.topology import GPU_HINT, LIBTPU_HINT, TPU_HBM_GIB, gpu_target, parse_tpu_name, tpu_chip_grid, tpu_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,9 +66,11 @@ def test_the_tiny_recipe_compiles_for_a_v5e_2x2_slice(libtpu):
     assert report["argument_bytes"] > 4 * 10**6  # at least the float32 parameters and AdamW moments, replicated
     assert report["temp_bytes"] > 0 and report["total_bytes"] >= report["argument_bytes"] + report["temp_bytes"] - 1
     assert 0 < report["headroom_pct"] < 100 and report["compile_s"] > 0 and report["libtpu"]
-    # Unset memory settings are picked, and said: the fastest, since the tiny model fits easily.
-    assert report["picked"] == {"model.dtype": "bfloat16", "model.scan_layers": True, "model.attention": "flash",
-                                "mesh.shape": [-1, 1, 1], "model.remat_policy": "off"}
+    # Unset memory settings are picked, and said: the fastest, since the tiny model fits easily; the
+    # recipe's own settings (the demo computes in float32) are kept.
+    assert report["picked"] == {"model.scan_layers": True, "model.attention": "flash", "mesh.shape": [-1, 1, 1],
+                                "model.remat_policy": "off"}
+    assert report["settings"]["model.dtype"] == "float32"
     assert report["tflops_per_chip"] == pytest.approx(report["tflops_per_step"] / 4, abs=1e-3)
 
 
@@ -86,3 +90,22 @@ def test_a_step_that_does_not_fit_is_one_clear_line(libtpu):
 def test_unknown_topologies_are_one_line(libtpu):
     result = aot("--config=configs/demo.py", "--topology=v5e-3")
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: 'v5e-3' is not")
+
+
+def test_a_missing_compiler_plugin_says_how_to_install_it(monkeypatch):
+    # The installation is the outside edge here: pretend neither plugin is installed.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name in (
+        "libtpu", "jax_cuda13_plugin") else real_find_spec(name, *rest))
+    with pytest.raises(RuntimeError, match=re.escape(LIBTPU_HINT)):
+        tpu_target("v5e-8")
+    with pytest.raises(RuntimeError, match=re.escape(GPU_HINT)):
+        gpu_target("h100-8")
+
+
+@pytest.mark.slow
+def test_several_slices_are_data_parallel_across_them(libtpu):
+    result = aot("--config=configs/demo.py", "--topology=v5e-4", "--slices=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["chips"] == 8 and report["slices"] == 2 and report["picked"]["mesh.dcn_shape"] == [2, 1, 1]
