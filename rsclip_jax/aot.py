@@ -60,7 +60,8 @@ def _report(config, topology, result, picked) -> dict:
                      "model.dtype": config.model.dtype,
                      "model.remat_policy": config.model.remat_policy,
                      "model.scan_layers": config.model.scan_layers, "model.attention": config.model.attention,
-                     "optim.mu_dtype": config.optim.mu_dtype, "loss.sharded": config.loss.sharded},
+                     "optim.mu_dtype": config.optim.mu_dtype, "optim.grad_cache_chunks": config.optim.grad_cache_chunks,
+                     "loss.sharded": config.loss.sharded},
         "picked": picked,
         "argument_bytes": memory and memory.argument_bytes, "temp_bytes": memory and memory.temp_bytes,
         "total_bytes": memory and memory.total_bytes, "hbm_bytes": topology.hbm_bytes,
@@ -84,8 +85,8 @@ def main(argv):
     config, picked, result = pick_memory_settings(_CONFIG.value, topology.devices, topology.hbm_bytes)
     report = _report(config, topology, result, picked)
     if _MAX_BATCH.value:
-        tensor = max(config.mesh.shape[2], 1)  # batches split over the other two axes, 16 examples a device at least
-        granularity = 16 * len(topology.devices) // tensor * config.optim.accum_steps
+        tensor = max(config.mesh.shape[2], 1)  # batches are split over the other two axes
+        granularity = 8 * len(topology.devices) // tensor * config.optim.accum_steps * config.optim.grad_cache_chunks
         report["max_batch"] = largest_batch(config, topology.devices, topology.hbm_bytes, granularity)
         report["max_batch_granularity"] = granularity
     print(json.dumps(report), flush=True)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from rsclip_jax.sharding import BATCH_AXES
+from rsclip_jax.sharding import BATCH_AXES, activation_mesh
 
 IMPLEMENTATIONS = ("xla", "cudnn", "flash")
 # Pallas TPU flash attention works on blocks of this many tokens: sequences are padded up to a multiple.
@@ -63,13 +63,13 @@ def _tpu_flash_attention(q, k, v, causal):
         )
         return out.transpose(0, 2, 1, 3)[:, :tokens]
 
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    mesh = activation_mesh()
+    if mesh is None:
         return kernel(q, k, v, segments)
     # A Pallas kernel is one opaque call that XLA cannot split: run it on each device's own examples and heads.
     heads = "tensor" if q.shape[2] % mesh.shape.get("tensor", 1) == 0 else None
     qkv_spec = PartitionSpec(BATCH_AXES, None, heads, None)
     return jax.shard_map(
-        kernel, in_specs=(qkv_spec, qkv_spec, qkv_spec, PartitionSpec(BATCH_AXES, None)), out_specs=qkv_spec,
+        kernel, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, PartitionSpec(BATCH_AXES, None)), out_specs=qkv_spec,
         check_vma=False,
     )(q, k, v, segments)

@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.end_lr_fraction = 0.0
     config.optim.grad_clip_norm = 0.0  # 0: off
     config.optim.accum_steps = 1  # micro-batches per step; gradients averaged, negatives per micro-batch
+    # Gradient caching: the batch's embeddings in this many chunks, the loss over all of them (the same loss and
+    # gradients as one pass, one chunk's activations in memory, one more forward pass). None: picked per
+    # accelerator (rsclip_jax.fit), 1 (off) where it stays unset.
+    config.optim.grad_cache_chunks = placeholder(int)
     config.optim.mu_dtype = placeholder(str)  # AdamW's first moment, e.g. "bfloat16"; None: the parameters' float32
     config.optim.freeze = ()  # regexes over parameter paths, e.g. r"visual\..*" (lock the image tower)
 
@@ -88,7 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     # (rsclip_jax.fit; (-1, 1, 1) on a CPU).
     config.mesh.shape = placeholder(tuple)
     config.mesh.dcn_shape = (1, 1, 1)  # the same axes across slices (docs/scaling.md): usually (slices, 1, 1)
+    # Logical axis -> mesh axis: parameters by `rules`, activations by `activation_rules` (examples over both
+    # batch axes, attention heads and MLP features over `tensor`).
     config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
+    config.mesh.activation_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"))
 
     # name -> evaluator settings (rsclip_jax/evaluators.py), e.g. paper_evals(root); results go to
     # metrics.jsonl and TensorBoard as eval/NAME/METRIC.

@@ -21,6 +21,8 @@ from rsclip_jax.train_step import batch_sharding, make_train_step
 HEADROOM = 0.10
 # Remat policies from fastest to leanest: each keeps less for the backward pass and recomputes more.
 REMAT_LADDER = ("off", "dots_no_batch", "nothing")
+# Gradient-cache chunk counts tried when no remat policy alone fits.
+GRAD_CACHE_LADDER = (2, 4, 8, 16, 32)
 # Parameters, gradients and AdamW moments replicated on every chip may take this share of its memory;
 # beyond it they are sharded over the slice (fsdp) instead.
 REPLICATED_STATE_SHARE = 0.10
@@ -136,15 +138,25 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
     if config.mesh.shape is None:
         fsdp = replicated_state_bytes(config) > REPLICATED_STATE_SHARE * hbm_bytes
         pick("mesh", "shape", (1, -1, 1) if fsdp else (-1, 1, 1))
-    ladder = REMAT_LADDER if config.model.remat_policy is None else (config.model.remat_policy,)
-    for policy in ladder:
-        config.model.remat_policy = policy
+    unset = [key for key in ("model.remat_policy", "optim.grad_cache_chunks") if config[key] is None]
+    for policy, chunks in _candidates(config, len(devices)):
+        config.model.remat_policy, config.optim.grad_cache_chunks = policy, chunks
         result = compile_train_step(config, devices, hbm_bytes)
         if result.fits_with_headroom:
             break
-    if len(ladder) > 1:
-        picked["model.remat_policy"] = config.model.remat_policy
+    picked.update({key: config[key] for key in unset})
     return config, picked, result
+
+
+def _candidates(config, devices: int):
+    """(remat policy, gradient-cache chunks) from fastest to leanest, over the settings left unset: each remat
+    policy in one pass, then the leanest in more and more chunks (each chunk 8 examples a device at least)."""
+    policies = REMAT_LADDER if config.model.remat_policy is None else (config.model.remat_policy,)
+    if config.optim.grad_cache_chunks is not None:
+        return [(policy, config.optim.grad_cache_chunks) for policy in policies]
+    per_device = config.batch_size // devices // config.optim.accum_steps
+    more_chunks = [c for c in GRAD_CACHE_LADDER if per_device % c == 0 and per_device // c >= 8]
+    return [(policy, 1) for policy in policies] + [(policies[-1], chunks) for chunks in more_chunks]
 
 
 def largest_batch(config, devices, hbm_bytes, granularity: int) -> int:

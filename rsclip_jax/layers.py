@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rsclip_jax.attention import attend
-from rsclip_jax.sharding import constrain_batch
+from rsclip_jax.sharding import constrain
 
 LAYER_NORM_EPSILON = 1e-5  # CLIP's; Flax's default is 1e-6
 
@@ -52,9 +52,9 @@ class MultiheadAttention(nnx.Module):
         )
 
     def __call__(self, x, *, causal: bool):
-        qkv = self.in_proj(x)  # [B, T, 3, H, Dh]
+        qkv = constrain(self.in_proj(x), "batch", None, None, "heads", None)  # [B, T, 3, H, Dh]
         attended = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal, implementation=self.attention)
-        return self.out_proj(attended)
+        return self.out_proj(constrain(attended, "batch", None, "heads", None))
 
 
 class Mlp(nnx.Module):
@@ -70,7 +70,8 @@ class Mlp(nnx.Module):
         self.activation = activation
 
     def __call__(self, x):
-        return self.c_proj(ACTIVATION_FNS[self.activation](self.c_fc(x)))
+        hidden = constrain(self.c_fc(x), "batch", None, "mlp")
+        return self.c_proj(ACTIVATION_FNS[self.activation](hidden))
 
 
 class ResidualAttentionBlock(nnx.Module):
@@ -123,13 +124,13 @@ class Transformer(nnx.Module):
         graphdef = nnx.graphdef(self.resblocks[0])
 
         def run_block(state, x):
-            return constrain_batch(nnx.merge(graphdef, state)(x, causal=causal))
+            return constrain(nnx.merge(graphdef, state)(x, causal=causal), "batch", None, None)
 
         if self.remat_policy != "off":
             # Inside a scan the loop boundary already keeps XLA from merging the recomputation away.
             run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
         states = [nnx.state(block) for block in self.resblocks]
-        x = constrain_batch(x)
+        x = constrain(x, "batch", None, None)
         if not self.scan:
             for state in states:
                 x = run_block(state, x)

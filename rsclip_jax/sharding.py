@@ -1,5 +1,7 @@
 """Parameter shardings from logical axis names and rules (logical name -> mesh axis)."""
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -11,6 +13,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 BATCH_AXES = ("data", "fsdp")
 # Fully sharded data parallel over `fsdp`, Megatron-style tensor parallel over `tensor`.
 DEFAULT_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
+# (mesh, rules) while a step is traced under `activation_sharding`.
+_ACTIVATION_SHARDING = contextvars.ContextVar("activation_sharding", default=None)
 
 
 def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", "tensor"),
@@ -53,26 +57,47 @@ def mesh_from_config(mesh_config, devices=None) -> jax.sharding.Mesh:
     return make_mesh(mesh_shape(shape, len(devices) // slices), dcn_shape=dcn_shape, devices=devices)
 
 
-def constrain_batch(x):
-    """Activations [batch, ...] split over BATCH_AXES when traced under a mesh (`jax.sharding.use_abstract_mesh`),
-    so XLA keeps each device's examples on it rather than following the weights' fsdp sharding; unchanged
-    elsewhere."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+@contextlib.contextmanager
+def activation_sharding(mesh: jax.sharding.Mesh, rules):
+    """Within it, `constrain` pins activations to mesh axes by their logical names (`rules`: name -> mesh
+    axis or tuple of axes, config.mesh.activation_rules); trace the training step under it."""
+    token = _ACTIVATION_SHARDING.set((mesh, dict(rules)))
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def activation_mesh() -> jax.sharding.Mesh | None:
+    """The mesh of the `activation_sharding` in force, or None."""
+    current = _ACTIVATION_SHARDING.get()
+    return current and current[0]
+
+
+def constrain(x, *logical_axes):
+    """`x` sharded by the logical names of its dimensions (None: not split) under the `activation_sharding`
+    in force, so XLA keeps each device's examples (and heads) on it rather than following the weights'
+    fsdp sharding; unchanged outside one (evaluation, tests of the model alone)."""
+    current = _ACTIVATION_SHARDING.get()
+    if current is None:
         return x
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES))
+    mesh, rules = current
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, _partition_spec(logical_axes, x.shape, rules, mesh)))
 
 
 def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:
     spec, used = [], set()
     for name, size in zip(logical_axes or (None,) * len(shape), shape):
-        axis = rules.get(name)
-        # A dimension the mesh axis does not divide, or an axis already used, stays replicated.
-        if axis is None or axis not in mesh.shape or axis in used or size % mesh.shape[axis]:
+        rule = rules.get(name)
+        axes = () if rule is None else (rule,) if isinstance(rule, str) else tuple(rule)
+        # A dimension the mesh axes do not divide, or an axis already used, stays replicated.
+        if not axes or not all(a in mesh.shape and a not in used for a in axes) or size % math.prod(
+            mesh.shape[a] for a in axes
+        ):
             spec.append(None)
         else:
-            spec.append(axis)
-            used.add(axis)
+            spec.append(axes[0] if len(axes) == 1 else axes)
+            used.update(axes)
     return PartitionSpec(*spec)
 
 

@@ -60,10 +60,12 @@ def _initialize_distributed():
 def _check_config(config, spec, mesh):
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     problems = []
-    if config.batch_size % (jax.process_count() * data_parallel * config.optim.accum_steps):
+    chunks = config.optim.grad_cache_chunks or 1
+    if config.batch_size % (jax.process_count() * data_parallel * config.optim.accum_steps * chunks):
         problems.append(
             f"config.batch_size {config.batch_size} must divide evenly over {jax.process_count()} processes, "
-            f"{data_parallel} data-parallel devices and config.optim.accum_steps {config.optim.accum_steps}"
+            f"{data_parallel} data-parallel devices, config.optim.accum_steps {config.optim.accum_steps} and "
+            f"config.optim.grad_cache_chunks {chunks}"
         )
     if config.loss.short_caption_components:
         kinds = set(spec.slot_kinds)

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from rsclip_jax.losses import contrastive_loss, primary_components, sharded_contrastive_loss
 from rsclip_jax.preprocess import normalize_images
-from rsclip_jax.sharding import BATCH_AXES
+from rsclip_jax.sharding import BATCH_AXES, activation_sharding
 from rsclip_jax.train_state import TrainSetup
 
 
@@ -33,11 +33,16 @@ def uses_sharded_loss(config: ml_collections.ConfigDict, mesh) -> bool:
 
 def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...], mesh):
     image_emb, text_emb = model(normalize_images(batch["image"]), batch["tokens"])
+    return embeddings_loss(config, model, image_emb, text_emb, batch["image_id"], slot_kinds, mesh)
+
+
+def embeddings_loss(config, model, image_emb, text_emb, image_ids, slot_kinds: tuple[str, ...], mesh):
+    """The contrastive loss of a batch's embeddings, with the model's logit scale (and bias)."""
     loss_fn = contrastive_loss
     if uses_sharded_loss(config, mesh):
         loss_fn = partial(sharded_contrastive_loss, mesh=mesh, row_chunk=config.loss.row_chunk)
     kwargs = dict(
-        kind=config.loss.kind, image_ids=batch["image_id"], label_smoothing=config.loss.label_smoothing,
+        kind=config.loss.kind, image_ids=image_ids, label_smoothing=config.loss.label_smoothing,
         logit_bias=model.logit_bias[...] if hasattr(model, "logit_bias") else None,
     )
     scale = model.logit_scale[...]
@@ -51,22 +56,62 @@ def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: t
     )
 
 
+def _interleaved_chunks(tree, chunks: int):
+    """Arrays [B, ...] -> [chunks, B / chunks, ...], chunk c holding rows c, c + chunks, ...: every device
+    keeps an equal share of each chunk."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, chunks, *x.shape[1:]), 0, 1), tree)
+
+
+def _unchunked(tree):
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
 def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
     """jit(state, batch) -> (state, metrics), with explicit shardings and the input state donated."""
     accum = config.optim.accum_steps
+    cache_chunks = config.optim.get("grad_cache_chunks") or 1
 
-    def loss_fn(params, batch):
-        # Traced under the mesh, so the model can pin its activations to the batch axes (constrain_batch).
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return training_loss(config, nnx.merge(setup.graphdef, params), batch, slot_kinds, mesh)
+    def traced(fn):
+        """fn(model, ...) with the model merged from its params, traced under the mesh's activation rules."""
+        def run(params, *args):
+            with activation_sharding(mesh, config.mesh.activation_rules):
+                return fn(nnx.merge(setup.graphdef, params), *args)
 
-    grad_fn = jax.value_and_grad(loss_fn)
+        return run
+
+    loss_fn = traced(lambda model, batch: training_loss(config, model, batch, slot_kinds, mesh))
+    embed = traced(lambda model, piece: model(normalize_images(piece["image"]), piece["tokens"]))
+    embeddings_loss_fn = traced(
+        lambda model, image_emb, text_emb, image_ids: embeddings_loss(config, model, image_emb, text_emb, image_ids,
+                                                                     slot_kinds, mesh)
+    )
+
+    def cached_value_and_grad(params, batch):
+        """Gradient caching (Gao et al., 2021): the batch's embeddings chunk by chunk, keeping no activations;
+        the loss over the whole batch and its gradients with respect to the embeddings; then each chunk's
+        forward pass again, back-propagating its share. The plain loss and gradients, with one chunk's
+        activations in memory, for one more forward pass."""
+        pieces = _interleaved_chunks({"image": batch["image"], "tokens": batch["tokens"]}, cache_chunks)
+        image_emb, text_emb = _unchunked(jax.lax.map(partial(embed, params), pieces))
+        loss, (grads, image_grads, text_grads) = jax.value_and_grad(embeddings_loss_fn, argnums=(0, 1, 2))(
+            params, image_emb, text_emb, batch["image_id"]
+        )
+
+        def add(grads, piece_and_cotangents):
+            piece, cotangents = piece_and_cotangents
+            _, vjp = jax.vjp(lambda params: embed(params, piece), params)
+            return jax.tree.map(jnp.add, grads, vjp(cotangents)[0]), None
+
+        cotangents = _interleaved_chunks((image_grads, text_grads), cache_chunks)
+        grads, _ = jax.lax.scan(add, grads, (pieces, cotangents))
+        return loss, grads
+
+    grad_fn = cached_value_and_grad if cache_chunks > 1 else jax.value_and_grad(loss_fn)
 
     def loss_and_grads(params, batch):
         if accum == 1:
             return grad_fn(params, batch)
-        # Micro-batch a takes rows a, a + accum, ...: every device keeps an equal share of each.
-        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, accum, *x.shape[1:]), 0, 1), batch)
+        micro = _interleaved_chunks(batch, accum)
 
         def add(carry, micro_batch):
             loss, grads = grad_fn(params, micro_batch)

@@ -1,5 +1,6 @@
 """Memory settings change memory, not numbers: the whole training step on 8 fake devices (fsdp and tensor
-axes, activations pinned to the batch axes) gives the losses of the plain step under every setting."""
+axes, activations pinned by the activation rules) gives the losses of the plain step under every setting:
+remat policies, scanned layers, gradient caching."""
 
 import functools
 
@@ -38,9 +39,11 @@ def losses(mesh_shape, steps=3, **settings):
     dict(model__remat_policy="nothing", model__scan_layers=True),
     dict(model__remat_policy="dots_no_batch", model__scan_layers=False),
     dict(model__remat_policy="dots", model__scan_layers=True),
+    dict(optim__grad_cache_chunks=4, model__remat_policy="nothing", model__scan_layers=True),
+    dict(optim__grad_cache_chunks=2, loss__sharded="on", loss__label_smoothing=0.1),
 ])
-def test_remat_and_scan_keep_the_losses_of_every_step(settings):
-    reference = losses((1, 4, 2))
+def test_remat_scan_and_gradient_caching_keep_the_losses_of_every_step(settings):
+    reference = losses((1, 4, 2), **{key: value for key, value in settings.items() if key.startswith("loss__")})
     np.testing.assert_allclose(losses((1, 4, 2), **settings), reference, rtol=1e-5)
 
 
