@@ -16,8 +16,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from rsclip_jax.sharding import BATCH_AXES
 from rsclip_jax.preprocess import normalize_images, resize_center_crop
+from rsclip_jax.sharding import BATCH_AXES, activation_sharding
 
 
 class Embedder:
@@ -30,12 +30,18 @@ class Embedder:
         self.sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
         replicated = NamedSharding(mesh, PartitionSpec())
 
+        # Traced with each device's examples pinned to it, which also runs fused kernels (Pallas flash
+        # attention) per device.
+        examples_per_device = (("batch", BATCH_AXES),)
+
         def encode_images(params, batch):
-            embeddings = nnx.merge(graphdef, params).encode_image(normalize_images(batch.pop("image")))
+            with activation_sharding(mesh, examples_per_device):
+                embeddings = nnx.merge(graphdef, params).encode_image(normalize_images(batch.pop("image")))
             return embeddings.astype(np.float32), batch  # labels and validity ride along, gathered
 
         def encode_texts(params, tokens):
-            return nnx.merge(graphdef, params).encode_text(tokens).astype(np.float32)
+            with activation_sharding(mesh, examples_per_device):
+                return nnx.merge(graphdef, params).encode_text(tokens).astype(np.float32)
 
         self._encode_images = jax.jit(encode_images, in_shardings=(params_sharding, self.sharding), out_shardings=replicated)
         self._encode_texts = jax.jit(encode_texts, in_shardings=(params_sharding, self.sharding), out_shardings=replicated)

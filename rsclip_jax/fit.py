@@ -160,8 +160,8 @@ def _candidates(config, devices: int):
 
 
 def largest_batch(config, devices, hbm_bytes, granularity: int) -> int:
-    """The largest multiple of `granularity` whose step fits with HEADROOM to spare (0 if none): doubling
-    from the config's batch, then bisecting."""
+    """A multiple of `granularity` whose step fits with HEADROOM to spare, within an eighth of the largest such
+    (0 if none): doubling from the config's batch, then bisecting (each try is a compile)."""
     config = config.copy_and_resolve_references()
 
     def fits(batch):
@@ -171,7 +171,7 @@ def largest_batch(config, devices, hbm_bytes, granularity: int) -> int:
     low, high = 0, max(granularity, config.batch_size // granularity * granularity)
     while fits(high):
         low, high = high, 2 * high
-    while high - low > granularity:
+    while high - low > max(granularity, low // 8):
         middle = (low + high) // 2 // granularity * granularity
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low

@@ -109,3 +109,15 @@ def test_several_slices_are_data_parallel_across_them(libtpu):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["chips"] == 8 and report["slices"] == 2 and report["picked"]["mesh.dcn_shape"] == [2, 1, 1]
+
+
+@pytest.mark.slow
+def test_the_tiny_recipe_compiles_for_an_h100_node():
+    if importlib.util.find_spec("jax_cuda13_plugin") is None:
+        pytest.skip("the CUDA plugin is not installed (`pip install -e '.[gpu]'`); the suite's environment has none")
+    result = aot("--config=configs/demo.py", "--topology=h100-8", "--config.model.dtype=bfloat16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["chips"] == 8 and report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["fits"]
+    assert report["picked"]["model.attention"] == "cudnn"
+    assert report["hbm_bytes"] == int(84929347584 * 0.75)  # what JAX lets a process allocate by default
