@@ -26,8 +26,11 @@ GRAD_CACHE_LADDER = (2, 4, 8, 16, 32)
 # Parameters, gradients and AdamW moments replicated on every chip may take this share of its memory;
 # beyond it they are sharded over the slice (fsdp) instead.
 REPLICATED_STATE_SHARE = 0.10
-# Fused attention per platform; cuDNN's takes half-precision inputs only.
-ATTENTION_BY_PLATFORM = {"gpu": "cudnn", "tpu": "flash"}
+# Fused attention per platform; cuDNN's takes half-precision inputs only. Not Pallas flash attention on TPUs:
+# at CLIP's 197 and 248 tokens the score matrices are small, and padding to its 128-token blocks costs more
+# than they do (B/16, 256 examples a v5e chip, scanned, remat "nothing": 6.10 GiB of temporaries against
+# 5.17 with XLA's attention; bench/README.md).
+ATTENTION_BY_PLATFORM = {"gpu": "cudnn", "tpu": "xla"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +133,7 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
     pick("model", "dtype", "bfloat16")
     pick("model", "scan_layers", True)
     fused = ATTENTION_BY_PLATFORM.get(platform, "xla")
-    pick("model", "attention", fused if config.model.dtype == "bfloat16" or fused == "flash" else "xla")
+    pick("model", "attention", fused if config.model.dtype == "bfloat16" else "xla")
     slices = len({getattr(device, "slice_index", 0) for device in devices})
     if slices > 1 and math.prod(config.mesh.dcn_shape) == 1:  # data parallel across slices (docs/scaling.md)
         config.mesh.dcn_shape = (slices, 1, 1)
