@@ -5,8 +5,8 @@ report its memory per chip.
         [--config.batch_size=4096 ...]
 
 Topologies: Cloud TPU accelerator types (v4-8 ... v4-512, v5e-1 ... v5e-256, v5p-8 ... v5p-256, v6e-1 ...
-v6e-256; libtpu: `pip install -e '.[tpu]'`) and NVIDIA GPU nodes (a100-8, h100-8, h200-8; the CUDA plugin:
-`pip install -e '.[gpu]'`). Memory settings the config leaves unset are picked as training picks them
+v6e-256; libtpu: `pip install -e '.[tpu]'`) and NVIDIA GPUs (a100-8, h100-8, h200-8 for a node, h100-16 for
+two; the CUDA plugin: `pip install -e '.[gpu]'`). Memory settings the config leaves unset are picked as training picks them
 (rsclip_jax.fit) and named in `picked`. Prints one JSON line; a step that does not fit adds one line on
 stderr saying what needs how much, and the exit status is 1.
 """
@@ -28,7 +28,7 @@ from rsclip_jax.topology import GPU_TARGETS, target
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v4-32, v5p-128, v6e-256, h100-8, ...")
-_SLICES = flags.DEFINE_integer("slices", 1, "Slices (TPU) or nodes (GPU) joined over the data-center network.")
+_SLICES = flags.DEFINE_integer("slices", 1, "TPU slices joined over the data-center network (GPU nodes: h100-16).")
 _MAX_BATCH = flags.DEFINE_boolean("max-batch", False, "Also find the largest global batch that fits, by compiling.")
 
 GIB = 2**30

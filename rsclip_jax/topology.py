@@ -96,7 +96,7 @@ def _gpu_target_text(kind: str) -> str:
     return (files("rsclip_jax") / "assets" / "gpu_targets" / f"{kind}.txtpb").read_text()
 
 
-def gpu_target(name: str, slices: int = 1) -> Target:
+def gpu_target(name: str) -> Target:
     """`name` = KIND-N: N GPUs of KIND (a100, h100, h200), 1 to 8 on one host or a multiple of 8 over hosts."""
     match = re.fullmatch(r"(a100|h100|h200)-(\d+)", name)
     count = int(match.group(2)) if match else 0
@@ -108,12 +108,17 @@ def gpu_target(name: str, slices: int = 1) -> Target:
     if importlib.util.find_spec("jax_cuda13_plugin") is None:
         raise RuntimeError(GPU_HINT)
     description = topologies.get_topology_desc(
-        platform="cuda", target_config=text, topology=f"{slices}x{count // per_host}x{per_host}"
+        platform="cuda", target_config=text, topology=f"1x{count // per_host}x{per_host}"
     )
     memory = int(re.search(r"device_memory_size:\s*(\d+)", text).group(1))
     fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEFAULT_GPU_MEMORY_FRACTION))
-    return Target(name, tuple(description.devices), int(memory * fraction), slices)
+    return Target(name, tuple(description.devices), int(memory * fraction))
 
 
 def target(name: str, slices: int = 1) -> Target:
-    return gpu_target(name, slices) if name.split("-")[0] in GPU_TARGETS else tpu_target(name, slices)
+    if name.split("-")[0] not in GPU_TARGETS:
+        return tpu_target(name, slices)
+    if slices != 1:
+        raise ValueError(f"GPU nodes are counted in the topology name ({name.split('-')[0]}-16 for two nodes), "
+                         f"not with --slices")
+    return gpu_target(name)
