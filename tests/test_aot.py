@@ -76,12 +76,12 @@ def test_the_tiny_recipe_compiles_for_a_v5e_2x2_slice(libtpu):
 
 @pytest.mark.slow
 def test_a_step_that_does_not_fit_is_one_clear_line(libtpu):
-    result = aot("--config=configs/demo.py", "--topology=v5e-4", "--config.batch_size=65536",
+    result = aot("--config=configs/demo.py", "--topology=v5e-4", "--config.batch_size=1048576",
                  "--config.model.remat_policy=off")
     assert result.returncode == 1
     assert not json.loads(result.stdout.strip().splitlines()[-1])["fits"]
     last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"does not fit: the training step at batch 65536 on v5e-4 needs [\d.]+ GiB of HLO "
+    assert re.fullmatch(r"does not fit: the training step at batch 1048576 on v5e-4 needs [\d.]+ GiB of HLO "
                         r"temporaries per chip, of 15.75 GiB; lower config.batch_size, or set "
                         r"config.model.remat_policy=nothing, or .*", last), last
     assert "Traceback" not in result.stderr
