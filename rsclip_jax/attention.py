@@ -27,6 +27,10 @@ def attend(q, k, v, *, causal: bool, implementation: str):
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
 
 
+def _padded_length(tokens: int, multiple: int) -> int:
+    return math.ceil(tokens / multiple) * multiple
+
+
 def _pad_tokens(x, padded):
     return jnp.pad(x, ((0, 0), (0, padded - x.shape[1]), (0, 0), (0, 0)))
 
@@ -34,7 +38,7 @@ def _pad_tokens(x, padded):
 def padded_attention(q, k, v, causal, multiple, implementation):
     """jax.nn.dot_product_attention over tokens padded to a multiple of `multiple`, padding keys masked."""
     tokens = q.shape[1]
-    padded = math.ceil(tokens / multiple) * multiple
+    padded = _padded_length(tokens, multiple)
     out = jax.nn.dot_product_attention(
         _pad_tokens(q, padded), _pad_tokens(k, padded), _pad_tokens(v, padded), is_causal=causal,
         key_value_seq_lengths=jnp.full((q.shape[0],), tokens, jnp.int32), implementation=implementation,
@@ -46,7 +50,7 @@ def _tpu_flash_attention(q, k, v, causal):
     from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 
     tokens, head_dim = q.shape[1], q.shape[-1]
-    padded = math.ceil(tokens / FLASH_BLOCK) * FLASH_BLOCK
+    padded = _padded_length(tokens, FLASH_BLOCK)
     # Padding keys get their own segment id, so no real query attends to them.
     segments = jnp.broadcast_to((jnp.arange(padded) >= tokens).astype(jnp.int32), (q.shape[0], padded))
 

@@ -9,11 +9,9 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 
 from rsclip_jax.config import example_spec_from, model_config_from
-from rsclip_jax.model import CLIP
-from rsclip_jax.optim import learning_rate_schedule, make_optimizer
+from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import setup_train_state
 from rsclip_jax.train_step import batch_sharding, make_train_step
@@ -68,10 +66,8 @@ class CompiledStep:
         return bool(self.memory) and self.memory.headroom >= HEADROOM
 
 
-def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
+def abstract_batch(config: ml_collections.ConfigDict, model, spec, mesh) -> dict:
     """ShapeDtypeStructs of one global training batch of `config`, sharded as the trainer shards it."""
-    model = model_config_from(config)
-    spec = example_spec_from(config, model)
     sharding = batch_sharding(mesh)
     size, batch = model.image_size, config.batch_size
     return {
@@ -85,14 +81,15 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict:
 def compile_train_step(config: ml_collections.ConfigDict, devices, hbm_bytes: int) -> CompiledStep:
     """The real training step of `config` (model, loss, optimizer, mesh, shardings) compiled for `devices`."""
     mesh = mesh_from_config(config.mesh, devices)
-    setup = setup_train_state(config, model_config_from(config), mesh)
-    spec = example_spec_from(config, model_config_from(config))
+    model = model_config_from(config)
+    spec = example_spec_from(config, model)
+    setup = setup_train_state(config, model, mesh)
     step = make_train_step(config, setup, spec.slot_kinds, learning_rate_schedule(config.optim, config.total_steps), mesh)
     state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                          setup.abstract_state, setup.shardings)
     start = time.perf_counter()
     try:
-        compiled = step.lower(state, abstract_batch(config, mesh)).compile()
+        compiled = step.lower(state, abstract_batch(config, model, spec, mesh)).compile()
     except Exception as e:  # XLA raises its own error type; only memory exhaustion is an answer, not a bug
         if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
             raise
@@ -107,13 +104,11 @@ def _first_line_with(text: str, word: str) -> str:
     return next((line.strip() for line in text.splitlines() if word in line), "")
 
 
-def replicated_state_bytes(config: ml_collections.ConfigDict) -> int:
+def replicated_state_bytes(config: ml_collections.ConfigDict, devices) -> int:
     """Parameters, their gradients and the optimizer state, all in full on one device."""
-    model_config = model_config_from(config)
-    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CLIP(model_config, rngs=nnx.Rngs(0))), nnx.Param))
-    opt_state = jax.eval_shape(make_optimizer(config, params).init, params)
+    state = setup_train_state(config, model_config_from(config), mesh_from_config(config.mesh, devices)).abstract_state
     nbytes = lambda tree: sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
-    return 2 * nbytes(params) + nbytes(opt_state)
+    return 2 * nbytes(state["params"]) + nbytes(state["opt_state"])
 
 
 def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: int):
@@ -139,7 +134,7 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
         config.mesh.dcn_shape = (slices, 1, 1)
         picked["mesh.dcn_shape"] = config.mesh.dcn_shape
     if config.mesh.shape is None:
-        fsdp = replicated_state_bytes(config) > REPLICATED_STATE_SHARE * hbm_bytes
+        fsdp = replicated_state_bytes(config, devices) > REPLICATED_STATE_SHARE * hbm_bytes
         pick("mesh", "shape", (1, -1, 1) if fsdp else (-1, 1, 1))
     unset = [key for key in ("model.remat_policy", "optim.grad_cache_chunks") if config[key] is None]
     for policy, chunks in _candidates(config, len(devices)):
