@@ -196,7 +196,7 @@ def main():
         build_s = time.perf_counter() - start
         start = time.perf_counter()
         engine = VllmEngine(
-            model, max_pixels=args.max_pixels, sampling=Sampling(), dtype=args.dtype, seed=args.seed,
+            model, sampling=Sampling(), dtype=args.dtype, seed=args.seed,
             max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
             gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=not cuda,  # CUDA graphs on a GPU only
             enable_prefix_caching=True, disable_log_stats=False,  # the offline LLM keeps no stats by default

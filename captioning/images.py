@@ -1,9 +1,24 @@
-"""Input images: listing them, cutting the list into shards, decoding and resizing."""
+"""Input images: listing them, cutting the list into shards, reading them as a viewer shows them, and
+shaping the copy the captioner sees so that no model limit turns an odd image into a lost one."""
 
 import io
 import os
+import warnings
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
+
+# Qwen2-VL's processor refuses aspect ratios above 200:1 and images under one 28-px merged patch; staying
+# well inside both leaves room for its own rounding to multiples of 28.
+MAX_CAPTIONER_ASPECT = 100
+MIN_CAPTIONER_SIDE = 28
+# Pillow's own guard; an image above it is refused, not captioned (a decompression bomb or a scan).
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageRefused(ValueError):
+    """An image that is refused on purpose; its message is the reason written to the errors file."""
 
 
 def list_inputs(images_dir: str | None = None, list_file: str | None = None) -> list[tuple[str, str]]:
@@ -30,24 +45,73 @@ def shard_slices(num_items: int, items_per_shard: int) -> list[range]:
     return [range(start, min(start + items_per_shard, num_items)) for start in range(0, num_items, items_per_shard)]
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB as a viewer shows it: transparency over white, 16-bit and float greys scaled, not clipped."""
+    if image.mode in _SIXTEEN_BIT_MODES:  # Pillow's convert would clip every value above 255 to white
+        image = Image.fromarray((np.asarray(image, np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+    elif image.mode == "F":
+        values = np.asarray(image, np.float64)
+        scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0  # [0, 1] floats, else already 0-255
+        image = Image.fromarray((values * scale).clip(0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: str, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """The file's first frame in RGB, EXIF orientation applied. Raises ImageRefused above `max_image_pixels`,
+    and PIL's errors for files that are not images."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the run's limit
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_image_pixels:
+                    raise ImageRefused(_too_large(width, height, max_image_pixels))
+                return _to_rgb(ImageOps.exif_transpose(image))
+        except Image.DecompressionBombError as e:  # Pillow's own hard limit, at twice its default
+            raise ImageRefused(f"refused: {e}") from None
+
+
+def _too_large(width, height, limit) -> str:
+    return (f"refused: {width}x{height} is {width * height} pixels, above --max-image-pixels {limit} "
+            "(a decompression-bomb guard; raise it to caption such images)")
+
+
 def _scaled(image: Image.Image, scale: float) -> Image.Image:
     width, height = image.size
     return image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC)
 
 
-def load_image(path: str, *, short_side: int, max_pixels: int) -> tuple[Image.Image, bytes, tuple[int, int]]:
-    """(the image for the captioner, at most `max_pixels`; JPEG bytes of the copy kept for training, short
-    side at most `short_side`; original (width, height)). PIL raises on a file that is not an image."""
-    with Image.open(path) as image:
-        image.load()
-        original = image.size
-        rgb = image.convert("RGB")
-    area = original[0] * original[1]
-    for_captioner = _scaled(rgb, (max_pixels / area) ** 0.5) if area > max_pixels else rgb
-    for_training = _scaled(rgb, short_side / min(original)) if min(original) > short_side else rgb
+def for_captioner(image: Image.Image, max_pixels: int) -> Image.Image:
+    """The captioner's copy: padded with white to at most MAX_CAPTIONER_ASPECT:1, at most `max_pixels`, and
+    scaled up to a short side of MIN_CAPTIONER_SIDE where it is smaller."""
+    width, height = image.size
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side > MAX_CAPTIONER_ASPECT * short_side:
+        padded_short = -(-long_side // MAX_CAPTIONER_ASPECT)
+        size = (width, padded_short) if width >= height else (padded_short, height)
+        canvas = Image.new("RGB", size, "white")
+        canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
+        image = canvas
+    area = image.size[0] * image.size[1]
+    if area > max_pixels:
+        image = _scaled(image, (max_pixels / area) ** 0.5)
+    if min(image.size) < MIN_CAPTIONER_SIDE:
+        image = _scaled(image, MIN_CAPTIONER_SIDE / min(image.size))
+    return image
+
+
+def load_image(path: str, *, short_side: int, max_pixels: int,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, bytes, tuple[int, int]]:
+    """(the captioner's copy; JPEG bytes of the copy kept for training, its real content with the short side
+    at most `short_side`; (width, height) as shown)."""
+    rgb = read_image(path, max_image_pixels=max_image_pixels)
+    training = _scaled(rgb, short_side / min(rgb.size)) if min(rgb.size) > short_side else rgb
     buffer = io.BytesIO()
-    for_training.save(buffer, format="JPEG", quality=90)
-    return for_captioner, buffer.getvalue(), original
+    training.save(buffer, format="JPEG", quality=90)
+    return for_captioner(rgb, max_pixels), buffer.getvalue(), rgb.size
 
 
 def decode_record_image(jpeg: bytes) -> Image.Image:

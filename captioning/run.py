@@ -6,6 +6,7 @@ any moment and started again redoes only unfinished shards: every (image, role, 
 """
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from captioning.engines import Request, request_seed
 from captioning.images import load_image, shard_slices
+from captioning.readahead import ReadAhead
 from captioning.prompts import CAPTION_KINDS, PROMPT_VERSION, caption_messages
 from rsclip_jax.records import Caption, CaptionRecord, write_shard
 
@@ -45,39 +47,95 @@ def _write_json(path: str, payload) -> None:
     _atomic_write(path, write)
 
 
+def _write_run_info(out_dir: str, worker_index: int, info: dict) -> None:
+    """run.json, the run's size for `captioning status`. Workers may start together: each writes under its own
+    temporary name, the same content, and the first rename wins."""
+    path = os.path.join(out_dir, "run.json")
+    if os.path.exists(path):
+        return
+    temporary = f"{path}.{worker_index}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(info, f)
+    os.replace(temporary, path)
+
+
 def run_config_hash(settings: dict, inputs: list[tuple[str, str]]) -> str:
     """Hash of everything that decides the output: settings, roles, prompts, and the input list."""
     payload = json.dumps({"settings": settings, "inputs": [image_id for image_id, _ in inputs]}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def caption_shard(engine, inputs, roles, *, short_side, max_pixels, seed, batch_images):
-    """Records and decode errors for one shard's inputs; each batch's requests go to the engine together."""
-    records, errors = [], []
-    for start in range(0, len(inputs), batch_images):
-        loaded = []
-        for image_id, path in inputs[start : start + batch_images]:
-            try:
-                loaded.append((image_id, *load_image(path, short_side=short_side, max_pixels=max_pixels)))
-            except Exception as e:  # PIL raises many types for non-images and corrupt files
-                errors.append({"image_id": image_id, "path": path, "reason": f"{type(e).__name__}: {e}"})
-        slots = [(role, kind) for role in roles.roles for kind in CAPTION_KINDS]
-        requests = [
-            Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind))
-            for image_id, image, _, _ in loaded for role, kind in slots
-        ]
-        texts = iter(engine.generate(requests)) if requests else iter(())
-        for image_id, _, jpeg, original in loaded:
-            captions = tuple(
-                Caption(role.name, kind, next(texts).strip(), engine.model_name, PROMPT_VERSION) for role, kind in slots
-            )
-            records.append(CaptionRecord(image_id, jpeg, original, captions))
+@dataclasses.dataclass
+class _Shard:
+    """A shard in flight: its images as they load, and the engine's answers as they come back."""
+
+    index: int
+    size: int
+    loaded: list = dataclasses.field(default_factory=list)  # (input index, image id, jpeg, size as shown)
+    errors: list = dataclasses.field(default_factory=list)
+    answers: dict = dataclasses.field(default_factory=dict)  # (input index, slot) -> (text, error)
+    seen: int = 0
+    asked: int = 0
+
+    def complete(self) -> bool:
+        return self.seen == self.size and len(self.answers) == self.asked
+
+
+def _finish(shard: _Shard, slots, inputs, model_name):
+    """The shard's records and errors; a caption the engine failed is an error, the image keeps the others."""
+    records, errors = [], list(shard.errors)
+    for i, image_id, jpeg, size in shard.loaded:
+        captions = []
+        for s, (role, kind) in enumerate(slots):
+            text, error = shard.answers[i, s]
+            if error is None:
+                captions.append(Caption(role.name, kind, text.strip(), model_name, PROMPT_VERSION))
+            else:
+                errors.append({"image_id": image_id, "path": inputs[i][1], "role": role.name, "kind": kind,
+                               "reason": error})
+        if captions:
+            records.append(CaptionRecord(image_id, jpeg, size, tuple(captions)))
     return records, errors
 
 
+def caption_shards(engine, inputs, shards, roles, images, *, seed):
+    """Yields (shard index, records, errors) as shards complete; `shards` maps shard index -> input indices,
+    `images` yields (input index, load_image's result or its exception) in the order of `shards`.
+
+    Each image's requests stream to the engine as soon as it is loaded, across shard boundaries, so neither
+    the host nor the slowest caption of a shard holds the engine up.
+    """
+    slots = [(role, kind) for role in roles.roles for kind in CAPTION_KINDS]
+    flight = {k: _Shard(k, len(indices)) for k, indices in shards.items()}
+    shard_of = {i: k for k, indices in shards.items() for i in indices}
+
+    def requests():
+        for i, loaded in images:
+            shard, (image_id, path) = flight[shard_of[i]], inputs[i]
+            shard.seen += 1
+            if isinstance(loaded, Exception):
+                shard.errors.append({"image_id": image_id, "path": path, "reason": f"{type(loaded).__name__}: {loaded}"})
+                continue
+            image, jpeg, size = loaded
+            shard.loaded.append((i, image_id, jpeg, size))
+            shard.asked += len(slots)  # all at once: the shard is not complete while any of them is unanswered
+            for s, (role, kind) in enumerate(slots):
+                yield (i, s), Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind))
+
+    def completed():
+        for k in [k for k, shard in flight.items() if shard.complete()]:
+            yield (k, *_finish(flight.pop(k), slots, inputs, engine.model_name))
+
+    for (i, s), text, error in engine.stream(requests()):
+        flight[shard_of[i]].answers[i, s] = (text, error)
+        yield from completed()
+    yield from completed()
+
+
 def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard: int, num_workers: int,
-        worker_index: int, short_side: int, max_pixels: int, seed: int, batch_images: int) -> dict:
-    """Captions this worker's unfinished shards; returns the summary of what it wrote."""
+        worker_index: int, load, seed: int, host_threads: int, readahead: int) -> dict:
+    """Captions this worker's unfinished shards; returns the summary of what it wrote. `load(path)` reads an
+    input (load_image with the run's sizes); `host_threads` threads run it `readahead` images ahead."""
     if not 0 <= worker_index < num_workers:
         raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
     config_hash = run_config_hash(settings, inputs)
@@ -87,7 +145,9 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
         return os.path.join(out_dir, "manifest", shard_name(k) + ".json")
 
     shards = shard_slices(len(inputs), images_per_shard)
-    todo = []
+    _write_run_info(out_dir, worker_index, {"config_hash": config_hash, "num_shards": len(shards),
+                                            "images_total": len(inputs)})
+    todo = {}
     for k in range(worker_index, len(shards), num_workers):
         if os.path.exists(manifest_path(k)):
             with open(manifest_path(k)) as f:
@@ -98,34 +158,36 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
                     f"{config_hash}: other inputs, model, roles or settings); use another --out"
                 )
         else:
-            todo.append(k)
-    summary, caption_counts, word_totals = collections.Counter(), collections.Counter(), collections.Counter()
+            todo[k] = shards[k]
+    totals, caption_counts, word_totals = collections.Counter(), collections.Counter(), collections.Counter()
     engine = make_engine() if todo else None
+    images = ReadAhead(lambda i: load(inputs[i][1]), [i for indices in todo.values() for i in indices],
+                       threads=host_threads, depth=readahead)
     start = time.perf_counter()
-    with tqdm(total=sum(len(shards[k]) for k in todo), unit="img", desc=f"worker {worker_index}") as bar:
-        for k in todo:
-            shard_inputs = [inputs[i] for i in shards[k]]
-            records, errors = caption_shard(
-                engine, shard_inputs, roles, short_side=short_side, max_pixels=max_pixels, seed=seed, batch_images=batch_images
-            )
+    with tqdm(total=sum(map(len, todo.values())), unit="img", desc=f"worker {worker_index}") as bar:
+        for k, records, errors in caption_shards(engine, inputs, todo, roles, images, seed=seed):
             shard_path = os.path.join(out_dir, shard_name(k) + ".array_record")
             write_shard(shard_path, records)
             _write_jsonl(os.path.join(out_dir, shard_name(k) + ".errors.jsonl"), errors)
             counts = collections.Counter(f"{c.role}/{c.kind}" for r in records for c in r.captions)
-            _write_json(manifest_path(k), {
-                "shard": os.path.basename(shard_path), "config_hash": config_hash, "images": len(shard_inputs),
-                "records": len(records), "decode_errors": len(errors), "captions": dict(counts),
-            })
-            summary["images"] += len(records)
-            summary["decode_errors"] += len(errors)
-            for r in records:
-                for c in r.captions:
-                    caption_counts[f"{c.role}/{c.kind}"] += 1
-                    word_totals[f"{c.role}/{c.kind}"] += len(c.text.split())
-            bar.update(len(shard_inputs))
+            entry = {
+                "shard": os.path.basename(shard_path), "config_hash": config_hash, "images": len(shards[k]),
+                "records": len(records), "decode_errors": sum("role" not in e for e in errors),
+                "caption_errors": sum("role" in e for e in errors), "captions": dict(counts),
+            }
+            _write_json(manifest_path(k), entry)
+            totals.update({key: entry[key] for key in ("records", "decode_errors", "caption_errors")})
+            caption_counts.update(counts)
+            for c in (c for r in records for c in r.captions):
+                word_totals[f"{c.role}/{c.kind}"] += len(c.text.split())
+            bar.update(len(shards[k]))
+    seconds = time.perf_counter() - start
     return {
-        "shards_written": len(todo), "images": summary["images"], "decode_errors": summary["decode_errors"],
-        "captions": dict(sorted(caption_counts.items())),
+        "shards_written": len(todo), "images": totals["records"], "decode_errors": totals["decode_errors"],
+        "caption_errors": totals["caption_errors"], "captions": dict(sorted(caption_counts.items())),
         "mean_words": {key: round(word_totals[key] / n, 1) for key, n in sorted(caption_counts.items())},
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
+        # The engine waits only while the next image is still being read: the feed blocks on nothing else.
+        "input_wait_share": round(images.wait_seconds / seconds, 4) if todo else None,
+        "prefix_cache_hit_rate": engine.prefix_cache_hit_rate() if todo else None,
     }
