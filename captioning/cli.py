@@ -1,33 +1,37 @@
-"""`python -m captioning run ...` and `python -m captioning filter ...` (console script: rsclip-caption)."""
+"""`python -m captioning run ...`, `... filter ...`, `... status ...` and `... distill ...` (console script:
+rsclip-caption)."""
 
 import argparse
 import functools
 import json
+import os
 import sys
 
 from captioning.engines import ENGINES, Sampling, make_engine
 from captioning.filter import filter_shards
-from captioning.images import list_inputs
+from captioning.images import DEFAULT_MAX_IMAGE_PIXELS, list_inputs, load_image
 from captioning.prompts import PROMPT_VERSION
 from captioning.roles import load_roles
 from captioning.run import run
+from captioning.status import run_status, status_table
 
 # vLLM engine arguments passed through when given; on a CPU: --dtype float32 --enforce-eager.
 _ENGINE_FLAGS = {
     "tensor_parallel_size": int, "data_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
-    "max_num_seqs": int, "dtype": str,
+    "max_num_seqs": int, "max_num_batched_tokens": int, "dtype": str,
 }
 
 
-def _add_engine_flags(parser, prefix=""):
+def _add_engine_flags(parser, prefix="", temperature=0.7):
     parser.add_argument(f"--{prefix}engine", choices=ENGINES, default="vllm")
     parser.add_argument(f"--{prefix}model", required=not prefix, help="local model folder (e.g. Qwen2.5-VL-7B-Instruct)")
     parser.add_argument("--max-pixels", type=int, default=448 * 448, help="pixel cap of the image the model sees")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=temperature)
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--no-prefix-caching", action="store_true", help="turn vLLM's prefix cache off")
     for name, kind in _ENGINE_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
 
@@ -36,10 +40,36 @@ def _engine_factory(args, engine, model):
     sampling = Sampling(args.max_tokens, args.temperature, args.top_p)
     if engine == "vllm":
         extra = {name: getattr(args, name) for name in _ENGINE_FLAGS if getattr(args, name) is not None}
-        extra.update(seed=args.seed, enforce_eager=args.enforce_eager)
+        extra.update(seed=args.seed, enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching)
     else:  # transformers takes only the dtype
         extra = {"dtype": args.dtype} if args.dtype not in (None, "auto") else {}
-    return functools.partial(make_engine, engine, model, max_pixels=args.max_pixels, sampling=sampling, **extra)
+    return functools.partial(make_engine, engine, model, sampling=sampling, **extra)
+
+
+def _print_status(args):
+    """The run's progress as one JSON line on stdout, for scripts, and as a table on stderr, for people."""
+    try:
+        status = run_status(args.out, num_workers=args.num_workers)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(status_table(status), file=sys.stderr)
+    print(json.dumps(status))
+
+
+def _distill(args):
+    """Fine-tunes the student; torch's trainer, accelerate and peft load for this command only."""
+    from captioning.distill import distill
+
+    try:
+        summary = distill(
+            args.judgements, args.student, args.out, lora=args.lora, lora_rank=args.lora_rank, epochs=args.epochs,
+            max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, max_pixels=args.max_pixels,
+            dtype=args.dtype, seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(summary))
 
 
 def main(argv=None):
@@ -56,7 +86,11 @@ def main(argv=None):
     run_parser.add_argument("--num-workers", type=int, default=1)
     run_parser.add_argument("--worker-index", type=int, default=0)
     run_parser.add_argument("--short-side", type=int, default=256, help="short side of the JPEG kept for training")
-    run_parser.add_argument("--batch-images", type=int, default=32, help="images whose requests go to the engine together")
+    run_parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                            help="larger images are refused (decompression-bomb guard)")
+    run_parser.add_argument("--host-threads", type=int, default=min(8, os.cpu_count() or 1),
+                            help="threads decoding and resizing images while the engine generates")
+    run_parser.add_argument("--readahead", type=int, default=64, help="images decoded ahead of the engine")
     _add_engine_flags(run_parser)
 
     filter_parser = commands.add_parser("filter", help="length rules and the role-aware judge")
@@ -67,9 +101,32 @@ def main(argv=None):
     filter_parser.add_argument("--min-short-words", type=int, default=4)
     filter_parser.add_argument("--drop-fraction", type=float, default=0.0, help="lowest-scoring fraction dropped")
     filter_parser.add_argument("--export-judgements", help="JSONL of judge prompts and answers")
-    _add_engine_flags(filter_parser, prefix="judge-")
+    _add_engine_flags(filter_parser, prefix="judge-", temperature=0.0)  # a judge scores greedily
+
+    status_parser = commands.add_parser("status", help="a run's shards done and missing, and its counts so far")
+    status_parser.add_argument("--out", required=True, help="the run's --out")
+    status_parser.add_argument("--num-workers", type=int, help="also list each worker's missing shards")
+
+    distill_parser = commands.add_parser("distill", help="fine-tune a student judge on exported judgements")
+    distill_parser.add_argument("--judgements", required=True, help="JSONL from `filter --export-judgements`")
+    distill_parser.add_argument("--student", required=True, help="local Qwen2-VL / Qwen2.5-VL model folder")
+    distill_parser.add_argument("--out", required=True, help="folder for the trained model and processor")
+    distill_parser.add_argument("--lora", action="store_true", help="train LoRA adapters, merged before saving")
+    distill_parser.add_argument("--lora-rank", type=int, default=16)
+    distill_parser.add_argument("--epochs", type=float, default=1.0)
+    distill_parser.add_argument("--max-steps", type=int, default=-1, help="when > 0, overrides --epochs")
+    distill_parser.add_argument("--learning-rate", type=float, default=1e-5)
+    distill_parser.add_argument("--batch-size", type=int, default=4)
+    distill_parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    distill_parser.add_argument("--max-pixels", type=int, default=448 * 448, help="pixel cap of the training images")
+    distill_parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    distill_parser.add_argument("--seed", type=int, default=0)
 
     args = parser.parse_args(argv)
+    if args.command == "status":
+        return _print_status(args)
+    if args.command == "distill":
+        return _distill(args)
     try:
         roles = load_roles(args.roles)
         if args.command == "run":
@@ -77,13 +134,16 @@ def main(argv=None):
             settings = {
                 "engine": args.engine, "model": args.model, "roles": [vars(r) for r in roles.roles],
                 "roles_version": roles.version, "prompt_version": PROMPT_VERSION, "short_side": args.short_side,
-                "max_pixels": args.max_pixels, "images_per_shard": args.images_per_shard, "seed": args.seed,
+                "max_pixels": args.max_pixels, "max_image_pixels": args.max_image_pixels,
+                "images_per_shard": args.images_per_shard, "seed": args.seed,
                 "sampling": [args.max_tokens, args.temperature, args.top_p],
             }
+            load = functools.partial(load_image, short_side=args.short_side, max_pixels=args.max_pixels,
+                                     max_image_pixels=args.max_image_pixels)
             summary = run(
                 inputs, args.out, _engine_factory(args, args.engine, args.model), roles, settings=settings,
                 images_per_shard=args.images_per_shard, num_workers=args.num_workers, worker_index=args.worker_index,
-                short_side=args.short_side, max_pixels=args.max_pixels, seed=args.seed, batch_images=args.batch_images,
+                load=load, seed=args.seed, host_threads=args.host_threads, readahead=args.readahead,
             )
         else:
             judge = _engine_factory(args, args.judge_engine, args.judge_model)() if args.judge_model else None
@@ -92,6 +152,7 @@ def main(argv=None):
             summary = filter_shards(
                 args.in_dir, args.out, roles, min_long_words=args.min_long_words, min_short_words=args.min_short_words,
                 judge=judge, drop_fraction=args.drop_fraction, export_path=args.export_judgements, seed=args.seed,
+                max_pixels=args.max_pixels,
             )
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")

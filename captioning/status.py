@@ -1,0 +1,83 @@
+"""`python -m captioning status`: how far a captioning run has got, read from its --out folder alone.
+
+A shard is finished when its manifest entry `manifest/captions-NNNNN.json` exists (see run.py); a
+`.json.tmp` beside it is an entry being written, or left by a killed worker, and does not count. The
+number of shards comes from `run.json`, which `run` writes at the top of --out; without it the total,
+and so the missing shards, are unknown.
+"""
+
+import collections
+import json
+import os
+import re
+
+_ENTRY = re.compile(r"captions-(\d+)\.json")
+
+
+def _load(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it, and a run started again redoes its shard") from e
+
+
+def run_status(out_dir: str, num_workers: int | None = None) -> dict:
+    """Shards done and missing, image, record, error and caption counts summed over the manifest entries;
+    with `num_workers`, the missing shards of each worker (shard k is worker k % num_workers's)."""
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--out {out_dir} is not a folder")
+    manifest = os.path.join(out_dir, "manifest")
+    if not os.path.isdir(manifest):
+        raise FileNotFoundError(f"--out {out_dir} holds no captioning run: it has no manifest/ folder")
+    done, counts, errors, captions = [], collections.Counter(), collections.Counter(), collections.Counter()
+    for name in sorted(os.listdir(manifest)):
+        match = _ENTRY.fullmatch(name)
+        if not match:
+            continue
+        entry = _load(os.path.join(manifest, name))
+        done.append(int(match[1]))
+        counts.update(images=entry["images"], records=entry["records"])
+        errors.update({key: n for key, n in entry.items() if key.endswith("errors") and isinstance(n, int)})
+        captions.update(entry["captions"])
+    info_path = os.path.join(out_dir, "run.json")
+    info = _load(info_path) if os.path.exists(info_path) else {}
+    total = info.get("num_shards")
+    missing = None if total is None else sorted(set(range(total)) - set(done))
+    status = {
+        "out": out_dir, "config_hash": info.get("config_hash"), "shards_done": len(done), "shards_total": total,
+        "images": counts["images"], "images_total": info.get("images_total"), "records": counts["records"],
+        "errors": dict(sorted(errors.items())), "captions": dict(sorted(captions.items())), "missing": missing,
+    }
+    if num_workers and missing is not None:
+        by_worker = collections.defaultdict(list)
+        for k in missing:
+            by_worker[k % num_workers].append(k)
+        status["missing_by_worker"] = {str(w): by_worker[w] for w in sorted(by_worker)}
+    return status
+
+
+def _ranges(shards: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8': a long missing list stays one line."""
+    spans = []
+    for k in shards:
+        if spans and spans[-1][1] == k - 1:
+            spans[-1][1] = k
+        else:
+            spans.append([k, k])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def status_table(status: dict) -> str:
+    def known(n):
+        return "unknown (no run.json)" if n is None else n
+
+    lines = [f"shards    {status['shards_done']} of {known(status['shards_total'])} done",
+             f"images    {status['images']} of {known(status['images_total'])}, {status['records']} records"]
+    lines += [f"errors    {key} {n}" for key, n in status["errors"].items()]
+    lines += [f"captions  {key} {n}" for key, n in status["captions"].items()]
+    if status["missing"]:
+        lines.append(f"missing   {_ranges(status['missing'])}")
+    for worker, shards in status.get("missing_by_worker", {}).items():
+        lines.append(f"  worker {worker}: {_ranges(shards)}")
+    return "\n".join(lines)
