@@ -72,7 +72,7 @@ def _distill(args):
     print(json.dumps(summary))
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -122,7 +122,11 @@ def main(argv=None):
     distill_parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     distill_parser.add_argument("--seed", type=int, default=0)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "status":
         return _print_status(args)
     if args.command == "distill":

@@ -9,7 +9,10 @@ import sys
 import pytest
 from PIL import Image
 
+from captioning.cli import build_parser
 from captioning.filter import lowest_fraction, parse_judgement
+from captioning.prompts import JUDGE_SCHEMA, judge_messages
+from captioning.roles import load_roles
 from rsclip_jax.records import Caption, CaptionRecord, read_shard, write_shard
 from test_run import caption_command
 
@@ -48,11 +51,35 @@ def test_length_rules_drop_short_captions_and_empty_images(tmp_path):
     assert [(r.image_id, [len(c.text.split()) for c in r.captions]) for r in kept] == [("a", [12, 5]), ("c", [10, 4])]
 
 
-def test_parse_judgement():
-    assert parse_judgement('{"score": 87, "rationale": "fits"}') == (87.0, "fits")
-    assert parse_judgement('noise {"score": 12} more') == (12.0, "")
-    assert parse_judgement("Score: 55 because it is fine") == (55.0, "Score: 55 because it is fine")
-    assert parse_judgement('{"score": 300}') is None and parse_judgement("no idea") is None
+@pytest.mark.parametrize("answer,expected", [
+    ('{"score": 87, "rationale": "fits"}', (87.0, "fits")),
+    ('```json\n{"score": 64, "rationale": "misses the mood"}\n```', (64.0, "misses the mood")),  # fenced
+    ('noise {"score": 12} more', (12.0, "")),
+    ('{"rationale": "fine", "score": 90.5}', (90.5, "fine")),
+    ('{"score": "not a number"} Score: 40', (40.0, '{"score": "not a number"} Score: 40')),
+    ("Score: 55 because it is fine", (55.0, "Score: 55 because it is fine")),
+    ("**Score**: 72/100. The caption names every object.", (72.0, "**Score**: 72/100. The caption names every object.")),
+    ('{"score": 300}', None), ('{"score": true}', None), ("no idea", None), ("I would give it 80.", None), ("", None),
+])
+def test_parse_judgement_with_and_without_json(answer, expected):
+    assert parse_judgement(answer) == expected
+
+
+def test_judge_prompt_names_the_role_and_its_job_after_the_image_and_asks_for_json():
+    role = load_roles().roles[2]
+    messages = judge_messages(role, "A red cube sits left of a blue ball.")
+    assert messages[0]["role"] == "system" and '{"score"' in messages[0]["content"] and "1 to 100" in messages[0]["content"]
+    image, text = messages[1]["content"]
+    assert image == {"type": "image"}  # the image first: its tokens are shared with its other captions' requests
+    assert text["text"] == f"Role: {role.name}. Its job: {role.responsibilities}\nCaption: A red cube sits left of a blue ball."
+    assert JUDGE_SCHEMA["required"] == ["score", "rationale"]
+
+
+def test_the_judge_is_greedy_unless_told_otherwise():
+    parser = build_parser()
+    assert parser.parse_args(["filter", "--in", "i", "--out", "o"]).temperature == 0.0
+    assert parser.parse_args(["filter", "--in", "i", "--out", "o", "--temperature", "0.5"]).temperature == 0.5
+    assert parser.parse_args(["run", "--images", "i", "--out", "o", "--model", "m"]).temperature == 0.7
 
 
 def test_lowest_fraction_is_global_and_exact():

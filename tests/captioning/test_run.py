@@ -1,6 +1,7 @@
 """`python -m captioning run` with the real engines on a tiny random Qwen2-VL."""
 
 import collections
+import functools
 import glob
 import json
 import os
@@ -12,8 +13,12 @@ import time
 import pytest
 from PIL import Image
 
-from captioning.images import decode_record_image
+from captioning.engines import Sampling, make_engine
+from captioning.images import decode_record_image, list_inputs, load_image, read_image
+from captioning.roles import load_roles
+from captioning.run import run
 from conftest import make_images
+from odd_images import RED, WHITE, close, top_and_bottom, write_odd_images
 from rsclip_jax.records import read_shard
 
 
@@ -101,3 +106,100 @@ def test_missing_engine_says_how_to_install(images, tiny_model, tmp_path):
             f"main(['run', '--images', {images!r}, '--out', {str(tmp_path / 'o')!r}, '--model', {tiny_model!r}])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "engine 'vllm' needs vllm" in result.stderr and "make captioning-env" in result.stderr
+
+
+def odd_folder(tmp_path):
+    """Every odd kind of file, and one image above the run's --max-image-pixels 1000000."""
+    folder = str(tmp_path / "odd")
+    shown = write_odd_images(folder)
+    Image.new("RGB", (1200, 1000), (20, 90, 160)).save(os.path.join(folder, "large.png"))
+    return folder, shown
+
+
+def check_odd_records(out, shown):
+    records = {r.image_id: r for r in all_records(out)}
+    assert sorted(records) == sorted(shown)  # every odd file captioned, none lost
+    for name, (size, _) in shown.items():
+        assert records[name].original_size == size and len(records[name].captions) == 10, name
+    phone = decode_record_image(records["phone.jpg"].image_jpeg)
+    assert phone.size == (100, 200) and close(top_and_bottom(phone)[0], RED)  # stored as a viewer shows it
+    assert close(decode_record_image(records["transparent.png"].image_jpeg).getpixel((5, 5)), WHITE)
+    assert decode_record_image(records["banner.jpg"].image_jpeg).size == (4000, 12)  # real content, no padding
+    errors = [json.loads(line) for path in glob.glob(os.path.join(out, "*.errors.jsonl")) for line in open(path)]
+    assert [e["image_id"] for e in errors] == ["large.png"] and "above --max-image-pixels 1000000" in errors[0]["reason"]
+    return records
+
+
+def test_odd_images_are_captioned_as_shown(tiny_model, tmp_path):
+    folder, shown = odd_folder(tmp_path)
+    out = str(tmp_path / "out")
+    command = caption_command(folder, out, tiny_model, "--engine", "transformers", "--max-image-pixels", "1000000",
+                              "--images-per-shard", "5")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = summary_of(result.stdout)
+    assert summary["decode_errors"] == 1 and summary["caption_errors"] == 0 and summary["images"] == len(shown)
+    assert 0 <= summary["input_wait_share"] < 1 and summary["prefix_cache_hit_rate"] is None
+    check_odd_records(out, shown)
+
+
+@pytest.mark.slow
+def test_vllm_captions_odd_images_and_prefix_caching_changes_no_text(tiny_model, tmp_path):
+    """vLLM has given wrong outputs under prefix caching with Qwen2.5-VL: greedy text must not depend on it."""
+    folder, shown = odd_folder(tmp_path)
+    texts = {}
+    for caching in ("on", "off"):
+        out = str(tmp_path / caching)
+        command = caption_command(
+            folder, out, tiny_model, "--engine", "vllm", "--max-image-pixels", "1000000", "--temperature", "0",
+            "--max-tokens", "12", "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
+            "--max-num-seqs", "8", *(["--no-prefix-caching"] if caching == "off" else []))
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = summary_of(result.stdout)
+        records = check_odd_records(out, shown)
+        texts[caching] = {(r.image_id, c.role, c.kind): c.text for r in records.values() for c in r.captions}
+        if caching == "on":  # an image's ten requests share its tokens
+            assert summary["prefix_cache_hit_rate"] > 0.3, summary
+        else:
+            assert summary["prefix_cache_hit_rate"] in (None, 0.0), summary
+    assert texts["on"] == texts["off"] and len(texts["on"]) == 10 * len(shown)
+
+
+def test_a_request_the_engine_refuses_is_an_error_and_the_shard_completes(tiny_model, tmp_path):
+    """The banner reaches the processor unpadded, which Qwen2-VL refuses above 200:1: its ten captions become
+    errors with the reason, and every other image is captioned."""
+    images = make_images(str(tmp_path / "images"), 3)
+    Image.new("RGB", (4000, 12), (0, 0, 255)).save(os.path.join(images, "banner.png"))
+
+    def load_without_shaping(path):
+        _, jpeg, size = load_image(path, short_side=256, max_pixels=448 * 448)
+        return read_image(path)[0], jpeg, size
+
+    engine = functools.partial(make_engine, "transformers", tiny_model, sampling=Sampling(6))
+    out = str(tmp_path / "out")
+    summary = run(list_inputs(images), out, engine, load_roles(), settings={}, images_per_shard=10, num_workers=1,
+                  worker_index=0, load=load_without_shaping, seed=0, host_threads=2, readahead=4)
+    assert summary["shards_written"] == 1 and summary["images"] == 3 and summary["caption_errors"] == 10
+    errors = [json.loads(line) for line in open(os.path.join(out, "captions-00000.errors.jsonl"))]
+    refused = [e for e in errors if e["image_id"] == "banner.png"]
+    assert len(refused) == 10 and {e["kind"] for e in refused} == {"long", "short"}
+    assert all("ValueError" in e["reason"] and "200" in e["reason"] for e in refused), refused[0]
+    check_records(out, expected_ids(images))
+
+
+@pytest.mark.slow
+def test_vllm_answers_every_other_request_around_one_it_refuses(tiny_model):
+    from captioning.engines import Request
+    from captioning.prompts import caption_messages
+
+    engine = make_engine("vllm", tiny_model, sampling=Sampling(6), dtype="float32", enforce_eager=True,
+                         max_model_len=512, max_num_seqs=2)
+    role = load_roles().roles[0]
+    images = [Image.new("RGB", (64 + i, 48), (40 * i, 0, 0)) for i in range(5)]
+    images[2] = Image.new("RGB", (4000, 12))  # unpadded: the processor refuses it
+    requests = [(i, Request(image, caption_messages(role, "short"), seed=i)) for i, image in enumerate(images)]
+    answers = {key: (text, error) for key, text, error in engine.stream(iter(requests))}
+    assert sorted(answers) == list(range(5))
+    assert answers[2][0] is None and "ValueError" in answers[2][1]
+    assert all(answers[i][1] is None and isinstance(answers[i][0], str) for i in (0, 1, 3, 4))
