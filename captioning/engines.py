@@ -7,6 +7,8 @@ its error and the others go on. An error of the engine itself is raised: its unf
 
 import collections
 import dataclasses
+import functools
+import gc
 import hashlib
 import importlib
 import os
@@ -73,8 +75,13 @@ class VllmEngine:
         engine_args = {"enable_prefix_caching": True, "disable_log_stats": False, **engine_args}  # stats: hit rate
         if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_args:
             engine_args.update(_whole_prefills(engine_args))
-        self.llm = vllm.LLM(model=model, limit_mm_per_prompt={"image": 1, "video": 0}, **engine_args)
+        self._start = functools.partial(vllm.LLM, model=model, limit_mm_per_prompt={"image": 1, "video": 0},
+                                        **engine_args)
+        self.llm = self._start()
         self._vllm = vllm
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self._engine_dead = EngineDeadError
         # Twice what the scheduler runs at once: a finished sequence's slot is filled at the next step.
         config = self.llm.llm_engine.vllm_config
         self.max_in_flight = 2 * config.scheduler_config.max_num_seqs * config.parallel_config.data_parallel_size
@@ -99,21 +106,63 @@ class VllmEngine:
         pending, in_flight = iter(keyed_requests), {}
         while True:
             while len(in_flight) < self.max_in_flight and (item := next(pending, None)) is not None:
-                key, request = item
-                try:  # vLLM renders the prompt and runs the HF processor on the image here, per request
-                    (request_id,) = self.llm.enqueue(self._prompt(request), self._params(request), use_tqdm=False)
-                except Exception as e:  # noqa: BLE001 (the processors raise many types for images they refuse)
-                    yield key, None, f"{type(e).__name__}: {e}"
-                    continue
-                in_flight[request_id.partition("-")[0]] = key  # outputs carry the id without vLLM's random suffix
+                request_id, error = self._enqueue(item[1])
+                if error is None:
+                    in_flight[request_id] = item
+                else:
+                    yield item[0], None, error
             if not in_flight:
                 return
-            for output in self.llm.llm_engine.step():
+            try:
+                outputs = self.llm.llm_engine.step()
+            except self._engine_dead:
+                yield from self._one_by_one(list(in_flight.values()))
+                in_flight.clear()
+                continue
+            for output in outputs:
                 if output.finished:
-                    yield in_flight.pop(output.request_id), output.outputs[0].text, None
+                    yield in_flight.pop(output.request_id)[0], output.outputs[0].text, None
+
+    def _enqueue(self, request: Request) -> tuple[str | None, str | None]:
+        """(request id, None), or (None, the reason) for a request vLLM will not take."""
+        try:  # vLLM renders the prompt and runs the HF processor on the image here, per request
+            (request_id,) = self.llm.enqueue(self._prompt(request), self._params(request), use_tqdm=False)
+        except self._engine_dead:
+            raise
+        except Exception as e:  # noqa: BLE001 (the processors raise many types for images they refuse)
+            return None, f"{type(e).__name__}: {e}"
+        return request_id.partition("-")[0], None  # outputs carry the id without vLLM's random suffix
+
+    def _alone(self, request: Request) -> tuple[str | None, str | None]:
+        request_id, error = self._enqueue(request)
+        while error is None:
+            for output in self.llm.llm_engine.step():
+                if output.finished and output.request_id == request_id:
+                    return output.outputs[0].text, None
+        return None, error
+
+    def _restart(self):
+        self.llm = None
+        gc.collect()  # the dead engine's finaliser shuts its processes down before a new one starts
+        self.llm = self._start()
+
+    def _one_by_one(self, items):
+        """After the engine died with `items` in flight: a new engine takes them one at a time, and a request that
+        kills it alone is an error. Raises when every one of several does: the engine is failing, not a request."""
+        self._restart()
+        answers = []
+        for key, request in items:
+            try:
+                answers.append((key, *self._alone(request)))
+            except self._engine_dead as e:
+                answers.append((key, None, f"vLLM's engine died on this request alone ({type(e).__name__})"))
+                self._restart()
+        if len(items) > 1 and all(text is None for _, text, _ in answers):
+            raise RuntimeError(f"vLLM's engine died on each of {len(items)} requests alone; see its log above")
+        yield from answers
 
     def prefix_cache_hit_rate(self) -> float | None:
-        """Prompt tokens found in vLLM's prefix cache over prompt tokens looked up, since the engine started."""
+        """Prompt tokens found in vLLM's prefix cache over prompt tokens looked up, since the engine last started."""
         totals = collections.Counter()
         for metric in self.llm.get_metrics():
             if metric.name in ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries"):  # one per engine core

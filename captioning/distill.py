@@ -1,0 +1,141 @@
+"""`python -m captioning distill`: fine-tunes a student VLM on a judge's exported judgements.
+
+Each judgement with a score becomes one example (the judge prompt, the record's image, the
+teacher's answer) with loss on the answer tokens only. The student is saved as a plain model folder
+(LoRA adapters merged in) that `captioning filter --judge-model` serves with either engine.
+"""
+
+import json
+import os
+import tempfile
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from captioning.images import decode_record_image, for_captioner
+from rsclip_jax.records import read_shard
+
+_FIELDS = {"messages": (list,), "answer": (str,), "shard": (str,), "record": (int,)}
+# The language model's projections: the judge's skill is in how it answers; the vision tower stays as it is.
+_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Padding per token-aligned key; padded input ids are masked out by attention_mask and labels, so any id serves.
+_PAD = {"input_ids": 0, "attention_mask": 0, "mm_token_type_ids": 0, "labels": -100}
+
+
+def load_judgements(path: str) -> tuple[list[tuple[list, bytes, str]], int]:
+    """(messages, image JPEG, answer) per judgement with a score, and how many had none (the answer did not
+    parse, or the judge could not take the request): a student taught those would only learn to fail."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--judgements {path} does not exist")
+    examples, unscored, images = [], 0, {}  # images: shard -> its records' JPEGs, each shard read once
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                judgement = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {n}: not JSON ({e})") from None
+            if not isinstance(judgement, dict):
+                raise ValueError(f"{path} line {n}: expected a JSON object")
+            if "score" not in judgement:
+                raise ValueError(f"{path} line {n}: missing 'score'")
+            if judgement["score"] is None:
+                unscored += 1
+                continue
+            for field, types in _FIELDS.items():
+                if field not in judgement:
+                    raise ValueError(f"{path} line {n}: missing {field!r} (export with `captioning filter "
+                                     f"--export-judgements` from this version)")
+                if not isinstance(judgement[field], types) or isinstance(judgement[field], bool):
+                    raise ValueError(f"{path} line {n}: {field!r} has the wrong type")
+            shard, record = judgement["shard"], judgement["record"]
+            if shard not in images:
+                if not os.path.isfile(shard):
+                    raise FileNotFoundError(f"{path} line {n}: shard {shard} does not exist")
+                images[shard] = [r.image_jpeg for r in read_shard(shard)]
+            if not 0 <= record < len(images[shard]):
+                raise ValueError(f"{path} line {n}: shard {shard} has no record {record}")
+            examples.append((judgement["messages"], images[shard][record], judgement["answer"]))
+    if not examples:
+        raise ValueError(f"{path} holds no judgement with a score ({unscored} without one)")
+    return examples, unscored
+
+
+class _Examples(torch.utils.data.Dataset):
+    """Prepared lazily, as the judge's engines prepare a request: the image sized by `for_captioner`, the
+    prompt by the chat template, the image tokens by the processor."""
+
+    def __init__(self, examples, processor, max_pixels):
+        self.examples, self.processor, self.max_pixels = examples, processor, max_pixels
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        messages, jpeg, answer = self.examples[i]
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        full = self.processor.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
+                                                  tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the student's chat template does not render an answered prompt as the prompt and more")
+        image = for_captioner(decode_record_image(jpeg), self.max_pixels)
+        inputs = self.processor(text=[prompt], images=[image], return_tensors="pt")
+        # The answer and its end-of-turn tokens, tokenized apart from the prompt as in generation.
+        target = self.processor.tokenizer(full[len(prompt):], add_special_tokens=False, return_tensors="pt")
+        target_ids = target["input_ids"]
+        prompt_len = inputs["input_ids"].shape[1]
+        # Answer tokens are attended and of token type text (0).
+        appended = {"input_ids": target_ids, "attention_mask": torch.ones_like(target_ids),
+                    "mm_token_type_ids": torch.zeros_like(target_ids)}
+        example = {key: torch.cat([value, appended[key]], dim=1) if key in appended else value
+                   for key, value in inputs.items()}
+        example["labels"] = torch.cat([torch.full((1, prompt_len), -100), target_ids], dim=1)
+        return example
+
+
+def _collate(examples):
+    """Right-pads the token-aligned tensors; concatenates the image tensors (patches, grids) as they are."""
+    longest = max(e["input_ids"].shape[1] for e in examples)
+    return {
+        key: torch.cat([F.pad(e[key], (0, longest - e[key].shape[1]), value=_PAD[key]) if key in _PAD else e[key]
+                        for e in examples])
+        for key in examples[0]
+    }
+
+
+def distill(judgements, student, out, *, lora=False, lora_rank=16, epochs=1.0, max_steps=-1, learning_rate=1e-5,
+            batch_size=4, gradient_accumulation_steps=1, max_pixels=448 * 448, dtype="float32", seed=0) -> dict:
+    if not os.path.isdir(student):
+        raise FileNotFoundError(f"--student {student} is not a model folder")
+    examples, unscored = load_judgements(judgements)
+    processor = transformers.AutoProcessor.from_pretrained(student)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(student, dtype=getattr(torch, dtype))
+    if lora:
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank,
+                                                           target_modules=_LORA_TARGETS))
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer wants an output folder; nothing is kept there
+        args = transformers.TrainingArguments(
+            output_dir=scratch, num_train_epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+            per_device_train_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+            bf16=dtype == "bfloat16", logging_steps=1, save_strategy="no", report_to="none",
+            remove_unused_columns=False, seed=seed,
+        )
+        dataset = _Examples(examples, processor, max_pixels)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collate)
+        trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    summary = {
+        "steps": trainer.state.global_step, "loss_start": round(losses[0], 4), "loss_end": round(losses[-1], 4),
+        "examples": len(examples), "skipped_unscored": unscored, "lora": lora,
+    }
+    with open(os.path.join(out, "distill.json"), "w") as f:
+        json.dump(summary, f)
+    return summary
