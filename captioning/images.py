@@ -4,7 +4,6 @@ shaping the copy the captioner sees so that no model limit turns an odd image in
 import io
 import math
 import os
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -14,7 +13,10 @@ from PIL import Image, ImageOps
 MAX_CAPTIONER_ASPECT = 100
 MIN_CAPTIONER_SIDE = 28
 # Pillow's own guard; an image above it is refused, not captioned (a decompression bomb or a scan).
+# `captioning run` lifts Pillow's own checks and applies --max-image-pixels in their place.
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+# The largest side a JPEG can hold.
+_JPEG_MAX_SIDE = 65500
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -65,24 +67,30 @@ def read_image(path: str, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, s
     """(the file's first frame in RGB, EXIF orientation applied; its (width, height) as shown). A JPEG is decoded
     at a reduced scale where the result still has at least `short_side` and `area`. Raises ImageRefused above
     `max_image_pixels`, and PIL's errors for files that are not images."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the run's limit
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_image_pixels:
-                    raise ImageRefused(_too_large(width, height, max_image_pixels))
-                if short_side and area:
-                    # DCT scaling: libjpeg skips the detail of 1/2, 1/4 or 1/8 scale, for several times less work
-                    scale = max(short_side / min(width, height), (area / (width * height)) ** 0.5)
-                    if scale < 1:
-                        image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
-                decoded = image.size
-                shown = _to_rgb(ImageOps.exif_transpose(image))
-                turned = shown.size != decoded  # orientations 5-8 swap width and height
-                return shown, (height, width) if turned else (width, height)
-        except Image.DecompressionBombError as e:  # Pillow's own hard limit, at twice its default
-            raise ImageRefused(f"refused: {e}") from None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_image_pixels:
+                raise ImageRefused(_too_large(width, height, max_image_pixels))
+            if short_side and area:
+                # DCT scaling: libjpeg skips the detail of 1/2, 1/4 or 1/8 scale, for several times less work
+                scale = max(short_side / min(width, height), (area / (width * height)) ** 0.5)
+                if scale < 1:
+                    image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+            decoded = image.size
+            shown = _to_rgb(_oriented(image))
+            turned = shown.size != decoded  # orientations 5-8 swap width and height
+            return shown, (height, width) if turned else (width, height)
+    except Image.DecompressionBombError as e:  # Pillow's own limit, where the caller has not lifted it
+        raise ImageRefused(f"refused: {e}") from None
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 (a malformed EXIF block; viewers show such images unturned, and so do we)
+        image.load()
+        return image
 
 
 def _too_large(width, height, limit) -> str:
@@ -96,8 +104,9 @@ def _scaled(image: Image.Image, scale: float) -> Image.Image:
 
 
 def for_captioner(image: Image.Image, max_pixels: int) -> Image.Image:
-    """The captioner's copy: padded with white to at most MAX_CAPTIONER_ASPECT:1, at most `max_pixels`, and
-    scaled up to a short side of MIN_CAPTIONER_SIDE where it is smaller."""
+    """The captioner's copy: padded with white to MAX_CAPTIONER_ASPECT:1 where it is longer (within a pixel after
+    scaling), scaled to at most `max_pixels`, then up to a short side of MIN_CAPTIONER_SIDE where it is smaller
+    (which wins over `max_pixels`: a model cannot see less)."""
     width, height = image.size
     long_side, short_side = max(width, height), min(width, height)
     if long_side > MAX_CAPTIONER_ASPECT * short_side:
@@ -120,7 +129,8 @@ def load_image(path: str, *, short_side: int, max_pixels: int,
     """(the captioner's copy; JPEG bytes of the copy kept for training, its real content with the short side
     at most `short_side`; (width, height) as shown)."""
     rgb, size = read_image(path, max_image_pixels=max_image_pixels, short_side=short_side, area=max_pixels)
-    training = _scaled(rgb, short_side / min(rgb.size)) if min(rgb.size) > short_side else rgb
+    scale = min(short_side / min(rgb.size), _JPEG_MAX_SIDE / max(rgb.size))  # a panorama keeps all it can
+    training = _scaled(rgb, scale) if scale < 1 else rgb
     buffer = io.BytesIO()
     training.save(buffer, format="JPEG", quality=90)
     return for_captioner(rgb, max_pixels), buffer.getvalue(), size

@@ -15,9 +15,9 @@ import time
 from tqdm import tqdm
 
 from captioning.engines import Request, request_seed
-from captioning.images import load_image, shard_slices
-from captioning.readahead import ReadAhead
+from captioning.images import shard_slices
 from captioning.prompts import CAPTION_KINDS, PROMPT_VERSION, caption_messages
+from captioning.readahead import ReadAhead
 from rsclip_jax.records import Caption, CaptionRecord, write_shard
 
 
@@ -25,8 +25,8 @@ def shard_name(index: int) -> str:
     return f"captions-{index:05d}"
 
 
-def _atomic_write(path: str, write) -> None:
-    temporary = path + ".tmp"
+def _atomic_write(path: str, write, temporary: str | None = None) -> None:
+    temporary = temporary or path + ".tmp"
     write(temporary)
     os.replace(temporary, path)
 
@@ -39,24 +39,32 @@ def _write_jsonl(path: str, rows) -> None:
     _atomic_write(path, write)
 
 
-def _write_json(path: str, payload) -> None:
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(payload, f, indent=1)
+def _dump_json(path: str, payload) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
 
-    _atomic_write(path, write)
+
+def _write_json(path: str, payload) -> None:
+    _atomic_write(path, lambda temporary: _dump_json(temporary, payload))
 
 
 def _write_run_info(out_dir: str, worker_index: int, info: dict) -> None:
-    """run.json, the run's size for `captioning status`. Workers may start together: each writes under its own
-    temporary name, the same content, and the first rename wins."""
+    """run.json, the run's size and hash for `captioning status` and later workers. Workers may start together:
+    each writes the same content under its own temporary name, so any rename leaves a whole file."""
     path = os.path.join(out_dir, "run.json")
-    if os.path.exists(path):
-        return
-    temporary = f"{path}.{worker_index}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(info, f)
-    os.replace(temporary, path)
+    if not os.path.exists(path):
+        _atomic_write(path, lambda temporary: _dump_json(temporary, info), temporary=f"{path}.{worker_index}.tmp")
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _manifest_path(out_dir: str, k: int) -> str:
+    return os.path.join(out_dir, "manifest", shard_name(k) + ".json")
 
 
 def run_config_hash(settings: dict, inputs: list[tuple[str, str]]) -> str:
@@ -100,19 +108,19 @@ def _finish(shard: _Shard, slots, inputs, model_name):
 
 def caption_shards(engine, inputs, shards, roles, images, *, seed):
     """Yields (shard index, records, errors) as shards complete; `shards` maps shard index -> input indices,
-    `images` yields (input index, load_image's result or its exception) in the order of `shards`.
+    `images` yields ((shard index, input index), load_image's result or its exception) in that order.
 
     Each image's requests stream to the engine as soon as it is loaded, across shard boundaries, so neither
     the host nor the slowest caption of a shard holds the engine up.
     """
     slots = [(role, kind) for role in roles.roles for kind in CAPTION_KINDS]
-    flight = {k: _Shard(k, len(indices)) for k, indices in shards.items()}
-    shard_of = {i: k for k, indices in shards.items() for i in indices}
+    flight, touched = {}, set()  # shards with an image loaded; those whose state changed since the last check
 
     def requests():
-        for i, loaded in images:
-            shard, (image_id, path) = flight[shard_of[i]], inputs[i]
+        for (k, i), loaded in images:
+            shard, (image_id, path) = flight.setdefault(k, _Shard(k, len(shards[k]))), inputs[i]
             shard.seen += 1
+            touched.add(k)
             if isinstance(loaded, Exception):
                 shard.errors.append({"image_id": image_id, "path": path, "reason": f"{type(loaded).__name__}: {loaded}"})
                 continue
@@ -120,16 +128,35 @@ def caption_shards(engine, inputs, shards, roles, images, *, seed):
             shard.loaded.append((i, image_id, jpeg, size))
             shard.asked += len(slots)  # all at once: the shard is not complete while any of them is unanswered
             for s, (role, kind) in enumerate(slots):
-                yield (i, s), Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind))
+                yield (k, i, s), Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind))
 
     def completed():
-        for k in [k for k, shard in flight.items() if shard.complete()]:
+        for k in [k for k in touched if flight[k].complete()]:
             yield (k, *_finish(flight.pop(k), slots, inputs, engine.model_name))
+        touched.clear()
 
-    for (i, s), text, error in engine.stream(requests()):
-        flight[shard_of[i]].answers[i, s] = (text, error)
+    for (k, i, s), text, error in engine.stream(requests()):
+        flight[k].answers[i, s] = (text, error)
+        touched.add(k)
         yield from completed()
     yield from completed()
+
+
+def _unfinished_shards(out_dir, shards, config_hash, *, num_workers, worker_index) -> dict:
+    """This worker's shards without a manifest entry; refuses an --out that holds another run."""
+    info = _read_json(os.path.join(out_dir, "run.json"))
+    hashes = {info["config_hash"]} if info else set()
+    todo = {}
+    for k in range(worker_index, len(shards), num_workers):
+        entry = _read_json(_manifest_path(out_dir, k))
+        if entry is None:
+            todo[k] = shards[k]
+        else:
+            hashes.add(entry["config_hash"])
+    if hashes - {config_hash}:
+        raise ValueError(f"{out_dir} holds shards of another run (config hash {(hashes - {config_hash}).pop()}, this "
+                         f"run {config_hash}: other inputs, model, roles or settings); use another --out")
+    return todo
 
 
 def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard: int, num_workers: int,
@@ -140,28 +167,17 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
         raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
     config_hash = run_config_hash(settings, inputs)
     os.makedirs(os.path.join(out_dir, "manifest"), exist_ok=True)
-
-    def manifest_path(k):
-        return os.path.join(out_dir, "manifest", shard_name(k) + ".json")
-
     shards = shard_slices(len(inputs), images_per_shard)
+    todo = _unfinished_shards(out_dir, shards, config_hash, num_workers=num_workers, worker_index=worker_index)
     _write_run_info(out_dir, worker_index, {"config_hash": config_hash, "num_shards": len(shards),
                                             "images_total": len(inputs)})
-    todo = {}
-    for k in range(worker_index, len(shards), num_workers):
-        if os.path.exists(manifest_path(k)):
-            with open(manifest_path(k)) as f:
-                entry = json.load(f)
-            if entry["config_hash"] != config_hash:
-                raise ValueError(
-                    f"{out_dir} holds shards of another run (config hash {entry['config_hash']}, this run "
-                    f"{config_hash}: other inputs, model, roles or settings); use another --out"
-                )
-        else:
-            todo[k] = shards[k]
     totals, caption_counts, word_totals = collections.Counter(), collections.Counter(), collections.Counter()
-    engine = make_engine() if todo else None
-    images = ReadAhead(lambda i: load(inputs[i][1]), [i for indices in todo.values() for i in indices],
+    summary = {"shards_written": len(todo), "images": 0, "decode_errors": 0, "caption_errors": 0, "captions": {},
+               "mean_words": {}, "seconds": 0.0, "read_wait_share": None, "prefix_cache_hit_rate": None}
+    if not todo:
+        return summary
+    engine = make_engine()
+    images = ReadAhead(lambda item: load(inputs[item[1]][1]), ((k, i) for k, indices in todo.items() for i in indices),
                        threads=host_threads, depth=readahead)
     start = time.perf_counter()
     with tqdm(total=sum(map(len, todo.values())), unit="img", desc=f"worker {worker_index}") as bar:
@@ -175,7 +191,7 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
                 "records": len(records), "decode_errors": sum("role" not in e for e in errors),
                 "caption_errors": sum("role" in e for e in errors), "captions": dict(counts),
             }
-            _write_json(manifest_path(k), entry)
+            _write_json(_manifest_path(out_dir, k), entry)
             totals.update({key: entry[key] for key in ("records", "decode_errors", "caption_errors")})
             caption_counts.update(counts)
             for c in (c for r in records for c in r.captions):
@@ -183,11 +199,12 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
             bar.update(len(shards[k]))
     seconds = time.perf_counter() - start
     return {
-        "shards_written": len(todo), "images": totals["records"], "decode_errors": totals["decode_errors"],
+        **summary, "images": totals["records"], "decode_errors": totals["decode_errors"],
         "caption_errors": totals["caption_errors"], "captions": dict(sorted(caption_counts.items())),
         "mean_words": {key: round(word_totals[key] / n, 1) for key, n in sorted(caption_counts.items())},
         "seconds": round(seconds, 1),
-        # The engine waits only while the next image is still being read: the feed blocks on nothing else.
-        "input_wait_share": round(images.wait_seconds / seconds, 4) if todo else None,
-        "prefix_cache_hit_rate": engine.prefix_cache_hit_rate() if todo else None,
+        # Time the feed blocked on an image still being read: the most the engine can have waited for the host,
+        # less where it still had queued requests to run.
+        "read_wait_share": round(images.wait_seconds / seconds, 4),
+        "prefix_cache_hit_rate": engine.prefix_cache_hit_rate(),
     }
