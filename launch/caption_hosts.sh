@@ -44,13 +44,7 @@ else
   IFS=, read -ra host_list <<<"$hosts"
 fi
 ((${#host_list[@]})) || die "--hosts $hosts names no host"
-if [[ -n "$images" && -z "$list" ]]; then
-  inputs=(--images "$images")
-elif [[ -n "$list" && -z "$images" ]]; then
-  inputs=(--list "$list")
-else
-  die "give exactly one of --images DIR and --list FILE"
-fi
+caption_inputs "$images" "$list"
 per_host="${gpus_per_host:-1}"
 num_workers=$((${#host_list[@]} * per_host))
 checkout="cd $(quote "$REPO_ROOT")"

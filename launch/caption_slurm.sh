@@ -49,13 +49,7 @@ case "$per" in
 #SBATCH --exclusive" ;;
   *) die "--per must be gpu or node, not $per" ;;
 esac
-if [[ -n "$images" && -z "$list" ]]; then
-  inputs=(--images "$images")
-elif [[ -n "$list" && -z "$images" ]]; then
-  inputs=(--list "$list")
-else
-  die "give exactly one of --images DIR and --list FILE"
-fi
+caption_inputs "$images" "$list"
 cd "$REPO_ROOT"
 
 note "1. the captioning environment on the shared filesystem (see the header for GPU nodes)"

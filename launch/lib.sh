@@ -44,6 +44,17 @@ run() {
   fi
 }
 
+# caption_inputs IMAGES LIST: `inputs`, the captioning run's --images or --list option; exactly one is given.
+caption_inputs() {
+  if [[ -n "$1" && -z "$2" ]]; then
+    inputs=(--images "$1")
+  elif [[ -n "$2" && -z "$1" ]]; then
+    inputs=(--list "$2")
+  else
+    die "give exactly one of --images DIR and --list FILE"
+  fi
+}
+
 note() {
   echo "# $*"
 }
