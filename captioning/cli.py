@@ -48,30 +48,58 @@ def _engine_factory(args, engine, model):
     return functools.partial(make_engine, engine, model, sampling=sampling, **extra)
 
 
-def _print_status(args):
-    """The run's progress as one JSON line on stdout, for scripts, and as a table on stderr, for people."""
-    try:
-        status = run_status(args.out, num_workers=args.num_workers)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+def _run(args) -> dict:
+    roles = load_roles(args.roles)
+    inputs = list_inputs(args.images, args.list)
+    settings = {
+        "engine": args.engine, "model": args.model, "roles": [vars(r) for r in roles.roles],
+        "roles_version": roles.version, "prompt_version": PROMPT_VERSION, "short_side": args.short_side,
+        "max_pixels": args.max_pixels, "max_image_pixels": args.max_image_pixels,
+        "images_per_shard": args.images_per_shard, "seed": args.seed,
+        "sampling": [args.max_tokens, args.temperature, args.top_p],
+    }
+    Image.MAX_IMAGE_PIXELS = None  # load_image refuses above --max-image-pixels itself, whatever its value
+    load = functools.partial(load_image, short_side=args.short_side, max_pixels=args.max_pixels,
+                             max_image_pixels=args.max_image_pixels)
+    return run(
+        inputs, args.out, _engine_factory(args, args.engine, args.model), roles, settings=settings,
+        images_per_shard=args.images_per_shard, num_workers=args.num_workers, worker_index=args.worker_index,
+        load=load, seed=args.seed, host_threads=args.host_threads, readahead=args.readahead,
+    )
+
+
+def _filter(args) -> dict:
+    roles = load_roles(args.roles)
+    if args.drop_fraction and not args.judge_model:
+        raise ValueError("--drop-fraction needs a judge: give --judge-model")
+    judge = _engine_factory(args, args.judge_engine, args.judge_model)() if args.judge_model else None
+    return filter_shards(
+        args.in_dir, args.out, roles, min_long_words=args.min_long_words, min_short_words=args.min_short_words,
+        judge=judge, drop_fraction=args.drop_fraction, export_path=args.export_judgements, seed=args.seed,
+        max_pixels=args.max_pixels,
+    )
+
+
+def _status(args) -> dict:
+    """Also a table on stderr, for people; the JSON line is for scripts."""
+    status = run_status(args.out, num_workers=args.num_workers)
     print(status_table(status), file=sys.stderr)
-    print(json.dumps(status))
+    return status
 
 
-def _distill(args):
-    """Fine-tunes the student; torch's trainer, accelerate and peft load for this command only."""
+def _distill(args) -> dict:
+    """Torch's trainer, accelerate and peft load for this command only."""
     from captioning.distill import distill
 
-    try:
-        summary = distill(
-            args.judgements, args.student, args.out, lora=args.lora, lora_rank=args.lora_rank, epochs=args.epochs,
-            max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-            gradient_accumulation_steps=args.gradient_accumulation_steps, max_pixels=args.max_pixels,
-            dtype=args.dtype, seed=args.seed,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    print(json.dumps(summary))
+    return distill(
+        args.judgements, args.student, args.out, lora=args.lora, lora_rank=args.lora_rank, epochs=args.epochs,
+        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_pixels=args.max_pixels,
+        dtype=args.dtype, seed=args.seed,
+    )
+
+
+_COMMANDS = {"run": _run, "filter": _filter, "status": _status, "distill": _distill}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,39 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    """Runs the command and prints its summary as one JSON line; bad input is one line on stderr, exit 1."""
     args = build_parser().parse_args(argv)
-    if args.command == "status":
-        return _print_status(args)
-    if args.command == "distill":
-        return _distill(args)
     try:
-        roles = load_roles(args.roles)
-        if args.command == "run":
-            inputs = list_inputs(args.images, args.list)
-            settings = {
-                "engine": args.engine, "model": args.model, "roles": [vars(r) for r in roles.roles],
-                "roles_version": roles.version, "prompt_version": PROMPT_VERSION, "short_side": args.short_side,
-                "max_pixels": args.max_pixels, "max_image_pixels": args.max_image_pixels,
-                "images_per_shard": args.images_per_shard, "seed": args.seed,
-                "sampling": [args.max_tokens, args.temperature, args.top_p],
-            }
-            Image.MAX_IMAGE_PIXELS = None  # load_image refuses above --max-image-pixels itself, whatever its value
-            load = functools.partial(load_image, short_side=args.short_side, max_pixels=args.max_pixels,
-                                     max_image_pixels=args.max_image_pixels)
-            summary = run(
-                inputs, args.out, _engine_factory(args, args.engine, args.model), roles, settings=settings,
-                images_per_shard=args.images_per_shard, num_workers=args.num_workers, worker_index=args.worker_index,
-                load=load, seed=args.seed, host_threads=args.host_threads, readahead=args.readahead,
-            )
-        else:
-            judge = _engine_factory(args, args.judge_engine, args.judge_model)() if args.judge_model else None
-            if args.drop_fraction and judge is None:
-                raise ValueError("--drop-fraction needs a judge: give --judge-model")
-            summary = filter_shards(
-                args.in_dir, args.out, roles, min_long_words=args.min_long_words, min_short_words=args.min_short_words,
-                judge=judge, drop_fraction=args.drop_fraction, export_path=args.export_judgements, seed=args.seed,
-                max_pixels=args.max_pixels,
-            )
+        summary = _COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(summary))

@@ -58,8 +58,9 @@ def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, exp
             records[s] = list(read_shard(path))
             out[s] += 1  # held until the shard is listed, so an early answer cannot release it
             for r, record in enumerate(records[s]):
-                image = for_captioner(decode_record_image(record.image_jpeg), max_pixels)
-                for c in kept_by_length(record):
+                judged = kept_by_length(record)
+                image = for_captioner(decode_record_image(record.image_jpeg), max_pixels) if judged else None
+                for c in judged:
                     caption = record.captions[c]
                     if caption.role not in roles_by_name:
                         raise ValueError(f"{path} record {r}: role {caption.role!r} is not in the --roles file")

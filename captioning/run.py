@@ -56,11 +56,15 @@ def _write_run_info(out_dir: str, worker_index: int, info: dict) -> None:
         _atomic_write(path, lambda temporary: _dump_json(temporary, info), temporary=f"{path}.{worker_index}.tmp")
 
 
-def _read_json(path: str) -> dict | None:
+def read_json(path: str) -> dict | None:
+    """A manifest entry or run.json; None where it is not written (yet)."""
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it, and a run started again redoes its shard") from e
 
 
 def _manifest_path(out_dir: str, k: int) -> str:
@@ -77,7 +81,6 @@ def run_config_hash(settings: dict, inputs: list[tuple[str, str]]) -> str:
 class _Shard:
     """A shard in flight: its images as they load, and the engine's answers as they come back."""
 
-    index: int
     size: int
     loaded: list = dataclasses.field(default_factory=list)  # (input index, image id, jpeg, size as shown)
     errors: list = dataclasses.field(default_factory=list)
@@ -118,7 +121,7 @@ def caption_shards(engine, inputs, shards, roles, images, *, seed):
 
     def requests():
         for (k, i), loaded in images:
-            shard, (image_id, path) = flight.setdefault(k, _Shard(k, len(shards[k]))), inputs[i]
+            shard, (image_id, path) = flight.setdefault(k, _Shard(len(shards[k]))), inputs[i]
             shard.seen += 1
             touched.add(k)
             if isinstance(loaded, Exception):
@@ -144,11 +147,11 @@ def caption_shards(engine, inputs, shards, roles, images, *, seed):
 
 def _unfinished_shards(out_dir, shards, config_hash, *, num_workers, worker_index) -> dict:
     """This worker's shards without a manifest entry; refuses an --out that holds another run."""
-    info = _read_json(os.path.join(out_dir, "run.json"))
+    info = read_json(os.path.join(out_dir, "run.json"))
     hashes = {info["config_hash"]} if info else set()
     todo = {}
     for k in range(worker_index, len(shards), num_workers):
-        entry = _read_json(_manifest_path(out_dir, k))
+        entry = read_json(_manifest_path(out_dir, k))
         if entry is None:
             todo[k] = shards[k]
         else:

@@ -7,19 +7,12 @@ and so the missing shards, are unknown.
 """
 
 import collections
-import json
 import os
 import re
 
+from captioning.run import read_json
+
 _ENTRY = re.compile(r"captions-(\d+)\.json")
-
-
-def _load(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it, and a run started again redoes its shard") from e
 
 
 def run_status(out_dir: str, num_workers: int | None = None) -> dict:
@@ -35,13 +28,13 @@ def run_status(out_dir: str, num_workers: int | None = None) -> dict:
         match = _ENTRY.fullmatch(name)
         if not match:
             continue
-        entry = _load(os.path.join(manifest, name))
+        entry = read_json(os.path.join(manifest, name))
         done.append(int(match[1]))
         counts.update(images=entry["images"], records=entry["records"])
         errors.update({key: n for key, n in entry.items() if key.endswith("errors") and isinstance(n, int)})
         captions.update(entry["captions"])
     info_path = os.path.join(out_dir, "run.json")
-    info = _load(info_path) if os.path.exists(info_path) else {}
+    info = read_json(info_path) or {}
     total = info.get("num_shards")
     missing = None if total is None else sorted(set(range(total)) - set(done))
     status = {

@@ -34,8 +34,7 @@ while (($#)); do
   esac
 done
 require hosts out model
-[[ -z "$gpus_per_host" || "$gpus_per_host" =~ ^[1-9][0-9]*$ ]] ||
-  die "--gpus-per-host must be a positive number, not $gpus_per_host"
+positive gpus_per_host
 if [[ -f "$hosts" ]]; then
   mapfile -t host_list < <(grep -v '^[[:space:]]*\(#\|$\)' "$hosts" | tr -d '[:blank:]')
 elif [[ "$hosts" == */* ]]; then

@@ -41,8 +41,7 @@ while (($#)); do
   esac
 done
 require tasks out model
-[[ "$tasks" =~ ^[1-9][0-9]*$ ]] || die "--tasks must be a positive number, not $tasks"
-[[ "$gpus_per_task" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-task must be a positive number, not $gpus_per_task"
+positive tasks gpus_per_task
 case "$per" in
   gpu) placement="" ;;
   node) placement="

@@ -18,6 +18,14 @@ require() {
   done
 }
 
+# positive NAME...: each named variable, where set, must be a whole number above 0.
+positive() {
+  local name
+  for name in "$@"; do
+    [[ -z "${!name}" || "${!name}" =~ ^[1-9][0-9]*$ ]] || die "--${name//_/-} must be a positive number, not ${!name}"
+  done
+}
+
 # The argument as the shell reads it back: bare when safe, else in single quotes.
 quote() {
   if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
