@@ -9,6 +9,7 @@ import sys
 
 from PIL import Image
 
+from captioning.alt_text import load_alt_texts
 from captioning.engines import ENGINES, Sampling, make_engine
 from captioning.filter import filter_shards
 from captioning.images import DEFAULT_MAX_IMAGE_PIXELS, list_inputs, load_image
@@ -51,6 +52,9 @@ def _engine_factory(args, engine, model):
 def _run(args) -> dict:
     roles = load_roles(args.roles)
     inputs = list_inputs(args.images, args.list)
+    alt_texts, unmatched = load_alt_texts(inputs, args.alt_text)
+    if unmatched:
+        print(f"note: --alt-text {args.alt_text}: {unmatched} of its lines name no input of this run", file=sys.stderr)
     settings = {
         "engine": args.engine, "model": args.model, "roles": [vars(r) for r in roles.roles],
         "roles_version": roles.version, "prompt_version": PROMPT_VERSION, "short_side": args.short_side,
@@ -64,7 +68,7 @@ def _run(args) -> dict:
     return run(
         inputs, args.out, _engine_factory(args, args.engine, args.model), roles, settings=settings,
         images_per_shard=args.images_per_shard, num_workers=args.num_workers, worker_index=args.worker_index,
-        load=load, seed=args.seed, host_threads=args.host_threads, readahead=args.readahead,
+        load=load, seed=args.seed, host_threads=args.host_threads, readahead=args.readahead, alt_texts=alt_texts,
     )
 
 
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--images", help="folder of images (ids are relative paths)")
     inputs.add_argument("--list", help="file with one image path per line")
     run_parser.add_argument("--out", required=True)
+    run_parser.add_argument("--alt-text", help='JSONL of {"image": ID, "alt_text": TEXT} lines, the web alt text kept '
+                            "in each record; without it, photo.txt beside photo.jpg is photo.jpg's alt text")
     run_parser.add_argument("--roles", help="role file (JSON); default: the five roles of captioning/role_files")
     run_parser.add_argument("--images-per-shard", type=int, default=1000)
     run_parser.add_argument("--num-workers", type=int, default=1)

@@ -8,6 +8,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
+from captioning.alt_text import sidecars_among
+
 # Qwen2-VL's processor refuses aspect ratios above 200:1 and images under one 28-px merged patch; staying
 # well inside both leaves room for its own rounding to multiples of 28.
 MAX_CAPTIONER_ASPECT = 100
@@ -25,8 +27,9 @@ class ImageRefused(ValueError):
 
 
 def list_inputs(images_dir: str | None = None, list_file: str | None = None) -> list[tuple[str, str]]:
-    """(image id, path) pairs in a stable order: every non-hidden file under `images_dir` (ids are
-    relative paths), or one path per line of `list_file` (ids are the lines)."""
+    """(image id, path) pairs in a stable order: every non-hidden file under `images_dir` but the alt-text
+    sidecars (photo.txt beside photo.jpg; ids are relative paths), or one path per line of `list_file` (ids are
+    the lines)."""
     if (images_dir is None) == (list_file is None):
         raise ValueError("give exactly one of --images DIR and --list FILE")
     if images_dir is not None:
@@ -35,7 +38,9 @@ def list_inputs(images_dir: str | None = None, list_file: str | None = None) -> 
         found = []
         for root, dirs, files in os.walk(images_dir):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found += [os.path.join(root, f) for f in files if not f.startswith(".")]
+            names = [f for f in files if not f.startswith(".")]
+            sidecars = sidecars_among(names)
+            found += [os.path.join(root, f) for f in names if f not in sidecars]
         return sorted((os.path.relpath(p, images_dir), p) for p in found)
     with open(list_file) as f:
         lines = [line.strip() for line in f if line.strip()]

@@ -71,10 +71,16 @@ def _manifest_path(out_dir: str, k: int) -> str:
     return os.path.join(out_dir, "manifest", shard_name(k) + ".json")
 
 
-def run_config_hash(settings: dict, inputs: list[tuple[str, str]]) -> str:
-    """Hash of everything that decides the output: settings, roles, prompts, and the input list."""
-    payload = json.dumps({"settings": settings, "inputs": [image_id for image_id, _ in inputs]}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def run_config_hash(settings: dict, inputs: list[tuple[str, str]], alt_texts: dict[str, str] | None = None) -> str:
+    """Hash of everything that decides the output: settings, roles, prompts, the input list and the alt texts.
+
+    The alt texts count by content, not by source: a run resumed with other alt text is refused (its shards
+    would disagree), one resumed with the same text from another file or from sidecars is the same run. Without
+    alt text the hash is what it was before runs kept alt text, so those runs still resume."""
+    identity = {"settings": settings, "inputs": [image_id for image_id, _ in inputs]}
+    if alt_texts:
+        identity["alt_texts"] = alt_texts
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -92,7 +98,7 @@ class _Shard:
         return self.seen == self.size and len(self.answers) == self.asked
 
 
-def _finish(shard: _Shard, slots, inputs, model_name):
+def _finish(shard: _Shard, slots, inputs, model_name, alt_texts):
     """The shard's records and errors; a caption the engine failed is an error, the image keeps the others."""
     records, errors = [], list(shard.errors)
     for i, image_id, jpeg, size in shard.loaded:
@@ -105,13 +111,14 @@ def _finish(shard: _Shard, slots, inputs, model_name):
                 errors.append({"image_id": image_id, "path": inputs[i][1], "role": role.name, "kind": kind,
                                "reason": error})
         if captions:
-            records.append(CaptionRecord(image_id, jpeg, size, tuple(captions)))
+            records.append(CaptionRecord(image_id, jpeg, size, tuple(captions), alt_texts.get(image_id)))
     return records, errors
 
 
-def caption_shards(engine, inputs, shards, roles, images, *, seed):
+def caption_shards(engine, inputs, shards, roles, images, *, seed, alt_texts=None):
     """Yields (shard index, records, errors) as shards complete; `shards` maps shard index -> input indices,
-    `images` yields ((shard index, input index), load_image's result or its exception) in that order.
+    `images` yields ((shard index, input index), load_image's result or its exception) in that order, and
+    `alt_texts` maps image id -> the alt text its record keeps.
 
     Each image's requests stream to the engine as soon as it is loaded, across shard boundaries, so neither
     the host nor the slowest caption of a shard holds the engine up.
@@ -135,7 +142,7 @@ def caption_shards(engine, inputs, shards, roles, images, *, seed):
 
     def completed():
         for k in [k for k in touched if flight[k].complete()]:
-            yield (k, *_finish(flight.pop(k), slots, inputs, engine.model_name))
+            yield (k, *_finish(flight.pop(k), slots, inputs, engine.model_name, alt_texts or {}))
         touched.clear()
 
     for (k, i, s), text, error in engine.stream(requests()):
@@ -158,25 +165,27 @@ def _unfinished_shards(out_dir, shards, config_hash, *, num_workers, worker_inde
             hashes.add(entry["config_hash"])
     if hashes - {config_hash}:
         raise ValueError(f"{out_dir} holds shards of another run (config hash {(hashes - {config_hash}).pop()}, this "
-                         f"run {config_hash}: other inputs, model, roles or settings); use another --out")
+                         f"run {config_hash}: other inputs, alt text, model, roles or settings); use another --out")
     return todo
 
 
 def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard: int, num_workers: int,
-        worker_index: int, load, seed: int, host_threads: int, readahead: int) -> dict:
+        worker_index: int, load, seed: int, host_threads: int, readahead: int, alt_texts: dict | None = None) -> dict:
     """Captions this worker's unfinished shards; returns the summary of what it wrote. `load(path)` reads an
-    input (load_image with the run's sizes); `host_threads` threads run it `readahead` images ahead."""
+    input (load_image with the run's sizes); `host_threads` threads run it `readahead` images ahead;
+    `alt_texts` (image id -> text, captioning/alt_text.py) goes into the records as it is."""
     if not 0 <= worker_index < num_workers:
         raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
-    config_hash = run_config_hash(settings, inputs)
+    config_hash = run_config_hash(settings, inputs, alt_texts)
     os.makedirs(os.path.join(out_dir, "manifest"), exist_ok=True)
     shards = shard_slices(len(inputs), images_per_shard)
     todo = _unfinished_shards(out_dir, shards, config_hash, num_workers=num_workers, worker_index=worker_index)
-    _write_run_info(out_dir, worker_index, {"config_hash": config_hash, "num_shards": len(shards),
-                                            "images_total": len(inputs)})
+    _write_run_info(out_dir, worker_index, {"config_hash": config_hash, "num_shards": len(shards), "images_total":
+                                            len(inputs), "images_with_alt_text": len(alt_texts or {})})
     totals, caption_counts, word_totals = collections.Counter(), collections.Counter(), collections.Counter()
     summary = {"shards_written": len(todo), "images": 0, "decode_errors": 0, "caption_errors": 0, "captions": {},
-               "mean_words": {}, "seconds": 0.0, "read_wait_share": None, "prefix_cache_hit_rate": None}
+               "mean_words": {}, "alt_texts": 0, "seconds": 0.0, "read_wait_share": None,
+               "prefix_cache_hit_rate": None}
     if not todo:
         return summary
     engine = make_engine()
@@ -184,7 +193,7 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
                        threads=host_threads, depth=readahead)
     start = time.perf_counter()
     with tqdm(total=sum(map(len, todo.values())), unit="img", desc=f"worker {worker_index}") as bar:
-        for k, records, errors in caption_shards(engine, inputs, todo, roles, images, seed=seed):
+        for k, records, errors in caption_shards(engine, inputs, todo, roles, images, seed=seed, alt_texts=alt_texts):
             shard_path = os.path.join(out_dir, shard_name(k) + ".array_record")
             write_shard(shard_path, records)
             _write_jsonl(os.path.join(out_dir, shard_name(k) + ".errors.jsonl"), errors)
@@ -196,6 +205,7 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
             }
             _write_json(_manifest_path(out_dir, k), entry)
             totals.update({key: entry[key] for key in ("records", "decode_errors", "caption_errors")})
+            totals["alt_texts"] += sum(r.alt_text is not None for r in records)
             caption_counts.update(counts)
             for c in (c for r in records for c in r.captions):
                 word_totals[f"{c.role}/{c.kind}"] += len(c.text.split())
@@ -205,7 +215,7 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
         **summary, "images": totals["records"], "decode_errors": totals["decode_errors"],
         "caption_errors": totals["caption_errors"], "captions": dict(sorted(caption_counts.items())),
         "mean_words": {key: round(word_totals[key] / n, 1) for key, n in sorted(caption_counts.items())},
-        "seconds": round(seconds, 1),
+        "alt_texts": totals["alt_texts"], "seconds": round(seconds, 1),
         # Time the feed blocked on an image still being read: the most the engine can have waited for the host,
         # less where it still had queued requests to run.
         "read_wait_share": round(images.wait_seconds / seconds, 4),

@@ -4,7 +4,7 @@
 #
 #   launch/caption_hosts.sh --hosts hosts.txt|gpu1,gpu2 --model /models/Qwen2.5-VL-7B-Instruct \
 #       (--images /shared/images | --list /shared/images.txt) --out /shared/captions \
-#       [--gpus-per-host G] [--dry-run] [-- --images-per-shard 500 ...]
+#       [--gpus-per-host G] [--dry-run] [-- --alt-text /shared/alt_text.jsonl --images-per-shard 500 ...]
 #
 # --hosts: a file with one host per line, or a comma-separated list. --gpus-per-host G: G workers per host,
 # worker host*G+g pinned to GPU g by CUDA_VISIBLE_DEVICES; without it one worker per host sees all its

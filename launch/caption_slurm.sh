@@ -5,7 +5,7 @@
 #   launch/caption_slurm.sh --tasks 16 --model /shared/models/Qwen2.5-VL-7B-Instruct \
 #       (--images /shared/images | --list /shared/images.txt) --out /shared/captions \
 #       [--per gpu|node] [--gpus-per-task G] [--partition P] [--account A] [--time 24:00:00] [--dry-run] \
-#       [-- --images-per-shard 500 --max-num-seqs 256 ...]
+#       [-- --alt-text /shared/alt_text.jsonl --images-per-shard 500 --max-num-seqs 256 ...]
 #
 # --per gpu (default): each task asks for G GPUs (default 1) and shares its node with other tasks;
 # --per node: each task has a node to itself (--exclusive), G = that node's GPU count. With G > 1 the

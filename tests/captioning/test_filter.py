@@ -29,7 +29,8 @@ def write_input(folder):
     Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, format="JPEG")
     jpeg = buffer.getvalue()
     records = [
-        CaptionRecord("a", jpeg, (64, 48), (caption("long", 12), caption("short", 5), caption("long", 9))),
+        CaptionRecord("a", jpeg, (64, 48), (caption("long", 12), caption("short", 5), caption("long", 9)),
+                      alt_text="a green card"),
         CaptionRecord("b", jpeg, (64, 48), (caption("short", 3),)),  # nothing survives: dropped
         CaptionRecord("c", jpeg, (64, 48), (caption("long", 10), caption("short", 4))),
     ]
@@ -49,6 +50,7 @@ def test_length_rules_drop_short_captions_and_empty_images(tmp_path):
     assert summary["dropped"] == {"too_short_long": 1, "too_short_short": 1, "images_without_captions": 1}
     kept = list(read_shard(tmp_path / "out" / "captions-00000.array_record"))
     assert [(r.image_id, [len(c.text.split()) for c in r.captions]) for r in kept] == [("a", [12, 5]), ("c", [10, 4])]
+    assert [r.alt_text for r in kept] == ["a green card", None]  # carried through as it was
 
 
 @pytest.mark.parametrize("answer,expected", [

@@ -13,6 +13,7 @@ import time
 import pytest
 from PIL import Image
 
+from captioning.cli import main
 from captioning.engines import Sampling, make_engine
 from captioning.images import decode_record_image, list_inputs, load_image, read_image
 from captioning.roles import load_roles
@@ -99,6 +100,33 @@ def test_workers_split_the_shards_and_a_different_run_is_refused(images, tiny_mo
     other = subprocess.run(caption_command(images, out, tiny_model, "--engine", "transformers", "--images-per-shard",
                                            "2", "--seed", "7"), capture_output=True, text=True, timeout=600)
     assert other.returncode != 0 and "holds shards of another run" in other.stderr
+
+
+def test_alt_text_reaches_the_records_and_other_alt_text_is_another_run(tiny_model, tmp_path, capsys, monkeypatch):
+    """A bad --alt-text line stops the run before it starts; the file's alt text is kept in the records (the
+    sidecar is not read beside it); the same --out with the sidecars' alt text instead is another run."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the CLI lifts Pillow's guard
+    images = make_images(str(tmp_path / "images"), 3)
+    (tmp_path / "images" / "img001.txt").write_text("a sidecar's alt text\n")
+    bad, good = tmp_path / "bad.jsonl", tmp_path / "alt.jsonl"
+    bad.write_text('{"image": "img002.jpg", "alt_text": "a blue card"}\n{"image": "img001.jpg"}\n')
+    good.write_text('{"image": "img002.jpg", "alt_text": " a blue card "}\n{"image": "gone.jpg", "alt_text": "x"}\n')
+    roles = tmp_path / "roles.json"  # one role, two requests an image: the alt text does not need ten
+    roles.write_text(json.dumps({"version": "one", "roles": [vars(load_roles().roles[0])]}))
+    out = str(tmp_path / "out")
+    command = ["run", "--images", images, "--out", out, "--model", tiny_model, "--engine", "transformers",
+               "--roles", str(roles), "--max-tokens", "2", "--host-threads", "2"]
+    with pytest.raises(SystemExit, match=f"error: --alt-text {bad} line 2: \"alt_text\" is missing"):
+        main([*command, "--alt-text", str(bad)])
+    assert not os.path.exists(out)  # stopped before the run began
+    main([*command, "--alt-text", str(good)])
+    captured = capsys.readouterr()
+    assert summary_of(captured.out)["alt_texts"] == 1 and "1 of its lines name no input" in captured.err
+    assert {r.image_id: r.alt_text for r in all_records(out)} == {
+        os.path.join("sub", "img000.png"): None, "img001.jpg": None, "img002.jpg": "a blue card"}
+    assert json.load(open(os.path.join(out, "run.json")))["images_with_alt_text"] == 1
+    with pytest.raises(SystemExit, match="holds shards of another run"):
+        main(command)  # the sidecar's alt text for img001.jpg
 
 
 def test_missing_engine_says_how_to_install(images, tiny_model, tmp_path):
