@@ -13,17 +13,19 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
-from rsclip_jax.classification_sets import load_classification_set, prompt_templates
+from rsclip_jax.classification_sets import load_classification_set
 from rsclip_jax.embedding import Embedder
 from rsclip_jax.preprocess import load_image
 from rsclip_jax.retrieval import retrieval_recall
 from rsclip_jax.retrieval_sets import load_retrieval_set
 from rsclip_jax.tokenizer import tokenize
-from rsclip_jax.zeroshot import class_embeddings, topk_accuracy
+from rsclip_jax.zeroshot import class_embeddings, class_prompts, topk_accuracy
 
 COMMON = {"every_steps": 0, "batch_size": 256, "limit": 0}  # limit: the first N images (0: all)
 RETRIEVAL = {"dataset": "", "root": "", "annotations": "", "prefix": ""}  # prefix: e.g. "A photo of "
-ZEROSHOT = {"source": "", "split": "test", "data_dir": "", "classnames": None, "templates": "openai"}
+# prompts: "openai" | "clip_benchmark"; classnames / templates (None: the prompt set's) replace either half
+# (rsclip_jax/zeroshot.py).
+ZEROSHOT = {"source": "", "split": "test", "data_dir": "", "prompts": "openai", "classnames": None, "templates": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,17 +69,19 @@ def _retrieval(name, settings, embedder, context_length):
 
 
 def _zeroshot(name, settings, embedder, context_length):
-    dataset = load_classification_set(settings["source"], split=settings["split"], data_dir=settings["data_dir"],
-                                      classnames=settings["classnames"])
-    templates = prompt_templates(settings["templates"])
-    tokens = tokenize([t.format(c) for c in dataset.classnames for t in templates], context_length)
+    dataset = load_classification_set(settings["source"], split=settings["split"], data_dir=settings["data_dir"])
+    try:
+        classnames, templates = class_prompts(dataset, settings["prompts"], settings["classnames"], settings["templates"])
+    except ValueError as e:
+        raise ValueError(f"config.evals.{name}: {e}") from None
+    tokens = tokenize([t.format(c) for c in classnames for t in templates], context_length)
     count = min(settings["limit"] or dataset.size, dataset.size)
 
     def run(params):
-        prompt_emb = embedder.texts(params, tokens, name).reshape(len(dataset.classnames), len(templates), -1)
+        prompt_emb = embedder.texts(params, tokens, name).reshape(len(classnames), len(templates), -1)
         image_emb, labels, valid = embedder.images(params, count, dataset.read, name)
         accuracy = topk_accuracy(image_emb[valid], class_embeddings(prompt_emb), labels[valid])
-        return {**accuracy, "images": int(valid.sum()), "classes": len(dataset.classnames), "bad_images": int((~valid).sum())}
+        return {**accuracy, "images": int(valid.sum()), "classes": len(classnames), "bad_images": int((~valid).sum())}
 
     return run
 

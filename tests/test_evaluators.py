@@ -1,5 +1,6 @@
 """Evaluators on 8 fake devices against the same numbers computed directly, one example at a time."""
 
+import importlib.resources
 import json
 import os
 
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from rsclip_jax.classification_sets import load_classification_set, prompt_templates
+from rsclip_jax.classification_sets import load_classification_set
 from rsclip_jax.config import load_recipe, model_config_from
 from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.preprocess import normalize_images, resize_center_crop
@@ -20,7 +21,7 @@ from rsclip_jax.retrieval import retrieval_recall
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.tokenizer import tokenize
 from rsclip_jax.train_state import init_train_state, setup_train_state
-from rsclip_jax.zeroshot import class_embeddings, topk_accuracy
+from rsclip_jax.zeroshot import class_embeddings, prompt_templates, topk_accuracy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,31 +86,59 @@ def test_a_corrupt_image_is_counted_not_fatal(tiny_model, demo_shards, tmp_path)
     assert results["bad_images"] == 1 and results["images"] == 4
 
 
+def write_class_folders(root, folders, count=11):
+    for i in range(count):
+        path = root / folders[i % len(folders)] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (36, 48), (255 - 20 * i, 20 * i, 0)).save(path)
+    return f"folder:{root}"
+
+
+def direct_accuracy(tiny_model, source, names, templates, data_dir=""):
+    dataset = load_classification_set(source, split="test", data_dir=data_dir)
+    examples = [dataset.read(i) for i in range(dataset.size)]
+    prompts = [t.format(name) for name in names for t in templates]
+    image_emb, prompt_emb = direct_embeddings(tiny_model, [image for image, _ in examples], prompts)
+    classes = class_embeddings(prompt_emb.reshape(len(names), len(templates), -1))
+    return topk_accuracy(image_emb, classes, np.array([label for _, label in examples])), dataset.size
+
+
 @pytest.mark.parametrize("source", ["tfds", "folder"])
 def test_zeroshot_matches_the_direct_computation(tiny_model, tiny_tfds, tmp_path, source):
     if source == "tfds":
-        settings = dict(source="tfds:tiny_shapes", split="test", data_dir=tiny_tfds)
-    else:
-        for i in range(11):
-            path = tmp_path / ("red_thing", "green_thing")[i % 2] / f"{i}.png"
-            path.parent.mkdir(exist_ok=True)
-            Image.new("RGB", (36, 48), (255 - 20 * i, 20 * i, 0)).save(path)
-        settings = dict(source=f"folder:{tmp_path}")
+        settings, names = dict(source="tfds:tiny_shapes", split="test", data_dir=tiny_tfds), ["red thing", "green thing"]
+    else:  # folders in sorted order
+        settings = dict(source=write_class_folders(tmp_path, ["red_thing", "green_thing"]))
+        names = ["green thing", "red thing"]
     results = evaluate(tiny_model, {"zs": dict(kind="zeroshot", batch_size=8, **settings)})["zs"]
-
-    dataset = load_classification_set(settings["source"], split="test", data_dir=settings.get("data_dir", ""))
-    templates = prompt_templates("openai")
-    examples = [dataset.read(i) for i in range(dataset.size)]
-    prompts = [t.format(name) for name in dataset.classnames for t in templates]
-    image_emb, prompt_emb = direct_embeddings(tiny_model, [image for image, _ in examples], prompts)
-    classes = class_embeddings(prompt_emb.reshape(2, len(templates), -1))
-    expected = topk_accuracy(image_emb, classes, np.array([label for _, label in examples]), ks=(1,))
-    assert results["top1"] == pytest.approx(expected["top1"])
-    assert (results["images"], results["classes"], results["top5"]) == (dataset.size, 2, 100.0)
+    expected, size = direct_accuracy(tiny_model, settings["source"], names, prompt_templates("openai"),
+                                     settings.get("data_dir", ""))
+    assert (results["top1"], results["top5"]) == pytest.approx((expected["top1"], expected["top5"]))
+    assert (results["images"], results["classes"]) == (size, 2)
 
 
-def test_flat_metrics_names_and_bad_settings(tiny_model):
+def test_imagenet_o_and_clip_benchmark_prompts(tiny_model, tmp_path):
+    """A folder of WordNet-id folders gets OpenAI's names; prompts="clip_benchmark" its CIFAR prompts."""
+    cifar10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    shipped = importlib.resources.files("clip_benchmark.datasets").joinpath("en_zeroshot_classification_templates.json")
+    cifar_templates = [t.replace("{c}", "{}") for t in json.loads(shipped.read_text())["cifar10"]]
+    sets = {"imagenet_o": (write_class_folders(tmp_path / "imagenet-o", ["n01443537", "n04597913"]), "openai",
+                           ["goldfish", "wooden spoon"], prompt_templates("openai")),
+            "cifar10": (write_class_folders(tmp_path / "cifar10", cifar10), "clip_benchmark", cifar10, cifar_templates)}
+    results = evaluate(tiny_model, {name: dict(kind="zeroshot", batch_size=8, source=source, prompts=prompts)
+                                    for name, (source, prompts, _, _) in sets.items()})
+    for name, (source, _, names, templates) in sets.items():
+        expected, size = direct_accuracy(tiny_model, source, names, templates)
+        assert (results[name]["top1"], results[name]["top5"]) == pytest.approx((expected["top1"], expected["top5"]))
+        assert (results[name]["images"], results[name]["classes"]) == (size, len(names))
+
+
+def test_flat_metrics_names_and_bad_settings(tiny_model, tmp_path):
     assert flat_metrics({"coco": {"i2t_r1": 5.0}}) == {"eval/coco/i2t_r1": 5.0}
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "0.png")
+    with pytest.raises(ValueError, match="config.evals.pets: unknown prompts 'laion'"):
+        evaluate(tiny_model, {"pets": dict(kind="zeroshot", source=f"folder:{tmp_path}", prompts="laion")})
     with pytest.raises(ValueError, match="config.evals.coco.prefx is not a retrieval setting"):
         evaluate(tiny_model, {"coco": dict(kind="retrieval", dataset="coco", root="/nowhere", prefx="A photo of ")})
     with pytest.raises(ValueError, match="config.evals.x.kind must be"):
