@@ -21,10 +21,12 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from rsclip_jax.captions import ALT_SLOT
 from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
 from rsclip_jax.fit import largest_batch, pick_memory_settings
 from rsclip_jax.flops import clip_training_flops_per_example
 from rsclip_jax.topology import GPU_TARGETS, target
+from rsclip_jax.train_step import check_loss_settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v4-32, v5p-128, v6e-256, h100-8, ...")
@@ -47,8 +49,10 @@ def _versions() -> dict:
 def _report(config, topology, result, picked) -> dict:
     model = model_config_from(config)
     chips = len(topology.devices)
+    spec = example_spec_from(config, model)
     flops = config.batch_size * clip_training_flops_per_example(
-        model, example_spec_from(config, model).captions_per_example, config.batch_size
+        model, spec.captions_per_example, config.batch_size, text_length=spec.text_length,
+        web_caption=ALT_SLOT in spec.slot_kinds,
     )
     memory = result.memory
     report = {
@@ -79,6 +83,7 @@ def main(argv):
     if _CONFIG.value is None or not _TOPOLOGY.value:
         raise app.UsageError("give --config=configs/<recipe>.py and --topology=NAME (e.g. v5e-8, h100-8)")
     try:
+        check_loss_settings(_CONFIG.value)
         topology = target(_TOPOLOGY.value, _SLICES.value)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")

@@ -18,8 +18,12 @@ FLASH_BLOCK = 128
 CUDNN_MULTIPLE = 8
 
 
-def attend(q, k, v, *, causal: bool, implementation: str):
-    """q, k, v [batch, tokens, heads, head_dim] -> [batch, tokens, heads, head_dim]."""
+def attend(q, k, v, *, causal: bool, implementation: str, mask=None):
+    """q, k, v [batch, tokens, heads, head_dim] -> [batch, tokens, heads, head_dim]. `mask` [batch, tokens,
+    tokens] (True: may attend) replaces `causal`; it takes XLA's attention, as the fused kernels here take
+    none."""
+    if mask is not None:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla")
     if implementation == "flash":
         return _tpu_flash_attention(q, k, v, causal)
     if implementation == "cudnn" and q.shape[1] % CUDNN_MULTIPLE:

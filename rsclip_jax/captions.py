@@ -1,4 +1,4 @@
-"""Which captions of an image a training example uses, and CLIPS sub-caption sampling."""
+"""Which captions of an image a training example uses, CLIPS sub-caption sampling, and the web alt text."""
 
 import re
 
@@ -8,7 +8,8 @@ from rsclip_jax.records import Caption
 from rsclip_jax.tokenizer import EOT_ID, SOT_ID, tokenize
 
 SUB_CAPTION_MODES = ("none", "sentence", "token_block")
-SLOT_KINDS = ("any", "long", "short")
+ALT_SLOT = "alt"  # a slot that holds the record's web alt text, not a synthetic caption
+SLOT_KINDS = ("any", "long", "short", ALT_SLOT)
 _SENTENCE_END = re.compile(r"(?<=[.!])\s+")
 
 
@@ -18,12 +19,13 @@ def eligible_captions(captions: tuple[Caption, ...], roles: tuple[str, ...], kin
 
 
 def pick_for_slots(captions: list[Caption], slot_kinds: tuple[str, ...], rng: np.random.Generator) -> list[Caption] | None:
-    """One caption per slot, each drawn from the captions of the slot's kind; distinct while enough remain.
+    """One caption per synthetic slot ("alt" slots are passed over), each drawn from the captions of the slot's
+    kind; distinct while enough remain.
 
     None when some slot has no caption of its kind.
     """
     chosen = []
-    for kind in slot_kinds:
+    for kind in (k for k in slot_kinds if k != ALT_SLOT):
         pool = [c for c in captions if kind == "any" or c.kind == kind]
         if not pool:
             return None
@@ -33,10 +35,15 @@ def pick_for_slots(captions: list[Caption], slot_kinds: tuple[str, ...], rng: np
     return chosen
 
 
+def sentences(text: str) -> list[str]:
+    """The sentences of `text`, split after '.' and '!'."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
 def random_sentence(text: str, rng: np.random.Generator) -> str:
-    """One sentence of `text` (split after '.' and '!'), as CLIPS samples a sub-caption."""
-    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
-    return sentences[rng.integers(len(sentences))] if sentences else text
+    """One sentence of `text`, as CLIPS samples a sub-caption."""
+    options = sentences(text)
+    return options[rng.integers(len(options))] if options else text
 
 
 def random_token_block(text: str, budget: int, context_length: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,3 +68,18 @@ def caption_tokens(
     if sub_caption == "token_block":
         return np.stack([random_token_block(t, sub_caption_tokens, context_length, rng) for t in texts])
     return tokenize(texts, context_length)
+
+
+def slot_tokens(
+    chosen: list[Caption], alt_text: str | None, slot_kinds: tuple[str, ...], *, text_length: int, prefix: str,
+    sub_caption: str, sub_caption_tokens: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """Token ids [len(slot_kinds), text_length]: the synthetic slots hold `chosen` in order, after the sub-caption
+    transform; each "alt" slot holds `alt_text` whole, cut at `text_length` (CLIPS samples sub-captions of the
+    synthetic caption only)."""
+    synthetic = iter(caption_tokens(
+        [c.text for c in chosen], context_length=text_length, prefix=prefix, sub_caption=sub_caption,
+        sub_caption_tokens=sub_caption_tokens, rng=rng,
+    ) if chosen else ())
+    alt = tokenize(prefix + alt_text, text_length)[0] if ALT_SLOT in slot_kinds else None
+    return np.stack([alt if kind == ALT_SLOT else next(synthetic) for kind in slot_kinds])

@@ -40,7 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.remat_policy = placeholder(str)  # off | nothing | dots | dots_no_batch (layers.REMAT_POLICIES)
     config.model.scan_layers = placeholder(bool)
     config.model.attention = placeholder(str)  # xla | cudnn (NVIDIA GPUs) | flash (TPUs)
-    config.model.max_logit_scale = 4.6052  # log(100), as OpenAI CLIP clamps it
+    # The log logit scale is clamped to [0, this] after each step: log(100), as OpenAI CLIP and open_clip clamp it
+    # training from scratch. None: no clamp (the paper recipes: their code does not clamp; on the command line,
+    # where None is not a float, inf). A reference, so that the command line can give a number where a recipe set None.
+    config.model.max_logit_scale = ml_collections.FieldReference(4.6052, field_type=float)
 
     config.data = ml_collections.ConfigDict()
     config.data.train_shards = ""  # comma-separated paths or globs of caption shards
@@ -60,8 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.kind = "softmax_union"
     config.loss.label_smoothing = 0.0
     # Long-CLIP: "short" slots are matched against image embeddings rebuilt from their top principal
-    # components over the batch; 0 turns it off.
+    # components; 0 turns it off. Whose components (losses.primary_components): "local", each device's rows,
+    # not renormalised (Long-CLIP's code); "global", the whole batch's, renormalised (the same on any mesh).
     config.loss.short_caption_components = 0
+    config.loss.short_caption_pca = "local"
     # "on": each device's rows against the gathered batch (losses.sharded_contrastive_loss), logits memory
     # O(min(B/devices, row_chunk) * B * K); "off": the plain loss, left to XLA's partitioner; "auto": on from
     # SHARDED_LOSS_MIN_BATCH examples per step when there are several data-parallel devices.
@@ -86,6 +91,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.grad_cache_chunks = placeholder(int)
     config.optim.mu_dtype = placeholder(str)  # AdamW's first moment, e.g. "bfloat16"; None: the parameters' float32
     config.optim.freeze = ()  # regexes over parameter paths, e.g. r"visual\..*" (lock the image tower)
+
+    # CLIPS' caption generator (generator.py, METHOD.md section 6): a decoder over the image tokens, the web
+    # caption (the "alt" slot, when there is one) and `queries` learnable queries, predicting the full caption of
+    # the first other slot; its next-token loss is added at `weight` (CLIPS: 2). 0: no generator.
+    config.generator = ml_collections.ConfigDict()
+    config.generator.weight = 0.0
+    config.generator.layers = 0  # 0: as many as the text tower; likewise width and heads
+    config.generator.width = 0
+    config.generator.heads = 0
+    config.generator.queries = 128  # the caption tokens it predicts (CLIPS: 128)
+    config.generator.loss_chunk = 32  # query positions per block of vocabulary logits (generator.py)
 
     config.mesh = ml_collections.ConfigDict()
     # (data, fsdp, tensor) within a slice; -1 takes the devices left over. None: picked per accelerator
@@ -114,6 +130,10 @@ def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
     fields = {k: v for k, v in config.model.items() if k not in ("variant", "max_logit_scale")}
     fields = {k: v for k, v in fields.items() if v is not None or k not in AUTO_MODEL_KEYS}
+    generator = config.get("generator")  # absent from the config.json of workdirs trained before it existed
+    if generator and generator.weight:
+        fields.update(generator=True, generator_layers=generator.layers, generator_width=generator.width,
+                      generator_heads=generator.heads, generator_queries=generator.queries)
     return model_config(config.model.variant, **fields)
 
 
@@ -125,38 +145,82 @@ def example_spec_from(config: ml_collections.ConfigDict, model: ModelConfig) -> 
         kinds=tuple(data.kinds), prefix=data.prefix, sub_caption=data.sub_caption,
         sub_caption_tokens=data.sub_caption_tokens, random_resized_crop=data.random_resized_crop,
         crop_scale=tuple(data.crop_scale),
+        # generator.py's loss takes queries + 1 caption ids: start of text, then the token each query predicts
+        generator_caption_tokens=(config.generator.queries + 1
+                                  if config.get("generator") and config.generator.weight else 0),
     )
 
 
 def paper_evals(root: str, every_steps: int = 1000) -> ml_collections.ConfigDict:
-    """METHOD.md section 5 under one folder: ROOT/coco (val2017), ROOT/flickr30k (Karpathy test),
-    ROOT/Urban1k, with the paper's "A photo of " prefix, and ImageNet zero-shot from the TFDS data in
-    ROOT/tfds (every 5x as many steps: 50k images and 80k prompts)."""
-    retrieval = dict(kind="retrieval", prefix="A photo of ", every_steps=every_steps)
+    """METHOD.md section 5 and the Role-SynthCLIP README's table, from one folder ROOT:
+
+    - ROOT/coco: COCO val2017 (annotations/captions_val2017.json, val2017/), 5000 images x first 5 captions;
+    - ROOT/flickr30k: Karpathy's dataset_flickr30k.json and flickr30k-images/ (the 1000 test images);
+    - ROOT/Urban1k: Long-CLIP's release (image/N.jpg, caption/N.txt);
+    - ROOT/imagenet-o: the released imagenet-o.tar unpacked, 200 WordNet-id folders of JPEGs (2000 images);
+    - ROOT/tfds: a TFDS data_dir holding imagenet2012 (validation, 50k images; TFDS needs the ILSVRC tarballs
+      placed by hand) and cifar100 (test, 10k), both prepared with `--file_format=array_record`.
+    Captions are read verbatim, with no prefix, as Role-SynthCLIP's and Long-CLIP's evaluation code reads them.
+    Zero-shot sets take prompts="openai": OpenAI's 80 templates, which Role-SynthCLIP's code uses for every set,
+    with OpenAI's ImageNet names and CIFAR-100's own labels (set cifar100.prompts="clip_benchmark" for
+    clip_benchmark's). ImageNet-1k runs every 5x as many steps (50k images and 80k prompts)."""
+    retrieval = dict(kind="retrieval", every_steps=every_steps)
+    zeroshot = dict(kind="zeroshot", every_steps=every_steps)
     return ml_collections.ConfigDict({
         "coco": dict(retrieval, dataset="coco", root=f"{root}/coco"),
         "flickr30k": dict(retrieval, dataset="flickr30k", root=f"{root}/flickr30k"),
         "urban1k": dict(retrieval, dataset="urban1k", root=f"{root}/Urban1k"),
-        "imagenet": dict(kind="zeroshot", source="tfds:imagenet2012", split="validation", data_dir=f"{root}/tfds",
+        "imagenet": dict(zeroshot, source="tfds:imagenet2012", split="validation", data_dir=f"{root}/tfds",
                          every_steps=5 * every_steps),
+        "imagenet_o": dict(zeroshot, source=f"folder:{root}/imagenet-o"),
+        "cifar100": dict(zeroshot, source="tfds:cifar100", split="test", data_dir=f"{root}/tfds"),
     })
 
 
-def paper_b16_config(epochs: int, examples_per_epoch: int) -> ml_collections.ConfigDict:
-    """METHOD.md section 4, shared by the paper recipes: OpenAI ViT-B/16 fine-tuned with 248 text
-    positions; AdamW (0.9, 0.999, eps 1e-8), lr 1e-6, weight decay 1e-2, 200 warmup steps then cosine,
-    global batch 2048, CLIP preprocessing without augmentation, bf16 on accelerators."""
+# What the paper recipes take (`--config=configs/rsclip_b16.py:epochs=6,examples=1000000,eval_root=DIR`): epochs,
+# examples per epoch (the papers: 1M image-text pairs) and the folder of the paper's evaluations ("": none).
+PAPER_ARGUMENTS = {"epochs": 6, "examples": 1_000_000, "eval_root": ""}
+
+
+def paper_b16_config(epochs: int, examples: int, eval_root: str) -> ml_collections.ConfigDict:
+    """METHOD.md section 4, shared by the paper recipes (their PAPER_ARGUMENTS): OpenAI ViT-B/16 fine-tuned
+    with 248 text positions; AdamW (0.9, 0.999, eps 1e-8), lr 1e-6, weight decay 1e-2, 200 warmup steps then
+    cosine, global batch 2048, CLIP preprocessing without augmentation, bf16 on accelerators; the logit scale
+    not clamped (neither Role-SynthCLIP's nor Long-CLIP's training code clamps it); `paper_evals(eval_root)`
+    when eval_root is given."""
     config = base_config()
     config.batch_size = 2048
-    config.total_steps = epochs * examples_per_epoch // config.batch_size
+    config.total_steps = epochs * examples // config.batch_size
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     config.model.variant = "B/16"
     config.model.context_length = 248
     config.model.activation = "quick_gelu"
+    config.model.max_logit_scale = None
     config.data.num_workers = 8
     config.optim.update(lr=1e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, warmup_steps=200)
+    if eval_root:
+        config.evals = paper_evals(eval_root)
     return config
+
+
+def recipe_arguments(arg: str | None, defaults: dict, recipe: str) -> dict:
+    """The `key=value,...` of `--config=RECIPE:ARG`, each value read as the type of its key's default in
+    `defaults` (int, float or str). Anything else is a ValueError naming `recipe`, the argument and what it takes."""
+    takes = ", ".join(f"{key}= ({type(value).__name__}, default {value!r})" for key, value in defaults.items())
+    takes = f"takes {takes}" if defaults else "takes no arguments"
+    values = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, equals, text = item.partition("=")
+        if not equals or key not in defaults:
+            problem = "is not key=value" if not equals else "is not one it takes"
+            raise ValueError(f"{recipe}: argument {item!r} {problem}; it {takes}")
+        kind = type(defaults[key])
+        try:
+            values[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"{recipe}: argument {item!r}: {text!r} is not of type {kind.__name__}; it {takes}") from None
+    return values
 
 
 def parse_flags(argv):
@@ -165,6 +229,11 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
+        # ml_collections wraps a recipe's ValueError (e.g. an argument it does not take) with its traceback;
+        # the last line is the message.
+        last = str(e).rstrip().splitlines()[-1]
+        if "Error whilst parsing config file" in str(e) and last.startswith("ValueError: "):
+            sys.exit(f"error in --config: {last.removeprefix('ValueError: ')}")
         sys.exit(f"error in the flags: {e}")
     except (AttributeError, KeyError) as e:  # ml_collections: an unknown key, with a suggestion
         message = codecs.decode(str(e).strip("'"), "unicode_escape").replace("\n", " ")

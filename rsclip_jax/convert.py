@@ -21,7 +21,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import Checkpointer, load_trained_model
-from rsclip_jax.config import model_config_from
+from rsclip_jax.config import model_config_from, parse_flags
 from rsclip_jax.hf_layout import hf_clip_config, hf_to_openai, openai_to_hf
 from rsclip_jax.positions import stretch_positions
 from rsclip_jax.preprocess import CLIP_MEAN, CLIP_STD
@@ -140,9 +140,12 @@ def main(argv):
                 raise app.UsageError("export needs --out")
             model_config, model = load_trained_model(_CONFIG.value, _WORKDIR.value)
             (export_open_clip if _TO.value == "open_clip" else export_hf)(model_config, model, _OUT.value)
+            if model_config.generator:
+                print(f"note: {_OUT.value} holds the CLIP towers only; the caption generator is not exported, as "
+                      f"open_clip's and HF's CLIP have no place for it (it stays in {_WORKDIR.value}/checkpoints)")
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

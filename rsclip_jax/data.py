@@ -17,9 +17,12 @@ import numpy as np
 from absl import logging
 from array_record.python.array_record_module import ArrayRecordReader
 
-from rsclip_jax.captions import SLOT_KINDS, SUB_CAPTION_MODES, caption_tokens, eligible_captions, pick_for_slots
+from rsclip_jax.captions import (
+    ALT_SLOT, SLOT_KINDS, SUB_CAPTION_MODES, caption_tokens, eligible_captions, pick_for_slots, slot_tokens,
+)
 from rsclip_jax.preprocess import decode_image, random_resized_crop, resize_center_crop
 from rsclip_jax.records import CAPTION_KINDS, RecordError, decode_record
+from rsclip_jax.tokenizer import tokenize
 
 SAMPLING_MODES = ("grouped", "rows")
 
@@ -58,7 +61,7 @@ class ExampleSpec:
     image_size: int
     context_length: int
     sampling: str = "grouped"
-    slot_kinds: tuple[str, ...] = ("any",)  # grouped: one caption per slot, drawn from the slot's kind
+    slot_kinds: tuple[str, ...] = ("any",)  # grouped: one caption per slot of the slot's kind; "alt": the alt text
     rows_per_image: int = 10  # rows: example i uses eligible caption i % rows_per_image of its image
     roles: tuple[str, ...] = ()  # empty: every role
     kinds: tuple[str, ...] = CAPTION_KINDS
@@ -67,6 +70,7 @@ class ExampleSpec:
     sub_caption_tokens: int = 32
     random_resized_crop: bool = False
     crop_scale: tuple[float, float] = (0.9, 1.0)
+    generator_caption_tokens: int = 0  # > 0: "caption_tokens", the first synthetic slot's whole caption, this long
 
     def __post_init__(self):
         checks = [
@@ -75,14 +79,33 @@ class ExampleSpec:
             (all(k in CAPTION_KINDS for k in self.kinds), f"kinds {self.kinds!r} must be drawn from {CAPTION_KINDS}"),
             (self.sub_caption in SUB_CAPTION_MODES, f"sub_caption {self.sub_caption!r} must be one of {SUB_CAPTION_MODES}"),
             (self.rows_per_image >= 1, f"rows_per_image must be >= 1, got {self.rows_per_image}"),
+            (self.sub_caption == "none" or 1 <= self.sub_caption_tokens <= self.context_length - 2,
+             f"sub_caption_tokens {self.sub_caption_tokens} must lie in [1, context_length - 2 = "
+             f"{self.context_length - 2}] (start and end of text take two positions)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise DataError(f"config.data: {message}")
+        if self.generator_caption_tokens:
+            if self.generator_caption_tokens < 2:
+                raise DataError(f"config.generator: caption_tokens {self.generator_caption_tokens} must be 0 (no "
+                                "generator) or at least 2 (start and end of text)")
+            if self.sampling != "grouped":
+                raise DataError("config.generator needs config.data.sampling='grouped': its target is the caption of "
+                                "an image's first synthetic slot, and rows examples have no slots")
+            if all(kind == ALT_SLOT for kind in self.slot_kinds):
+                raise DataError(f"config.generator needs a synthetic caption to predict: config.data.slot_kinds "
+                                f"{self.slot_kinds!r} has no slot other than {ALT_SLOT!r}")
 
     @property
     def captions_per_example(self) -> int:
         return 1 if self.sampling == "rows" else len(self.slot_kinds)
+
+    @property
+    def text_length(self) -> int:
+        """Tokens per text row: under sub-caption sampling the budget plus start and end of text (CLIPS runs the
+        text tower that short, its compute saving), else the model's context_length."""
+        return self.context_length if self.sub_caption == "none" else self.sub_caption_tokens + 2
 
 
 class IndexedRecords:
@@ -101,7 +124,8 @@ class IndexedRecords:
 
 
 class MakeExample(grain.transforms.RandomMap):
-    """(record index, slot, bytes) -> {"image", "tokens", "image_id"}, or {"skip": reason}."""
+    """(record index, slot, bytes) -> {"image", "tokens", "image_id"} (and "caption_tokens" for the generator), or
+    {"skip": reason}."""
 
     def __init__(self, spec: ExampleSpec, paths: list[str], records_per_shard: list[int]):
         self.spec = spec
@@ -130,6 +154,8 @@ class MakeExample(grain.transforms.RandomMap):
             chosen = pick_for_slots(captions, spec.slot_kinds, rng)
             if chosen is None:
                 return {"skip": "no_captions"}
+            if ALT_SLOT in spec.slot_kinds and not (record.alt_text or "").strip():
+                return {"skip": "no_alt_text"}
         try:
             image = decode_image(record.image_jpeg)
         except Exception as e:  # PIL raises many types on corrupt bytes
@@ -139,11 +165,16 @@ class MakeExample(grain.transforms.RandomMap):
             pixels = random_resized_crop(image, spec.image_size, rng, scale=spec.crop_scale)
         else:
             pixels = resize_center_crop(image, spec.image_size)
-        tokens = caption_tokens(
-            [c.text for c in chosen], context_length=spec.context_length, prefix=spec.prefix,
-            sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens, rng=rng,
-        )
-        return {"image": pixels, "tokens": tokens, "image_id": np.int64(record_index)}
+        text = dict(prefix=spec.prefix, sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens,
+                    rng=rng)
+        if spec.sampling == "rows":
+            tokens = caption_tokens([c.text for c in chosen], context_length=spec.text_length, **text)
+        else:
+            tokens = slot_tokens(chosen, record.alt_text, spec.slot_kinds, text_length=spec.text_length, **text)
+        example = {"image": pixels, "tokens": tokens, "image_id": np.int64(record_index)}
+        if spec.generator_caption_tokens:  # the whole caption, as it was before sub-caption sampling
+            example["caption_tokens"] = tokenize(chosen[0].text, spec.generator_caption_tokens)[0]
+        return example
 
 
 class SkipCounter:
@@ -165,8 +196,9 @@ def train_dataset(
     paths: list[str], spec: ExampleSpec, *, batch_size: int, seed: int, process_index: int = 0,
     process_count: int = 1, num_workers: int = 0,
 ) -> tuple[grain.IterDataset, SkipCounter]:
-    """An endless dataset of this process's batches: image uint8 [b, S, S, 3], tokens int32 [b, K, L],
-    image_id int64 [b]; and the counter of skipped records."""
+    """An endless dataset of this process's batches: image uint8 [b, S, S, 3], tokens int32 [b, K, L] (L =
+    spec.text_length), image_id int64 [b], with the generator caption_tokens int32 [b, T] (T =
+    spec.generator_caption_tokens); and the counter of skipped records."""
     records_per_shard = []
     for path in paths:
         reader = ArrayRecordReader(path)

@@ -1,8 +1,13 @@
 """`make demo`: build the procedural corpus, train configs/demo.py on the CPU, report held-out recall@1.
 
-Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and chance_r1.
+    python -m rsclip_jax.demo [--recipe rsclip|clips]
+
+`--recipe clips` trains configs/demo_clips.py instead: CLIPS' alt-text and sub-caption streams and its
+caption generator. Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and
+chance_r1; for clips also the generator's loss at the first and the last logged step.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -24,7 +29,14 @@ from rsclip_jax.tokenizer import tokenize
 from rsclip_jax.train_state import setup_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKDIR = os.path.join("workdirs", "demo")
+# recipe -> (its config file, what the demo trains, its workdir)
+RECIPES = {
+    "rsclip": ("demo.py", "tiny CLIP trained on procedurally rendered scenes with procedural role captions (not an "
+               "LLM's)", os.path.join("workdirs", "demo")),
+    "clips": ("demo_clips.py", "tiny CLIPS (alt text, sub-captions, caption generator) trained on procedurally "
+              "rendered scenes with procedural alt text and role captions (not an LLM's)",
+              os.path.join("workdirs", "demo-clips")),
+}
 NUM_TRAIN, NUM_HELDOUT = 2000, 100
 
 
@@ -44,12 +56,22 @@ def evaluate_heldout(config, run_dir: str, heldout_paths: list[str]) -> dict:
     return retrieval_recall(image_emb, embedder.texts(params, tokens, "held-out"), text_image, ks=(1, 5))
 
 
+def generator_losses(run_dir: str) -> dict:
+    """The caption generator's loss at the first and the last logged step of the run, when it has one."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        losses = [line["generator_loss"] for line in map(json.loads, f) if "generator_loss" in line]
+    return {"generator_loss_start": round(losses[0], 3), "generator_loss_end": round(losses[-1], 3)} if losses else {}
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="rsclip")
+    recipe_file, description, workdir = RECIPES[parser.parse_args().recipe]
     start = time.perf_counter()
-    shutil.rmtree(WORKDIR, ignore_errors=True)  # a fresh, reproducible run every time
-    corpus = write_demo_corpus(os.path.join(WORKDIR, "corpus"), num_train=NUM_TRAIN, num_heldout=NUM_HELDOUT, seed=0)
-    recipe = os.path.join(REPO, "configs", "demo.py")
-    run_dir = os.path.join(WORKDIR, "run")
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh, reproducible run every time
+    corpus = write_demo_corpus(os.path.join(workdir, "corpus"), num_train=NUM_TRAIN, num_heldout=NUM_HELDOUT, seed=0)
+    recipe = os.path.join(REPO, "configs", recipe_file)
+    run_dir = os.path.join(workdir, "run")
     subprocess.run(
         [sys.executable, "-m", "rsclip_jax.train", f"--config={recipe}", f"--workdir={run_dir}",
          f"--config.data.train_shards={','.join(corpus['train'])}"],
@@ -58,11 +80,12 @@ def main():
     config = load_recipe(recipe)
     recall = evaluate_heldout(config, run_dir, corpus["heldout"])
     print(json.dumps({
-        "demo": "tiny CLIP trained on procedurally rendered scenes with procedural role captions (not an LLM's)",
+        "demo": description,
         "train_images": NUM_TRAIN, "heldout_images": NUM_HELDOUT, "captions_per_image": 10,
         "train_steps": config.total_steps, "batch_size": config.batch_size, "loss": config.loss.kind,
         **{k: round(v, 2) for k, v in recall.items()},
         "chance_r1": round(100.0 / NUM_HELDOUT, 2),
+        **generator_losses(run_dir),
         "seconds": round(time.perf_counter() - start, 1),
     }))
 

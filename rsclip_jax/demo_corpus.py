@@ -2,7 +2,8 @@
 
 Each scene is a background (colour, lighting) and one or two objects (shape, colour, texture, size,
 position). Every caption is written from the scene's known content in the voice of one of the five
-roles; they are procedural captions, labelled as such in their provenance, not an LLM's.
+roles; they are procedural captions, labelled as such in their provenance, not an LLM's. Most images
+also get a short web-style alt text (for CLIPS' web-caption stream), noisier than the captions.
 """
 
 import dataclasses
@@ -29,6 +30,8 @@ BACKGROUNDS = {"pale grey": (200, 200, 200), "sky blue": (150, 200, 240), "sand"
 LIGHTING = {"bright": 1.15, "dim": 0.6, "warm": (1.15, 1.0, 0.8), "cool": (0.85, 0.95, 1.15)}
 MOODS = {"red": "energetic", "green": "calm", "blue": "serene", "yellow": "cheerful", "purple": "mysterious",
          "orange": "playful", "white": "clean", "black": "stark"}
+# Words web alt text carries that say nothing about the picture.
+WEB_BOILERPLATE = ("stock photo", "clipart", "free download", "vector illustration", "hd wallpaper", "image")
 CONTEXTS = {"circle": "a coin or a ball", "square": "a tile or a box seen from above", "triangle": "a sign or a sail",
             "ring": "a bracelet or a wheel"}
 
@@ -130,27 +133,54 @@ def role_captions(scene: Scene) -> dict[tuple[str, str], str]:
     }
 
 
-def scene_record(index: int, scene: Scene, image_size: int = 64) -> CaptionRecord:
+def web_alt_text(scene: Scene, rng: np.random.Generator) -> str | None:
+    """Short alt text as the web has it, e.g. "red circle on pale grey background": now and then a wrong colour
+    or shape, a lost word or boilerplate, and about one image in ten without any."""
+    if rng.random() < 0.1:
+        return None
+    first = scene.objects[0]
+    colour, shape = first.colour, first.shape
+    if rng.random() < 0.15:
+        colour = str(rng.choice([c for c in COLOURS if c != colour]))
+    if rng.random() < 0.1:
+        shape = str(rng.choice([s for s in SHAPES if s != shape]))
+    words = [colour, shape]
+    if len(scene.objects) == 2 and rng.random() < 0.5:
+        words += ["and", scene.objects[1].colour, scene.objects[1].shape]
+    if rng.random() < 0.5:
+        words += ["on", scene.background, "background"]
+    if rng.random() < 0.2:
+        del words[rng.integers(len(words))]
+    if rng.random() < 0.3:
+        words.insert(0 if rng.random() < 0.5 else len(words), str(rng.choice(WEB_BOILERPLATE)))
+    return " ".join(words)
+
+
+def scene_record(index: int, scene: Scene, image_size: int = 64, alt_text: str | None = None) -> CaptionRecord:
     image = render(scene, image_size)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     captions = tuple(
         Caption(role, kind, text, CAPTION_MODEL, PROMPT_VERSION) for (role, kind), text in role_captions(scene).items()
     )
-    return CaptionRecord(f"demo/{index:06d}", buffer.getvalue(), (image_size, image_size), captions)
+    return CaptionRecord(f"demo/{index:06d}", buffer.getvalue(), (image_size, image_size), captions, alt_text)
 
 
 def write_demo_corpus(directory: str, *, num_train: int, num_heldout: int, seed: int = 0,
                       records_per_shard: int = 500) -> dict[str, list[str]]:
     """Writes train and held-out shards under `directory`; returns their paths per split."""
     rng = np.random.default_rng(seed)
+    alt_rng = np.random.default_rng([seed, 1])  # its own stream: the scenes and captions are as without alt text
     os.makedirs(directory, exist_ok=True)
     splits = {"train": num_train, "heldout": num_heldout}
     paths, index = {}, 0
     for split, count in splits.items():
         paths[split] = []
         for shard, start in enumerate(range(0, count, records_per_shard)):
-            records = [scene_record(index + i, random_scene(rng)) for i in range(min(records_per_shard, count - start))]
+            records = []
+            for i in range(min(records_per_shard, count - start)):
+                scene = random_scene(rng)
+                records.append(scene_record(index + i, scene, alt_text=web_alt_text(scene, alt_rng)))
             index += len(records)
             path = os.path.join(directory, f"{split}-{shard:05d}.array_record")
             write_shard(path, records)

@@ -17,7 +17,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import restore_params
-from rsclip_jax.config import model_config_from
+from rsclip_jax.config import model_config_from, parse_flags
 from rsclip_jax.evaluators import build_evaluators, run_evaluators
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import setup_train_state
@@ -77,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -70,12 +70,16 @@ def abstract_batch(config: ml_collections.ConfigDict, model, spec, mesh) -> dict
     """ShapeDtypeStructs of one global training batch of `config`, sharded as the trainer shards it."""
     sharding = batch_sharding(mesh)
     size, batch = model.image_size, config.batch_size
-    return {
+    arrays = {
         "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharding),
-        "tokens": jax.ShapeDtypeStruct((batch, spec.captions_per_example, model.context_length), jnp.int32,
+        "tokens": jax.ShapeDtypeStruct((batch, spec.captions_per_example, spec.text_length), jnp.int32,
                                        sharding=sharding),
         "image_id": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding),
     }
+    if spec.generator_caption_tokens:
+        arrays["caption_tokens"] = jax.ShapeDtypeStruct((batch, spec.generator_caption_tokens), jnp.int32,
+                                                        sharding=sharding)
+    return arrays
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices, hbm_bytes: int) -> CompiledStep:
@@ -152,6 +156,8 @@ def _candidates(config, devices: int):
     policies = REMAT_LADDER if config.model.remat_policy is None else (config.model.remat_policy,)
     if config.optim.grad_cache_chunks is not None:
         return [(policy, config.optim.grad_cache_chunks) for policy in policies]
+    if config.generator.weight:  # gradient caching cannot hold the generator's inputs (train_step.py)
+        return [(policy, 1) for policy in policies]
     per_device = config.batch_size // devices // config.optim.accum_steps
     more_chunks = [c for c in GRAD_CACHE_LADDER if per_device % c == 0 and per_device // c >= 8]
     return [(policy, 1) for policy in policies] + [(policies[-1], chunks) for chunks in more_chunks]

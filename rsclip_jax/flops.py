@@ -28,8 +28,12 @@ def _transformer_forward_flops(tokens: int, width: int, layers: int, mlp_ratio: 
     return 2.0 * layers * per_layer_macs
 
 
-def clip_training_flops_per_example(config: ModelConfig, captions_per_example: int, batch_size: int) -> float:
-    """Training FLOPs of one example (an image and its captions) in a global batch of `batch_size`."""
+def clip_training_flops_per_example(config: ModelConfig, captions_per_example: int, batch_size: int, *,
+                                    text_length: int | None = None, web_caption: bool = False) -> float:
+    """Training FLOPs of one example (an image and its captions of `text_length` tokens, the context length
+    when None) in a global batch of `batch_size`, with the caption generator when the model has one
+    (`web_caption`: its prefix holds the web caption too)."""
+    text_length = text_length or config.context_length
     patches = (config.image_size // config.patch_size) ** 2
     image = (
         2.0 * patches * 3 * config.patch_size**2 * config.vision_width  # patch embedding
@@ -37,11 +41,22 @@ def clip_training_flops_per_example(config: ModelConfig, captions_per_example: i
         + 2.0 * config.vision_width * config.embed_dim
     )
     text = (
-        _transformer_forward_flops(config.context_length, config.text_width, config.text_layers, config.mlp_ratio)
+        _transformer_forward_flops(text_length, config.text_width, config.text_layers, config.mlp_ratio)
         + 2.0 * config.text_width * config.embed_dim
     )
     logits = 2.0 * batch_size * captions_per_example * config.embed_dim  # this image against every caption
-    return 3.0 * (image + captions_per_example * text + logits)
+    generator = _generator_forward_flops(config, patches + 1, text_length if web_caption else 0) if config.generator else 0
+    return 3.0 * (image + captions_per_example * text + logits + generator)
+
+
+def _generator_forward_flops(config: ModelConfig, image_tokens: int, web_tokens: int) -> float:
+    """The prefix projections, the decoder over prefix and queries, and the vocabulary head of the queries."""
+    width = config.generator_width or config.text_width
+    layers = config.generator_layers or config.text_layers
+    tokens = image_tokens + web_tokens + config.generator_queries
+    projections = 2.0 * width * (image_tokens * config.vision_width + web_tokens * config.text_width)
+    head = 2.0 * config.generator_queries * width * config.vocab_size
+    return projections + _transformer_forward_flops(tokens, width, layers, config.mlp_ratio) + head
 
 
 def utilization(flops_per_step: float, seconds_per_step: float, devices: int, peak_tflops: float | None) -> dict:

@@ -51,9 +51,10 @@ class MultiheadAttention(nnx.Module):
             kernel_metadata=axes("heads", "head_dim", "embed"), bias_metadata=axes("embed"),
         )
 
-    def __call__(self, x, *, causal: bool):
+    def __call__(self, x, *, causal: bool, mask=None):
         qkv = constrain(self.in_proj(x), "batch", None, None, "heads", None)  # [B, T, 3, H, Dh]
-        attended = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal, implementation=self.attention)
+        attended = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal, implementation=self.attention,
+                          mask=mask)
         return self.out_proj(constrain(attended, "batch", None, "heads", None))
 
 
@@ -87,8 +88,8 @@ class ResidualAttentionBlock(nnx.Module):
             width, int(width * mlp_ratio), activation, fc_std=fc_std, proj_std=proj_std, dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, x, *, causal: bool):
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def __call__(self, x, *, causal: bool, mask=None):
+        x = x + self.attn(self.ln_1(x), causal=causal, mask=mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -120,11 +121,12 @@ class Transformer(nnx.Module):
             ]
         )
 
-    def __call__(self, x, *, causal: bool):
+    def __call__(self, x, *, causal: bool, mask=None):
+        """x [B, T, width]; `mask` [B, T, T] (True: may attend), when given, in place of `causal`."""
         graphdef = nnx.graphdef(self.resblocks[0])
 
         def run_block(state, x):
-            return constrain(nnx.merge(graphdef, state)(x, causal=causal), "batch", None, None)
+            return constrain(nnx.merge(graphdef, state)(x, causal=causal, mask=mask), "batch", None, None)
 
         if self.remat_policy != "off":
             # Inside a scan the loop boundary already keeps XLA from merging the recomputation away.

@@ -1,5 +1,7 @@
 """Multi-positive contrastive losses: each image has K captions, all of them positives."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
@@ -7,6 +9,8 @@ from jax.sharding import PartitionSpec
 from rsclip_jax.sharding import BATCH_AXES
 
 LOSS_KINDS = ("softmax_union", "softmax_per_caption", "sigmoid")
+# Whose principal components `primary_components` uses: each device's rows (Long-CLIP's code) or the batch's.
+PCA_SCOPES = ("local", "global")
 
 
 def _soft_cross_entropy_sum(logits, positives, label_smoothing):
@@ -22,7 +26,7 @@ def _soft_cross_entropy_sum(logits, positives, label_smoothing):
     return jnp.sum(jax.nn.logsumexp(logits, axis=-1) - target_dot_logits)
 
 
-def _check_arguments(image_emb, text_emb, kind, label_smoothing):
+def _check_arguments(image_emb, text_emb, kind, label_smoothing, logit_bias):
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_KINDS}")
     if image_emb.ndim != 2 or text_emb.ndim != 3 or text_emb.shape[0] != image_emb.shape[0]:
@@ -31,6 +35,9 @@ def _check_arguments(image_emb, text_emb, kind, label_smoothing):
         )
     if kind == "sigmoid" and label_smoothing:
         raise ValueError("label_smoothing applies to the softmax loss kinds only, not 'sigmoid'")
+    if kind == "sigmoid" and logit_bias is None:
+        raise ValueError("the sigmoid loss needs a learnable logit_bias: set config.model.logit_bias_init "
+                         "(SigLIP starts it at -10)")
 
 
 def _rows_loss(images, texts, ids, all_images, all_texts, all_ids, scale, bias, kind, label_smoothing):
@@ -60,7 +67,8 @@ def _rows_loss(images, texts, ids, all_images, all_texts, all_ids, scale, bias, 
 
 
 def _inputs(image_emb, text_emb, logit_scale, image_ids, logit_bias):
-    """float32 embeddings, scale and bias, and image ids (row numbers when not given)."""
+    """float32 embeddings, scale and bias (0 where not given: only the sigmoid kind, which requires it, reads
+    it), and image ids (row numbers when not given)."""
     ids = jnp.arange(image_emb.shape[0]) if image_ids is None else jnp.asarray(image_ids)
     bias = jnp.zeros((), jnp.float32) if logit_bias is None else jnp.asarray(logit_bias, jnp.float32)
     scale = jnp.exp(jnp.asarray(logit_scale, jnp.float32))
@@ -84,7 +92,7 @@ def contrastive_loss(
     each one's captions are positives for the other. kind: one of LOSS_KINDS (see METHOD.md section 3).
     Computed in float32 whatever the input dtype.
     """
-    _check_arguments(image_emb, text_emb, kind, label_smoothing)
+    _check_arguments(image_emb, text_emb, kind, label_smoothing, logit_bias)
     images, texts, ids, scale, bias = _inputs(image_emb, text_emb, logit_scale, image_ids, logit_bias)
     return _rows_loss(images, texts, ids, images, texts, ids, scale, bias, kind, label_smoothing)
 
@@ -119,7 +127,7 @@ def sharded_contrastive_loss(
     each device holds its own rows against the gathered batch (open_clip's --local-loss
     --gather-with-grad), in blocks of at most `row_chunk` rows, so its logits take
     O(min(B/devices, row_chunk) * B * K) memory instead of O(B * B * K)."""
-    _check_arguments(image_emb, text_emb, kind, label_smoothing)
+    _check_arguments(image_emb, text_emb, kind, label_smoothing, logit_bias)
     rows = PartitionSpec(axes)
 
     def local_share(images, texts, ids, scale, bias):
@@ -133,13 +141,36 @@ def sharded_contrastive_loss(
     )(*_inputs(image_emb, text_emb, logit_scale, image_ids, logit_bias))
 
 
-def primary_components(embeddings, num_components: int):
-    """Long-CLIP's coarse image features: embeddings rebuilt from their top principal components over
-    the batch, L2-normalised again."""
-    x = embeddings.astype(jnp.float32)
+def _rebuilt_from_top_components(x, num_components: int):
+    """Rows of x [N, D] projected on the span of their top `num_components` principal components (centred
+    first, the mean added back), as Long-CLIP's PCA."""
     mean = x.mean(axis=0)
     centred = x - mean
-    _, vectors = jnp.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
+    if x.shape[0] < x.shape[1]:
+        # Fewer rows than features (a device's share of the batch): the covariance has many equal (zero)
+        # eigenvalues, all of them for one row, where eigh's gradient (over eigenvalue gaps) is NaN; the rows'
+        # Gram matrix has the same nonzero ones and gives the same projection.
+        _, vectors = jnp.linalg.eigh(centred @ centred.T)  # eigenvalues ascending
+        top = vectors[:, -num_components:]
+        return top @ (top.T @ centred) + mean
+    _, vectors = jnp.linalg.eigh(centred.T @ centred)
     top = vectors[:, -num_components:]
-    rebuilt = centred @ top @ top.T + mean
-    return rebuilt / jnp.maximum(jnp.linalg.norm(rebuilt, axis=-1, keepdims=True), 1e-12)
+    return centred @ top @ top.T + mean
+
+
+def primary_components(embeddings, num_components: int, *, scope: str, mesh=None, axes=BATCH_AXES):
+    """Long-CLIP's coarse image features: embeddings [B, D] rebuilt from their top principal components.
+
+    scope "local": each device's rows (the batch split over the mesh `axes`) from their own components, not
+    L2-normalised again, as Long-CLIP's code does; "global": the whole batch's components, L2-normalised
+    again, which does not depend on how many devices share the batch.
+    """
+    x = embeddings.astype(jnp.float32)
+    if scope == "global":
+        rebuilt = _rebuilt_from_top_components(x, num_components)
+        return rebuilt / jnp.maximum(jnp.linalg.norm(rebuilt, axis=-1, keepdims=True), 1e-12)
+    if scope != "local":
+        raise ValueError(f"unknown principal-component scope {scope!r}; expected one of {PCA_SCOPES}")
+    rows = PartitionSpec(axes)
+    local = partial(_rebuilt_from_top_components, num_components=num_components)
+    return jax.shard_map(local, mesh=mesh, in_specs=rows, out_specs=rows)(x)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rsclip_jax.generator import CaptionGenerator
 from rsclip_jax.layers import Transformer, axes, l2_normalize, layer_norm, normal
 from rsclip_jax.variants import ModelConfig
 
@@ -32,19 +33,21 @@ class VisionTransformer(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, images):
-        """images [B, H, W, 3], CLIP-normalised -> unnormalised embeddings [B, embed_dim]."""
+        """images [B, H, W, 3], CLIP-normalised -> (unnormalised embeddings [B, embed_dim], the last layer's
+        tokens [B, 1 + patches, width], class token first)."""
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"images must be [batch, {self.image_size}, {self.image_size}, 3], got {images.shape}")
         patches = self.conv1(images.astype(self.dtype))
         x = patches.reshape(patches.shape[0], -1, patches.shape[-1])
         cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(self.dtype)
-        x = self.transformer(self.ln_pre(x), causal=False)
-        return self.ln_post(x[:, 0]) @ self.proj[...].astype(self.dtype)
+        tokens = self.ln_post(self.transformer(self.ln_pre(x), causal=False))
+        return tokens[:, 0] @ self.proj[...].astype(self.dtype), tokens
 
 
 class CLIP(nnx.Module):
-    """OpenAI CLIP: `encode_image` and `encode_text` return L2-normalised float32 embeddings."""
+    """OpenAI CLIP: `encode_image` and `encode_text` return L2-normalised float32 embeddings. With
+    `config.generator`, also CLIPS' caption generator, as `generator` (not part of OpenAI's layout)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         width, dtype = config.text_width, config.compute_dtype
@@ -67,13 +70,24 @@ class CLIP(nnx.Module):
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
         if config.logit_bias_init is not None:
             self.logit_bias = nnx.Param(jnp.asarray(config.logit_bias_init, jnp.float32))
+        if config.generator:
+            self.generator = CaptionGenerator(config, rngs=rngs)
 
     def encode_image(self, images):
         """images [B, H, W, 3] -> [B, embed_dim]."""
-        return l2_normalize(self.visual(images))
+        return self.image_features(images)[0]
+
+    def image_features(self, images):
+        """images [B, H, W, 3] -> (embeddings [B, embed_dim], the last layer's tokens [B, 1 + patches, width])."""
+        embeddings, tokens = self.visual(images)
+        return l2_normalize(embeddings), tokens
 
     def encode_text(self, tokens):
         """tokens [..., L] int, L <= context_length -> [..., embed_dim], pooled at end-of-text (the argmax id)."""
+        return self.text_features(tokens)[0]
+
+    def text_features(self, tokens):
+        """tokens [..., L] -> (embeddings [..., embed_dim], the last layer's tokens [..., L, text_width])."""
         length = tokens.shape[-1]
         if length > self.config.context_length:
             raise ValueError(f"text of {length} tokens exceeds the model's context_length {self.config.context_length}")
@@ -87,7 +101,7 @@ class CLIP(nnx.Module):
         x = self.ln_final(self.transformer(x, causal=True))
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
         embeddings = pooled @ self.text_projection[...].astype(self.dtype)
-        return l2_normalize(embeddings).reshape(*leading, -1)
+        return l2_normalize(embeddings).reshape(*leading, -1), x.reshape(*leading, length, -1)
 
     def __call__(self, images, tokens):
         """-> (image embeddings [B, D], text embeddings [..., D])."""

@@ -43,10 +43,16 @@ def torch_name(path: str) -> tuple[str, object, object]:
     raise AssertionError("the last rule matches every path")
 
 
+def tower_parameters(params: nnx.State):
+    """(path, variable) of the CLIP towers' parameters in `params`: all but CLIPS' caption generator's, which
+    OpenAI's, open_clip's and HF's CLIP have no place for."""
+    return [(path, variable) for path, variable in nnx.to_flat_state(params) if path[0] != "generator"]
+
+
 def to_openai_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Our parameters under OpenAI CLIP / open_clip names and layouts, as float32 NumPy arrays."""
+    """The towers' parameters under OpenAI CLIP / open_clip names and layouts, as float32 NumPy arrays."""
     state = {}
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    for path, variable in tower_parameters(nnx.state(model, nnx.Param)):
         name, _, to_torch = torch_name(".".join(map(str, path)))
         # A writable C-ordered copy: safetensors writes the raw buffer, so a transposed view would scramble.
         state[name] = np.array(to_torch(np.asarray(variable[...], np.float32)), dtype=np.float32, order="C")
@@ -56,13 +62,13 @@ def to_openai_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 def load_openai_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray]) -> None:
     """Copies an OpenAI CLIP / open_clip state dict (arrays as NumPy) into `model`, in place.
 
-    Every parameter of the model must be present with a matching shape; extra keys are an error, so a
-    checkpoint of another architecture is never half-loaded.
+    Every parameter of the towers must be present with a matching shape; extra keys are an error, so a
+    checkpoint of another architecture is never half-loaded. A caption generator keeps its parameters.
     """
     params = nnx.state(model, nnx.Param)
     unused = set(state_dict) - _IGNORED_KEYS
     problems = []
-    for path, variable in nnx.to_flat_state(params):
+    for path, variable in tower_parameters(params):
         dotted = ".".join(map(str, path))
         name, convert, _ = torch_name(dotted)
         if name not in state_dict:

@@ -20,6 +20,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
+from rsclip_jax.captions import ALT_SLOT
 from rsclip_jax.checkpoint import Checkpointer
 from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
 from rsclip_jax.data import DataError, resolve_shards, train_dataset
@@ -30,7 +31,7 @@ from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import init_train_state, setup_train_state
-from rsclip_jax.train_step import batch_sharding, make_train_step, uses_sharded_loss
+from rsclip_jax.train_step import batch_sharding, check_loss_settings, make_train_step, uses_sharded_loss
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard files go here.")
@@ -96,6 +97,7 @@ def main(argv):
     _initialize_distributed()
     is_chief = jax.process_index() == 0
     try:
+        check_loss_settings(config)  # before anything compiles
         # Memory settings the config leaves unset: the fastest whose compiled step fits these devices.
         config, picked = pick_for_local_devices(config)
         if picked:
@@ -147,7 +149,10 @@ def main(argv):
     writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step)
     throughput = partial(
         utilization,
-        config.batch_size * clip_training_flops_per_example(model_config, spec.captions_per_example, config.batch_size),
+        config.batch_size * clip_training_flops_per_example(
+            model_config, spec.captions_per_example, config.batch_size, text_length=spec.text_length,
+            web_caption=ALT_SLOT in spec.slot_kinds,
+        ),
         devices=jax.device_count(),
         peak_tflops=config.peak_tflops_per_device or peak_tflops_per_device(jax.devices()[0].device_kind),
     )

@@ -1,4 +1,5 @@
-"""The jitted training step: loss from the config, gradient accumulation, NaN guard, logit-scale clamp."""
+"""The jitted training step: loss from the config (with CLIPS' caption generator's), gradient accumulation,
+gradient caching, NaN guard, the optional logit-scale clamp."""
 
 from functools import partial
 
@@ -9,7 +10,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rsclip_jax.losses import contrastive_loss, primary_components, sharded_contrastive_loss
+from rsclip_jax.captions import ALT_SLOT
+from rsclip_jax.losses import PCA_SCOPES, contrastive_loss, primary_components, sharded_contrastive_loss
 from rsclip_jax.preprocess import normalize_images
 from rsclip_jax.sharding import BATCH_AXES, activation_sharding
 from rsclip_jax.train_state import TrainSetup
@@ -23,6 +25,23 @@ def batch_sharding(mesh) -> NamedSharding:
 SHARDED_LOSS_MIN_BATCH = 1024
 
 
+def check_loss_settings(config: ml_collections.ConfigDict) -> None:
+    """ValueError naming the config keys when the loss settings cannot work together."""
+    problems = []
+    if config.loss.kind == "sigmoid" and config.model.logit_bias_init is None:
+        problems.append("config.loss.kind 'sigmoid' needs a learnable logit bias: set config.model.logit_bias_init "
+                        "(SigLIP starts it at -10)")
+    if config.loss.short_caption_components and config.loss.short_caption_pca not in PCA_SCOPES:
+        problems.append(f"config.loss.short_caption_pca must be one of {PCA_SCOPES}, not "
+                        f"{config.loss.short_caption_pca!r}")
+    if (config.optim.grad_cache_chunks or 1) > 1 and config.generator.weight:
+        problems.append("config.optim.grad_cache_chunks > 1 does not combine with config.generator.weight > 0: the "
+                        "caption generator reads the towers' tokens, which gradient caching does not keep; use "
+                        "config.optim.accum_steps instead")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def uses_sharded_loss(config: ml_collections.ConfigDict, mesh) -> bool:
     choice = config.loss.sharded
     if choice not in ("auto", "on", "off"):
@@ -32,8 +51,19 @@ def uses_sharded_loss(config: ml_collections.ConfigDict, mesh) -> bool:
 
 
 def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...], mesh):
-    image_emb, text_emb = model(normalize_images(batch["image"]), batch["tokens"])
-    return embeddings_loss(config, model, image_emb, text_emb, batch["image_id"], slot_kinds, mesh)
+    """-> (the loss, {name: its parts}: none for the contrastive loss alone)."""
+    images = normalize_images(batch["image"])
+    if not config.generator.weight:
+        image_emb, text_emb = model(images, batch["tokens"])
+        return embeddings_loss(config, model, image_emb, text_emb, batch["image_id"], slot_kinds, mesh), {}
+    image_emb, image_tokens = model.image_features(images)
+    text_emb, text_tokens = model.text_features(batch["tokens"])
+    contrastive = embeddings_loss(config, model, image_emb, text_emb, batch["image_id"], slot_kinds, mesh)
+    # CLIPS conditions the generator on the web caption: the "alt" slot's tokens, when the batch has one.
+    web = [(text_tokens[:, i], batch["tokens"][:, i]) for i, kind in enumerate(slot_kinds) if kind == ALT_SLOT][:1]
+    features = model.generator(image_tokens, *(web[0] if web else ()))
+    caption = model.generator.loss(features, batch["caption_tokens"], chunk=config.generator.loss_chunk)
+    return contrastive + config.generator.weight * caption, {"contrastive_loss": contrastive, "generator_loss": caption}
 
 
 def embeddings_loss(config, model, image_emb, text_emb, image_ids, slot_kinds: tuple[str, ...], mesh):
@@ -52,7 +82,8 @@ def embeddings_loss(config, model, image_emb, text_emb, image_ids, slot_kinds: t
     short = [i for i, kind in enumerate(slot_kinds) if kind == "short"]
     fine = [i for i, kind in enumerate(slot_kinds) if kind != "short"]
     return loss_fn(image_emb, text_emb[:, fine], scale, **kwargs) + loss_fn(
-        primary_components(image_emb, components), text_emb[:, short], scale, **kwargs
+        primary_components(image_emb, components, scope=config.loss.short_caption_pca, mesh=mesh), text_emb[:, short],
+        scale, **kwargs
     )
 
 
@@ -70,6 +101,7 @@ def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
     """jit(state, batch) -> (state, metrics), with explicit shardings and the input state donated."""
     accum = config.optim.accum_steps
     cache_chunks = config.optim.get("grad_cache_chunks") or 1
+    check_loss_settings(config)
 
     def traced(fn):
         """fn(model, ...) with the model merged from its params, traced under the mesh's activation rules."""
@@ -104,30 +136,31 @@ def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
 
         cotangents = _interleaved_chunks((image_grads, text_grads), cache_chunks)
         grads, _ = jax.lax.scan(add, grads, (pieces, cotangents))
-        return loss, grads
+        return (loss, {}), grads
 
-    grad_fn = cached_value_and_grad if cache_chunks > 1 else jax.value_and_grad(loss_fn)
+    grad_fn = cached_value_and_grad if cache_chunks > 1 else jax.value_and_grad(loss_fn, has_aux=True)
 
     def loss_and_grads(params, batch):
+        """-> ((loss, its parts), gradients), averaged over the micro-batches."""
         if accum == 1:
             return grad_fn(params, batch)
         micro = _interleaved_chunks(batch, accum)
 
         def add(carry, micro_batch):
-            loss, grads = grad_fn(params, micro_batch)
-            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+            return jax.tree.map(jnp.add, carry, grad_fn(params, micro_batch)), None
 
-        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-        (loss, grads), _ = jax.lax.scan(add, zeros, micro)
-        return jax.tree.map(lambda x: x / accum, (loss, grads))
+        shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+        total, _ = jax.lax.scan(add, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), micro)
+        return jax.tree.map(lambda x: x / accum, total)
 
     def step(state, batch):
         params = state["params"]
-        loss, grads = loss_and_grads(params, batch)
+        (loss, loss_parts), grads = loss_and_grads(params, batch)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = setup.optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        new_params["logit_scale"] = jnp.clip(new_params["logit_scale"], 0.0, config.model.max_logit_scale)
+        if config.model.max_logit_scale is not None:
+            new_params["logit_scale"] = jnp.clip(new_params["logit_scale"], 0.0, config.model.max_logit_scale)
         # A non-finite step changes nothing and is remembered, so no bad state can reach a checkpoint.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -140,7 +173,7 @@ def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
         }
         metrics = {
             "loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]),
-            "logit_scale": jnp.exp(new_state["params"]["logit_scale"]),
+            "logit_scale": jnp.exp(new_state["params"]["logit_scale"]), **loss_parts,
         }
         return new_state, metrics
 

@@ -41,6 +41,12 @@ class ModelConfig:
     scan_layers: bool = False
     # attention.IMPLEMENTATIONS: "xla" everywhere, "cudnn" fused on NVIDIA GPUs, "flash" Pallas on TPUs.
     attention: str = "xla"
+    # CLIPS' caption generator (generator.py): blocks, width and heads (0: the text tower's), and its queries.
+    generator: bool = False
+    generator_layers: int = 0
+    generator_width: int = 0
+    generator_heads: int = 0
+    generator_queries: int = 128
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -54,6 +60,9 @@ class ModelConfig:
         for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
             if width % heads:
                 raise ValueError(f"model {tower}_width {width} is not divisible by {tower}_heads {heads}")
+        generator_width, generator_heads = self.generator_width or self.text_width, self.generator_heads or self.text_heads
+        if self.generator and generator_width % generator_heads:
+            raise ValueError(f"generator width {generator_width} is not divisible by its heads {generator_heads}")
         if not 0 <= self.frozen_text_positions <= self.context_length:
             raise ValueError(
                 f"model frozen_text_positions {self.frozen_text_positions} must lie in [0, context_length={self.context_length}]"

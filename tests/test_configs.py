@@ -1,13 +1,16 @@
 """Every recipe loads and sets up its model, data spec and optimizer (abstractly: nothing allocated)."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
 
-from rsclip_jax.config import example_spec_from, load_recipe, model_config_from
+from rsclip_jax.config import base_config, example_spec_from, load_recipe, model_config_from
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.train_state import setup_train_state
+from rsclip_jax.train_step import check_loss_settings
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -16,7 +19,7 @@ def load(name, arg=None):
     return load_recipe(os.path.join(CONFIGS, f"{name}.py"), arg)
 
 
-@pytest.mark.parametrize("name", ["demo", "rsclip_b16", "longclip_b16", "clips_b16"])
+@pytest.mark.parametrize("name", ["demo", "demo_clips", "rsclip_b16", "longclip_b16", "clips_b16"])
 def test_recipe_sets_up(name):
     config = load(name)
     model = model_config_from(config)
@@ -30,17 +33,64 @@ def test_paper_numbers():
     rsclip = load("rsclip_b16")
     assert (rsclip.optim.lr, rsclip.optim.weight_decay, rsclip.optim.warmup_steps, rsclip.batch_size) == (1e-6, 1e-2, 200, 2048)
     assert (rsclip.model.variant, rsclip.model.context_length, rsclip.model.frozen_text_positions) == ("B/16", 248, 0)
-    assert rsclip.total_steps == 6 * 10_000_000 // 2048
+    assert rsclip.total_steps == 6 * 1_000_000 // 2048  # 1M image-text pairs
     assert load("rsclip_b16", "epochs=2,examples=2048000").total_steps == 2000
     longclip = load("longclip_b16")
     assert (longclip.model.frozen_text_positions, longclip.loss.label_smoothing, longclip.loss.short_caption_components) == (20, 0.1, 32)
-    with pytest.raises(ValueError, match="takes epochs=, examples= and eval_root="):
-        load("rsclip_b16", "epoch=3")
+    assert longclip.loss.short_caption_pca == "local"  # each device's rows, as Long-CLIP's code
+    # Both codes decay every parameter and do not clamp the logit scale; training from scratch clamps it.
+    assert rsclip.optim.decay_vectors and longclip.optim.decay_vectors and not base_config().optim.decay_vectors
+    assert rsclip.model.max_logit_scale is None and longclip.model.max_logit_scale is None
+    assert load("demo").model.max_logit_scale == pytest.approx(4.6052)
+
+
+@pytest.mark.parametrize("name", ["rsclip_b16", "longclip_b16", "clips_b16"])
+def test_paper_recipes_take_epochs_examples_and_eval_root(name):
+    config = load(name, "epochs=3,examples=4096,eval_root=/data/eval")
+    assert config.total_steps == 6 and "coco" in config.evals
+    takes = "it takes epochs= (int, default 6), examples= (int, default 1000000), eval_root= (str, default '')"
+    for arg, problem in [("epoch=3", "'epoch=3' is not one it takes"), ("epochs", "'epochs' is not key=value"),
+                         ("examples=1e6", "'examples=1e6': '1e6' is not of type int")]:
+        with pytest.raises(ValueError) as error:
+            load(name, arg)
+        assert str(error.value) == f"configs/{name}.py: argument {problem}; {takes}"
+
+
+def test_demo_takes_no_arguments():
+    with pytest.raises(ValueError) as error:
+        load("demo", "steps=5")
+    assert str(error.value) == "configs/demo.py: argument 'steps=5' is not one it takes; it takes no arguments"
+
+
+def test_a_wrong_recipe_argument_is_one_line_on_the_command_line():
+    code = ("import sys; from ml_collections import config_flags; from rsclip_jax.config import parse_flags; "
+            "config_flags.DEFINE_config_file('config'); parse_flags(sys.argv)")
+    result = subprocess.run([sys.executable, "-c", code, "--config=configs/longclip_b16.py:eval_rot=/data"],
+                            capture_output=True, text=True, timeout=300, cwd=os.path.dirname(CONFIGS))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error in --config: configs/longclip_b16.py: argument 'eval_rot=/data' is not one it takes; it takes "
+        "epochs= (int, default 6), examples= (int, default 1000000), eval_root= (str, default '')"
+    ]
+
+
+def test_loss_settings_that_cannot_work_are_refused_before_compiling():
+    config = load("demo")
+    config.loss.kind = "sigmoid"
+    with pytest.raises(ValueError, match=r"'sigmoid' needs a learnable logit bias: set config.model.logit_bias_init"):
+        check_loss_settings(config)
+    config.model.logit_bias_init = -10.0
+    check_loss_settings(config)
+    clips = load("demo_clips")
+    clips.optim.grad_cache_chunks = 2
+    with pytest.raises(ValueError, match=r"grad_cache_chunks > 1 does not combine with config.generator.weight"):
+        check_loss_settings(clips)
 
 
 def test_paper_evals_follow_eval_root():
     assert not load("rsclip_b16").evals
     evals = load("rsclip_b16", "epochs=1,eval_root=/data/eval").evals
-    assert sorted(evals) == ["coco", "flickr30k", "imagenet", "urban1k"]
-    assert (evals.coco.dataset, evals.coco.root, evals.coco.prefix) == ("coco", "/data/eval/coco", "A photo of ")
+    assert sorted(evals) == ["cifar100", "coco", "flickr30k", "imagenet", "imagenet_o", "urban1k"]
+    assert (evals.coco.dataset, evals.coco.root) == ("coco", "/data/eval/coco") and "prefix" not in evals.coco  # verbatim
     assert (evals.imagenet.source, evals.imagenet.data_dir) == ("tfds:imagenet2012", "/data/eval/tfds")
+    assert (evals.imagenet_o.source, evals.cifar100.source) == ("folder:/data/eval/imagenet-o", "tfds:cifar100")

@@ -6,8 +6,11 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from rsclip_jax import tokenize
+from rsclip_jax.captions import sentences
+from rsclip_jax.config import base_config, example_spec_from, model_config_from
 from rsclip_jax.data import DataError, ExampleSpec, resolve_shards, train_dataset
 from rsclip_jax.records import encode_record, read_shard
+from rsclip_jax.tokenizer import EOT_ID
 
 SPEC = ExampleSpec(image_size=32, context_length=32, slot_kinds=("long", "short"))
 
@@ -125,12 +128,72 @@ def test_shard_errors_name_the_key_and_path(tmp_path):
         ExampleSpec(image_size=32, context_length=32, sampling="random")
 
 
-def test_sub_caption_modes(demo_shards):
+def train_records(demo_shards):
+    return [r for path in demo_shards["train"] for r in read_shard(path)]
+
+
+def test_sub_caption_modes_run_the_text_at_the_budget(demo_shards):
     for mode in ("sentence", "token_block"):
         spec = ExampleSpec(image_size=32, context_length=32, sub_caption=mode, sub_caption_tokens=6, kinds=("long",))
+        assert spec.text_length == 8  # start + 6 + end, not the model's 32
         (batch,), _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], 1)
-        lengths = (batch["tokens"][:, 0] != 0).sum(axis=-1)
-        if mode == "token_block":
-            assert lengths.max() <= 8  # start + 6 + end
-        else:
-            assert lengths.max() < 32  # one sentence of a long caption fits without truncation
+        rows = batch["tokens"][:, 0]
+        assert rows.shape == (8, 8) and (rows.max(axis=-1) == EOT_ID).all()  # cut, end-of-text kept
+        if mode == "sentence":
+            records = train_records(demo_shards)
+            for image_id, row in zip(batch["image_id"], rows):
+                options = [s for c in records[image_id].captions if c.kind == "long" for s in sentences(c.text)]
+                assert any((row == option).all() for option in tokenize(options, 8))
+    assert ExampleSpec(image_size=32, context_length=32).text_length == 32
+    with pytest.raises(DataError, match=r"config.data: sub_caption_tokens 31 must lie in \[1, context_length - 2"):
+        ExampleSpec(image_size=32, context_length=32, sub_caption="sentence", sub_caption_tokens=31)
+
+
+@pytest.mark.parametrize("mode", ["sentence", "token_block"])
+def test_alt_slots_take_the_alt_text_whole_and_images_without_are_skipped(demo_shards, mode):
+    records = train_records(demo_shards)
+    with_alt = [i for i, r in enumerate(records) if r.alt_text]
+    assert 0 < len(with_alt) < len(records)  # the demo corpus leaves a few images without alt text
+    spec = ExampleSpec(image_size=32, context_length=32, slot_kinds=("any", "alt"), sub_caption=mode,
+                       sub_caption_tokens=3)
+    dataset, skips = train_dataset(demo_shards["train"], spec, batch_size=len(with_alt), seed=0)
+    (batch,), _ = batches(dataset, 1)  # the first epoch's images with alt text
+    assert batch["tokens"].shape == (len(with_alt), 2, 5) and "caption_tokens" not in batch
+    assert sorted(batch["image_id"].tolist()) == with_alt
+    assert set(skips.counts) == {"no_alt_text"} and 0 < skips.counts["no_alt_text"] <= len(records) - len(with_alt)
+    for image_id, tokens in zip(batch["image_id"], batch["tokens"]):
+        # cut at 5 tokens, never sampled: the web caption's first words, whatever the mode
+        np.testing.assert_array_equal(tokens[1], tokenize(records[image_id].alt_text, 5)[0])
+
+
+def test_the_generator_target_is_the_whole_caption_of_the_first_synthetic_slot(demo_shards):
+    records = train_records(demo_shards)
+    spec = ExampleSpec(image_size=32, context_length=32, slot_kinds=("alt", "long", "short"), sub_caption="token_block",
+                       sub_caption_tokens=4, generator_caption_tokens=24)
+    (batch,), _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], 1)
+    assert batch["tokens"].shape == (8, 3, 6)
+    assert batch["caption_tokens"].shape == (8, 24) and batch["caption_tokens"].dtype == np.int32
+    for image_id, tokens, target in zip(batch["image_id"], batch["tokens"], batch["caption_tokens"]):
+        longs = [c.text for c in records[image_id].captions if c.kind == "long"]
+        text = longs[[tuple(row) for row in tokenize(longs, 24)].index(tuple(target))]  # one of its long captions
+        block = tokens[1][1 : int(np.argmax(tokens[1] == EOT_ID))].tolist()
+        whole = tokenize(text, 512)[0].tolist()
+        assert any(whole[i : i + 4] == block for i in range(len(whole)))  # the slot's block is cut from that caption
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(sampling="rows"), r"config.generator needs config.data.sampling='grouped'"),
+    (dict(slot_kinds=("alt",)), r"config.data.slot_kinds \('alt',\) has no slot other than 'alt'"),
+    (dict(generator_caption_tokens=1), r"config.generator: caption_tokens 1 must be 0 \(no generator\) or at least 2"),
+])
+def test_generator_settings_that_cannot_work(settings, message):
+    with pytest.raises(DataError, match=message):
+        ExampleSpec(image_size=32, context_length=32, **{"generator_caption_tokens": 129, **settings})
+
+
+def test_example_spec_from_a_config_with_a_generator():
+    config = base_config()
+    model = model_config_from(config)
+    assert example_spec_from(config, model).generator_caption_tokens == 0
+    config.generator.weight = 2.0
+    assert example_spec_from(config, model).generator_caption_tokens == config.generator.queries + 1

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rsclip_jax.demo_corpus import CAPTION_MODEL, ROLES, random_scene, role_captions
+from rsclip_jax.demo_corpus import CAPTION_MODEL, COLOURS, ROLES, random_scene, role_captions, web_alt_text
 from rsclip_jax.records import read_shard
 from rsclip_jax.preprocess import decode_image
 
@@ -18,3 +18,26 @@ def test_captions_name_what_is_drawn():
     scene = random_scene(np.random.default_rng(3))
     for (role, kind), text in role_captions(scene).items():
         assert scene.objects[0].colour in text and scene.objects[0].shape in text, (role, kind, text)
+
+
+def test_alt_text_leaves_the_scenes_and_captions_as_they_were(demo_shards):
+    records = [r for path in demo_shards["train"] + demo_shards["heldout"] for r in read_shard(path)]
+    rng = np.random.default_rng(0)  # the corpus' seed: its scene stream is not touched by the alt text
+    for record in records:
+        expected = role_captions(random_scene(rng))
+        assert {(c.role, c.kind): c.text for c in record.captions} == expected
+
+
+def test_web_alt_text_is_short_noisy_and_sometimes_missing(demo_shards):
+    records = [r for path in demo_shards["train"] + demo_shards["heldout"] for r in read_shard(path)]
+    alt = [r.alt_text for r in records]
+    assert 0 < alt.count(None) < len(alt) // 4
+    words = [len(a.split()) for a in alt if a]
+    long_words = [len(c.text.split()) for r in records for c in r.captions if c.kind == "long"]
+    assert max(words) <= 12 and sum(words) / len(words) < sum(long_words) / len(long_words) / 3
+    scenes = [random_scene(np.random.default_rng(i)) for i in range(200)]
+    rng = np.random.default_rng(1)
+    texts = [(scene, web_alt_text(scene, rng)) for scene in scenes]
+    right = sum(bool(t) and t.split()[0] == s.objects[0].colour for s, t in texts)
+    wrong = sum(bool(t) and t.split()[0] in COLOURS and t.split()[0] != s.objects[0].colour for s, t in texts)
+    assert right > 100 and wrong > 5  # mostly the first object's colour, now and then another

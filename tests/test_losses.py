@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rsclip_jax import contrastive_loss
+from rsclip_jax.losses import primary_components
 
 
 def log_softmax(x):
@@ -85,8 +86,8 @@ def test_distinct_ids_equal_no_ids():
     rng = np.random.default_rng(1)
     img, txt = unit_rows(rng.normal(size=(4, 8))), unit_rows(rng.normal(size=(4, 2, 8)))
     for kind in ("softmax_union", "softmax_per_caption", "sigmoid"):
-        a = contrastive_loss(img, txt, 2.0, kind=kind)
-        b = contrastive_loss(img, txt, 2.0, kind=kind, image_ids=np.array([7, 3, 5, 1]))
+        a = contrastive_loss(img, txt, 2.0, kind=kind, logit_bias=-1.0)
+        b = contrastive_loss(img, txt, 2.0, kind=kind, image_ids=np.array([7, 3, 5, 1]), logit_bias=-1.0)
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -97,7 +98,11 @@ def test_loss_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"text_emb \[B, K, D\]"):
         contrastive_loss(img, txt[:, 0], 0.0, kind="sigmoid")
     with pytest.raises(ValueError, match="label_smoothing"):
-        contrastive_loss(img, txt, 0.0, kind="sigmoid", label_smoothing=0.1)
+        contrastive_loss(img, txt, 0.0, kind="sigmoid", label_smoothing=0.1, logit_bias=0.0)
+    with pytest.raises(ValueError, match=r"needs a learnable logit_bias: set config.model.logit_bias_init \(SigLIP"):
+        contrastive_loss(img, txt, 0.0, kind="sigmoid")
+    with pytest.raises(ValueError, match="unknown principal-component scope 'device'"):
+        primary_components(img, 1, scope="device")
 
 
 @pytest.mark.parametrize("mesh_shape,row_chunk", [((8, 1, 1), 1024), ((2, 2, 2), 2)])  # 4 rows a device: 2 blocks
@@ -130,3 +135,44 @@ def test_sharded_loss_equals_the_plain_loss_with_gradients(kind, mesh_shape, row
     np.testing.assert_allclose(sharded[0], plain[0], rtol=1e-6)
     for got, want in zip(sharded[1], plain[1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def long_clip_pca(x, num_components):
+    """Long-CLIP's PCA (model_longclip.py), in float64: centred, the top right singular vectors, the mean
+    added back, not renormalised."""
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    top = vt[:num_components].T
+    return (x - mean) @ top @ top.T + mean
+
+
+@pytest.mark.parametrize("width,num_components", [(16, 3), (4, 2)])  # 8 rows a device: fewer and more than width
+def test_local_primary_components_are_each_devices_own(width, num_components):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rsclip_jax.sharding import make_mesh
+
+    mesh = make_mesh((4, 2, 1))
+    x = unit_rows(np.random.default_rng(3).normal(size=(64, width)) * 0.7 ** np.arange(width))  # distinct components
+    sharded = jax.device_put(x.astype(np.float32), NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+    local = jax.jit(partial(primary_components, num_components=num_components, scope="local", mesh=mesh))(sharded)
+    per_device = np.concatenate([long_clip_pca(rows, num_components) for rows in np.split(x, 8)])
+    np.testing.assert_allclose(local, per_device, atol=2e-5)
+
+    whole = long_clip_pca(x, num_components)
+    global_ = primary_components(x.astype(np.float32), num_components, scope="global")
+    np.testing.assert_allclose(global_, whole / np.linalg.norm(whole, axis=-1, keepdims=True), atol=2e-5)
+    assert np.abs(np.asarray(local) - np.asarray(global_)).max() > 0.1
+
+
+def test_local_primary_components_have_finite_gradients_with_one_row_a_device():
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rsclip_jax.sharding import make_mesh
+
+    mesh = make_mesh((8, 1, 1))
+    x = unit_rows(np.random.default_rng(4).normal(size=(8, 16))).astype(np.float32)
+    weights = np.random.default_rng(5).normal(size=(8, 16)).astype(np.float32)
+    sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+    value = lambda x: (primary_components(x, 4, scope="local", mesh=mesh) * weights).sum()
+    np.testing.assert_allclose(jax.jit(jax.grad(value))(sharded), weights, atol=1e-5)  # one row: rebuilt as it is

@@ -44,7 +44,7 @@ def test_accumulated_step_equals_mean_of_micro_batch_gradients():
 
     def loss(p, offset):  # micro-batch `offset` holds rows offset, offset + 2, ...
         micro = jax.tree.map(lambda x: x[offset::2], batch)
-        return training_loss(config, nnx.merge(setup.graphdef, p), micro, ("any",), mesh)
+        return training_loss(config, nnx.merge(setup.graphdef, p), micro, ("any",), mesh)[0]
 
     loss_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
     losses, grads = zip(*(loss_and_grad(params, a) for a in range(2)))
@@ -70,7 +70,7 @@ def test_sharded_loss_gives_the_plain_loss_and_gradients_in_the_model(short_capt
         model_config = model_config_from(config)
         setup = setup_train_state(config, model_config, mesh)
         params = init_train_state(config, model_config, setup)["params"]
-        loss = lambda p: training_loss(config, nnx.merge(setup.graphdef, p), batch, ("long", "short"), mesh)
+        loss = lambda p: training_loss(config, nnx.merge(setup.graphdef, p), batch, ("long", "short"), mesh)[0]
         results.append(jax.device_get(jax.jit(jax.value_and_grad(loss))(params)))
     (plain_loss, plain_grads), (sharded_loss, sharded_grads) = results
     np.testing.assert_allclose(sharded_loss, plain_loss, rtol=1e-6)
@@ -87,3 +87,19 @@ def test_sharded_loss_is_the_default_for_large_batches_on_several_devices():
     config.loss.sharded = "yes"
     with pytest.raises(ValueError, match="config.loss.sharded must be"):
         uses_sharded_loss(config, make_mesh((8, 1, 1)))
+
+
+# From scratch, clamped as OpenAI CLIP; the paper recipes, not clamped.
+@pytest.mark.parametrize("max_logit_scale", [pytest.param(4.6052, marks=pytest.mark.slow), None])
+def test_the_logit_scale_is_clamped_only_under_a_maximum(max_logit_scale):
+    config = tiny_config()
+    config.model.max_logit_scale = max_logit_scale
+    model_config = model_config_from(config)
+    mesh = make_mesh((1, 1, 1))
+    setup = setup_train_state(config, model_config, mesh)
+    state = init_train_state(config, model_config, setup)
+    state["params"]["logit_scale"] = jax.device_put(np.float32(5.0), state["params"]["logit_scale"].sharding)
+    step = make_train_step(config, setup, ("any", "any"), learning_rate_schedule(config.optim, config.total_steps), mesh)
+    state, _ = step(state, random_batch(8))
+    scale = float(state["params"]["logit_scale"])
+    assert scale == pytest.approx(4.6052) if max_logit_scale else abs(scale - 5.0) < 0.01
