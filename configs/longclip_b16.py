@@ -19,7 +19,6 @@ from rsclip_jax.config import PAPER_ARGUMENTS, paper_b16_config, recipe_argument
 def get_config(arg=None):
     config = paper_b16_config(**recipe_arguments(arg, PAPER_ARGUMENTS, "configs/longclip_b16.py"))
     config.model.frozen_text_positions = 20
-    config.optim.decay_vectors = True
     config.data.sampling = "grouped"
     config.data.slot_kinds = ("long", "short")
     config.loss.kind = "softmax_union"

@@ -11,7 +11,7 @@ count as positives. Grouped sampling (`--config.data.sampling=grouped
 Arguments (`--config=configs/rsclip_b16.py:epochs=6,examples=1000000,eval_root=DIR`), which set the step
 count and the evaluations: epochs (6); examples, the caption rows (image-text pairs) per epoch (1000000:
 the paper trains on 1M pairs in all); eval_root, the folder of the paper's evaluations (COCO, Flickr30k,
-Urban-1k, ImageNet; layout in `rsclip_jax.config.paper_evals`), none by default. Start from OpenAI's
+Urban-1k, ImageNet-1k, ImageNet-O, CIFAR-100; layout in `rsclip_jax.config.paper_evals`), none by default. Start from OpenAI's
 ViT-B/16 weights imported into the workdir, with positions stretched to 248.
 """
 
@@ -21,7 +21,6 @@ from rsclip_jax.config import PAPER_ARGUMENTS, paper_b16_config, recipe_argument
 def get_config(arg=None):
     config = paper_b16_config(**recipe_arguments(arg, PAPER_ARGUMENTS, "configs/rsclip_b16.py"))
     config.model.frozen_text_positions = 0
-    config.optim.decay_vectors = True
     config.data.sampling = "rows"
     config.data.rows_per_image = 10
     config.loss.kind = "softmax_union"

@@ -84,6 +84,7 @@ def main(argv):
         raise app.UsageError("give --config=configs/<recipe>.py and --topology=NAME (e.g. v5e-8, h100-8)")
     try:
         check_loss_settings(_CONFIG.value)
+        example_spec_from(_CONFIG.value, model_config_from(_CONFIG.value))
         topology = target(_TOPOLOGY.value, _SLICES.value)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")

@@ -51,7 +51,7 @@ def random_token_block(text: str, budget: int, context_length: int, rng: np.rand
     row = tokenize(text, context_length=max(4096, context_length))[0]
     ids = row[1 : int(np.argmax(row == EOT_ID))]
     start = rng.integers(max(1, len(ids) - budget + 1))
-    block = [SOT_ID, *ids[start : start + min(budget, context_length - 2)], EOT_ID]
+    block = [SOT_ID, *ids[start : start + budget], EOT_ID]
     out = np.zeros(context_length, np.int32)
     out[: len(block)] = block
     return out

@@ -109,9 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.shape = placeholder(tuple)
     config.mesh.dcn_shape = (1, 1, 1)  # the same axes across slices (docs/scaling.md): usually (slices, 1, 1)
     # Logical axis -> mesh axis: parameters by `rules`, activations by `activation_rules` (examples over both
-    # batch axes, attention heads and MLP features over `tensor`).
+    # batch axes, attention heads, MLP features and the caption generator's vocabulary over `tensor`).
     config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
-    config.mesh.activation_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"))
+    config.mesh.activation_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"),
+                                    ("vocab", "tensor"))
 
     # name -> evaluator settings (rsclip_jax/evaluators.py), e.g. paper_evals(root); results go to
     # metrics.jsonl and TensorBoard as eval/NAME/METRIC.
@@ -178,14 +179,16 @@ def paper_evals(root: str, every_steps: int = 1000) -> ml_collections.ConfigDict
 
 
 # What the paper recipes take (`--config=configs/rsclip_b16.py:epochs=6,examples=1000000,eval_root=DIR`): epochs,
-# examples per epoch (the papers: 1M image-text pairs) and the folder of the paper's evaluations ("": none).
+# examples per epoch (caption rows, i.e. image-text pairs, in rows sampling; images in grouped sampling) and the
+# folder of the paper's evaluations ("": none).
 PAPER_ARGUMENTS = {"epochs": 6, "examples": 1_000_000, "eval_root": ""}
 
 
 def paper_b16_config(epochs: int, examples: int, eval_root: str) -> ml_collections.ConfigDict:
     """METHOD.md section 4, shared by the paper recipes (their PAPER_ARGUMENTS): OpenAI ViT-B/16 fine-tuned
     with 248 text positions; AdamW (0.9, 0.999, eps 1e-8), lr 1e-6, weight decay 1e-2, 200 warmup steps then
-    cosine, global batch 2048, CLIP preprocessing without augmentation, bf16 on accelerators; the logit scale
+    cosine, weight decay on every parameter, global batch 2048, CLIP preprocessing without augmentation, bf16 on
+    accelerators; the logit scale
     not clamped (neither Role-SynthCLIP's nor Long-CLIP's training code clamps it); `paper_evals(eval_root)`
     when eval_root is given."""
     config = base_config()
@@ -198,7 +201,8 @@ def paper_b16_config(epochs: int, examples: int, eval_root: str) -> ml_collectio
     config.model.activation = "quick_gelu"
     config.model.max_logit_scale = None
     config.data.num_workers = 8
-    config.optim.update(lr=1e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, warmup_steps=200)
+    # Role-SynthCLIP's and Long-CLIP's code decay every parameter (AdamW(model.parameters(), ...)).
+    config.optim.update(lr=1e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, warmup_steps=200, decay_vectors=True)
     if eval_root:
         config.evals = paper_evals(eval_root)
     return config

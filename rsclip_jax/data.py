@@ -54,6 +54,29 @@ def resolve_shards(patterns, key: str) -> list[str]:
     return paths
 
 
+def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 64) -> None:
+    """DataError when an "alt" slot meets shards whose first records hold no alt text: every record would be
+    skipped and no batch ever made."""
+    if ALT_SLOT not in slot_kinds:
+        return
+    reader = ArrayRecordReader(paths[0])
+    try:
+        data = reader.read(list(range(min(sample, reader.num_records()))))
+    finally:
+        reader.close()
+    for index, item in enumerate(data):
+        try:
+            if (decode_record(item, shard=paths[0], index=index).alt_text or "").strip():
+                return
+        except RecordError:
+            continue
+    raise DataError(
+        f"config.data.slot_kinds {slot_kinds!r} has an {ALT_SLOT!r} slot, but none of the first {len(data)} records "
+        f"of {paths[0]} holds alt text: caption the images with their alt text (`captioning run --alt-text FILE`, or "
+        f"a .txt beside each image) or drop the {ALT_SLOT!r} slot"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleSpec:
     """How a record becomes an example; sent to the worker processes, so plain values only."""
@@ -87,9 +110,6 @@ class ExampleSpec:
             if not ok:
                 raise DataError(f"config.data: {message}")
         if self.generator_caption_tokens:
-            if self.generator_caption_tokens < 2:
-                raise DataError(f"config.generator: caption_tokens {self.generator_caption_tokens} must be 0 (no "
-                                "generator) or at least 2 (start and end of text)")
             if self.sampling != "grouped":
                 raise DataError("config.generator needs config.data.sampling='grouped': its target is the caption of "
                                 "an image's first synthetic slot, and rows examples have no slots")

@@ -19,6 +19,15 @@ from rsclip_jax.sharding import constrain
 from rsclip_jax.variants import ModelConfig
 
 
+def prefix_lm_mask(prefix_length: int, key_is_real):
+    """[B, T, T], True where token i may attend to token j: every token to the whole prefix (the first
+    `prefix_length`), each later token also to itself and the later tokens before it; never to a key that is
+    not real (`key_is_real` [B, T])."""
+    position = jnp.arange(key_is_real.shape[1])
+    allowed = (position[None, :] < prefix_length) | (position[None, :] <= position[:, None])
+    return allowed[None] & key_is_real[:, None, :]
+
+
 class CaptionGenerator(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         width = config.generator_width or config.text_width
@@ -55,10 +64,7 @@ class CaptionGenerator(nnx.Module):
         x = jnp.concatenate([*prefix, queries], axis=1)
         prefix_length = x.shape[1] - num_queries
         key_is_real = jnp.concatenate([*key_is_real, jnp.ones((batch, num_queries), bool)], axis=1)
-        position = jnp.arange(x.shape[1])
-        prefix_lm = (position[None, :] < prefix_length) | (position[None, :] <= position[:, None])  # [T, T]
-        mask = prefix_lm[None] & key_is_real[:, None, :]
-        x = self.transformer(x, causal=False, mask=mask)
+        x = self.transformer(x, causal=False, mask=prefix_lm_mask(prefix_length, key_is_real))
         return self.ln_final(x[:, prefix_length:])
 
     def loss(self, features, caption_ids, *, chunk: int):
@@ -79,7 +85,10 @@ class CaptionGenerator(nnx.Module):
         @jax.checkpoint
         def block_loss(block):
             block_features, block_targets = block
-            logits = constrain(block_features.astype(jnp.float32) @ head.astype(jnp.float32), "batch", None, None)
+            # Operands in the compute dtype, sums in float32; the vocabulary split as the head's is (over "tensor").
+            logits = jnp.einsum("bqw,wv->bqv", block_features, head.astype(block_features.dtype),
+                                preferred_element_type=jnp.float32)
+            logits = constrain(logits, "batch", None, "vocab")
             return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, block_targets) * (block_targets != 0))
 
         blocks = [jnp.swapaxes(x.reshape(x.shape[0], positions // chunk, chunk, *x.shape[2:]), 0, 1)

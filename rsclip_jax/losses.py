@@ -36,8 +36,7 @@ def _check_arguments(image_emb, text_emb, kind, label_smoothing, logit_bias):
     if kind == "sigmoid" and label_smoothing:
         raise ValueError("label_smoothing applies to the softmax loss kinds only, not 'sigmoid'")
     if kind == "sigmoid" and logit_bias is None:
-        raise ValueError("the sigmoid loss needs a learnable logit_bias: set config.model.logit_bias_init "
-                         "(SigLIP starts it at -10)")
+        raise ValueError("the sigmoid loss needs logit_bias, the model's learnable bias (SigLIP starts it at -10)")
 
 
 def _rows_loss(images, texts, ids, all_images, all_texts, all_ids, scale, bias, kind, label_smoothing):

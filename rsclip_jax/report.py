@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 TRAINING_CURVES = (("loss", "loss"), ("learning_rate", "learning rate"), ("logit_scale", "logit scale"),
                    ("examples_per_sec", "examples/s"))
+# Plotted too where the run logged them: the parts of a CLIPS run's loss.
+LOSS_PARTS = (("contrastive_loss", "contrastive loss"), ("generator_loss", "caption generator loss"))
 SCORES = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "top1", "top5")  # plotted; counts are not
 # The Role-SynthCLIP README's columns: (header, eval name as `rsclip_jax.config.paper_evals` names it, metric).
 PAPER_COLUMNS = (("COCO I->T", "coco", "i2t_r1"), ("COCO T->I", "coco", "t2i_r1"), ("ImageNet-1k", "imagenet", "top1"),
@@ -59,8 +61,10 @@ def read_metrics(workdir: str) -> tuple[dict, dict]:
 
 
 def plot_training(training: dict, path: str):
-    figure, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (key, label) in zip(axes.flat, TRAINING_CURVES):
+    curves = TRAINING_CURVES + tuple(curve for curve in LOSS_PARTS if curve[0] in training)
+    rows = (len(curves) + 1) // 2
+    figure, axes = plt.subplots(rows, 2, figsize=(10, 3.5 * rows))
+    for ax, (key, label) in zip(axes.flat, curves):
         points = training.get(key, [])
         if points:
             ax.plot(*zip(*points))

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from rsclip_jax.captions import ALT_SLOT
 from rsclip_jax.checkpoint import Checkpointer
 from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
-from rsclip_jax.data import DataError, resolve_shards, train_dataset
+from rsclip_jax.data import DataError, check_alt_text, resolve_shards, train_dataset
 from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.fit import pick_for_local_devices
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
@@ -68,11 +68,20 @@ def _check_config(config, spec, mesh):
             f"{data_parallel} data-parallel devices, config.optim.accum_steps {config.optim.accum_steps} and "
             f"config.optim.grad_cache_chunks {chunks}"
         )
-    if config.loss.short_caption_components:
+    components = config.loss.short_caption_components
+    if components:
         kinds = set(spec.slot_kinds)
         if spec.sampling != "grouped" or "short" not in kinds or kinds == {"short"}:
             problems.append(
                 "config.loss.short_caption_components needs grouped sampling with a 'short' slot and another slot"
+            )
+        rows = config.batch_size // (data_parallel * config.optim.accum_steps * chunks)
+        if config.loss.short_caption_pca == "local" and rows <= components + 1:
+            # N centred rows span at most N - 1 directions: their top components rebuild them exactly.
+            problems.append(
+                f"config.loss.short_caption_pca 'local' takes each device's {rows} rows, too few for "
+                f"config.loss.short_caption_components {components}: the rebuilt embeddings would be the embeddings; "
+                f"use a larger batch, fewer devices or micro-batches, or short_caption_pca='global'"
             )
     try:
         uses_sharded_loss(config, mesh)
@@ -105,6 +114,7 @@ def main(argv):
         model_config = model_config_from(config)
         spec = example_spec_from(config, model_config)
         shard_paths = resolve_shards(config.data.train_shards, "config.data.train_shards")
+        check_alt_text(shard_paths, spec.slot_kinds)
         mesh = mesh_from_config(config.mesh)
         _check_config(config, spec, mesh)
     except (ValueError, DataError) as e:

@@ -34,7 +34,12 @@ def check_loss_settings(config: ml_collections.ConfigDict) -> None:
     if config.loss.short_caption_components and config.loss.short_caption_pca not in PCA_SCOPES:
         problems.append(f"config.loss.short_caption_pca must be one of {PCA_SCOPES}, not "
                         f"{config.loss.short_caption_pca!r}")
-    if (config.optim.grad_cache_chunks or 1) > 1 and config.generator.weight:
+    generator = config.generator
+    if generator.weight:
+        for key, least in (("queries", 1), ("loss_chunk", 1), ("layers", 0), ("width", 0), ("heads", 0)):
+            if generator[key] < least:
+                problems.append(f"config.generator.{key} must be at least {least}, not {generator[key]}")
+    if (config.optim.grad_cache_chunks or 1) > 1 and generator.weight:
         problems.append("config.optim.grad_cache_chunks > 1 does not combine with config.generator.weight > 0: the "
                         "caption generator reads the towers' tokens, which gradient caching does not keep; use "
                         "config.optim.accum_steps instead")

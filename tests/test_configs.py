@@ -94,3 +94,16 @@ def test_paper_evals_follow_eval_root():
     assert (evals.coco.dataset, evals.coco.root) == ("coco", "/data/eval/coco") and "prefix" not in evals.coco  # verbatim
     assert (evals.imagenet.source, evals.imagenet.data_dir) == ("tfds:imagenet2012", "/data/eval/tfds")
     assert (evals.imagenet_o.source, evals.cifar100.source) == ("folder:/data/eval/imagenet-o", "tfds:cifar100")
+
+
+def test_local_principal_components_need_more_rows_a_device_than_components():
+    from rsclip_jax.train import _check_config
+
+    config = load("longclip_b16")
+    spec = example_spec_from(config, model_config_from(config))
+    _check_config(config, spec, make_mesh((8, 1, 1)))  # 256 rows a device for 32 components
+    config.batch_size = 128
+    with pytest.raises(ValueError, match=r"'local' takes each device's 16 rows, too few for .*components 32"):
+        _check_config(config, spec, make_mesh((8, 1, 1)))
+    config.loss.short_caption_pca = "global"
+    _check_config(config, spec, make_mesh((8, 1, 1)))

@@ -8,8 +8,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from rsclip_jax import tokenize
 from rsclip_jax.captions import sentences
 from rsclip_jax.config import base_config, example_spec_from, model_config_from
-from rsclip_jax.data import DataError, ExampleSpec, resolve_shards, train_dataset
-from rsclip_jax.records import encode_record, read_shard
+from rsclip_jax.data import DataError, ExampleSpec, check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.records import encode_record, read_shard, write_shard
 from rsclip_jax.tokenizer import EOT_ID
 
 SPEC = ExampleSpec(image_size=32, context_length=32, slot_kinds=("long", "short"))
@@ -184,11 +184,19 @@ def test_the_generator_target_is_the_whole_caption_of_the_first_synthetic_slot(d
 @pytest.mark.parametrize("settings,message", [
     (dict(sampling="rows"), r"config.generator needs config.data.sampling='grouped'"),
     (dict(slot_kinds=("alt",)), r"config.data.slot_kinds \('alt',\) has no slot other than 'alt'"),
-    (dict(generator_caption_tokens=1), r"config.generator: caption_tokens 1 must be 0 \(no generator\) or at least 2"),
 ])
 def test_generator_settings_that_cannot_work(settings, message):
     with pytest.raises(DataError, match=message):
         ExampleSpec(image_size=32, context_length=32, **{"generator_caption_tokens": 129, **settings})
+
+
+def test_an_alt_slot_over_shards_without_alt_text_is_refused(demo_shards, tmp_path):
+    path = str(tmp_path / "no-alt.array_record")
+    write_shard(path, [dataclasses.replace(r, alt_text=None) for r in train_records(demo_shards)[:3]])
+    with pytest.raises(DataError, match=r"'alt' slot, but none of the first 3 records of .*no-alt.array_record holds"):
+        check_alt_text([path], ("alt", "long"))
+    check_alt_text([path], ("long", "short"))
+    check_alt_text(demo_shards["train"], ("alt", "long"))
 
 
 def test_example_spec_from_a_config_with_a_generator():

@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec
 
 from rsclip_jax import tokenize
 from rsclip_jax.config import base_config, model_config_from
+from rsclip_jax.generator import prefix_lm_mask
 from rsclip_jax.model import CLIP
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import make_mesh
@@ -54,6 +55,19 @@ def test_queries_see_the_prefix_and_earlier_queries_only_and_no_padding():
     last_image_token = image_tokens.at[:, -1].add(1.0)  # the prefix is seen whole by the first query
     assert not np.allclose(model.generator(last_image_token, text_tokens, text_ids)[:, 0], reference[:, 0])
     assert model.generator(image_tokens).shape == (2, QUERIES, 64)  # without a web caption: the image alone
+
+
+def test_the_prefix_attends_both_ways_the_queries_causally_and_no_one_to_padding():
+    key_is_real = jnp.asarray([[True, False, True, True, True, True]])  # a 3-token prefix, its token 1 padding
+    expected = np.array([
+        [1, 0, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0, 0],  # prefix token 2 sees prefix token 0: both ways
+        [1, 0, 1, 1, 0, 0],
+        [1, 0, 1, 1, 1, 0],
+        [1, 0, 1, 1, 1, 1],  # the last query sees every query
+    ], bool)
+    np.testing.assert_array_equal(prefix_lm_mask(3, key_is_real)[0], expected)
 
 
 def test_chunked_loss_is_the_masked_mean_of_next_token_cross_entropy():

@@ -180,3 +180,26 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
              if "SIGTERM: saved step" in line]
     assert len(saved) == 2 and saved[0] == saved[1], saved  # both processes stopped at the same step
     assert os.listdir(tmp_path / "checkpoints") == [saved[0]]
+
+
+@pytest.mark.slow
+def test_clips_recipe_trains_its_generator_and_exports_the_towers_only(tmp_path, demo_shards):
+    from safetensors.numpy import load_file
+
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "export")
+    recipe = [f"--config={REPO}/configs/demo_clips.py", "--config.model.context_length=32", "--config.generator.queries=8"]
+    subprocess.run([sys.executable, "-m", "rsclip_jax.train", *recipe, f"--workdir={workdir}",
+                    f"--config.data.train_shards={','.join(demo_shards['train'])}", "--config.batch_size=8",
+                    "--config.total_steps=4", "--config.log_every_steps=2"],
+                   env=environment(1), capture_output=True, text=True, timeout=600, cwd=REPO, check=True)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    assert all(np.isclose(r["loss"], r["contrastive_loss"] + 2.0 * r["generator_loss"], rtol=1e-5) for r in logged)
+    assert [r["step"] for r in logged] == [2, 4]
+
+    result = subprocess.run([sys.executable, "-m", "rsclip_jax.convert", "export", *recipe, f"--workdir={workdir}",
+                             "--to=open_clip", f"--out={out}"],
+                            env=environment(1), capture_output=True, text=True, timeout=600, cwd=REPO, check=True)
+    assert "holds the CLIP towers only; the caption generator is not exported" in result.stdout
+    names = set(load_file(os.path.join(out, "open_clip_model.safetensors")))
+    assert "visual.proj" in names and "text_projection" in names and not any("generator" in n for n in names)
