@@ -31,7 +31,7 @@ from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import init_train_state, setup_train_state
-from rsclip_jax.train_step import batch_sharding, check_loss_settings, make_train_step, uses_sharded_loss
+from rsclip_jax.train_step import batch_sharding, check_batch_settings, check_loss_settings, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard files go here.")
@@ -56,39 +56,6 @@ def _initialize_distributed():
         jax.distributed.initialize(local_device_ids=list(range(int(gpus))) if one_per_node else None)
     elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
         jax.distributed.initialize()
-
-
-def _check_config(config, spec, mesh):
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    problems = []
-    chunks = config.optim.grad_cache_chunks or 1
-    if config.batch_size % (jax.process_count() * data_parallel * config.optim.accum_steps * chunks):
-        problems.append(
-            f"config.batch_size {config.batch_size} must divide evenly over {jax.process_count()} processes, "
-            f"{data_parallel} data-parallel devices, config.optim.accum_steps {config.optim.accum_steps} and "
-            f"config.optim.grad_cache_chunks {chunks}"
-        )
-    components = config.loss.short_caption_components
-    if components:
-        kinds = set(spec.slot_kinds)
-        if spec.sampling != "grouped" or "short" not in kinds or kinds == {"short"}:
-            problems.append(
-                "config.loss.short_caption_components needs grouped sampling with a 'short' slot and another slot"
-            )
-        rows = config.batch_size // (data_parallel * config.optim.accum_steps * chunks)
-        if config.loss.short_caption_pca == "local" and rows <= components + 1:
-            # N centred rows span at most N - 1 directions: their top components rebuild them exactly.
-            problems.append(
-                f"config.loss.short_caption_pca 'local' takes each device's {rows} rows, too few for "
-                f"config.loss.short_caption_components {components}: the rebuilt embeddings would be the embeddings; "
-                f"use a larger batch, fewer devices or micro-batches, or short_caption_pca='global'"
-            )
-    try:
-        uses_sharded_loss(config, mesh)
-    except ValueError as e:
-        problems.append(str(e))
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def _quiet_orbax_info(record) -> bool:
@@ -116,7 +83,7 @@ def main(argv):
         shard_paths = resolve_shards(config.data.train_shards, "config.data.train_shards")
         check_alt_text(shard_paths, spec.slot_kinds)
         mesh = mesh_from_config(config.mesh)
-        _check_config(config, spec, mesh)
+        check_batch_settings(config, spec, mesh)
     except (ValueError, DataError) as e:
         raise app.UsageError(str(e)) from None
     logging.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))

@@ -55,6 +55,41 @@ def uses_sharded_loss(config: ml_collections.ConfigDict, mesh) -> bool:
     return choice == "on" or (choice == "auto" and data_parallel > 1 and config.batch_size >= SHARDED_LOSS_MIN_BATCH)
 
 
+def check_batch_settings(config: ml_collections.ConfigDict, spec, mesh) -> None:
+    """ValueError naming the config keys when the batch does not split over the processes, devices and
+    micro-batches, or the loss settings do not fit the example spec `spec` and the `mesh`."""
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    problems = []
+    chunks = config.optim.grad_cache_chunks or 1
+    if config.batch_size % (jax.process_count() * data_parallel * config.optim.accum_steps * chunks):
+        problems.append(
+            f"config.batch_size {config.batch_size} must divide evenly over {jax.process_count()} processes, "
+            f"{data_parallel} data-parallel devices, config.optim.accum_steps {config.optim.accum_steps} and "
+            f"config.optim.grad_cache_chunks {chunks}"
+        )
+    components = config.loss.short_caption_components
+    if components:
+        kinds = set(spec.slot_kinds)
+        if spec.sampling != "grouped" or "short" not in kinds or kinds == {"short"}:
+            problems.append(
+                "config.loss.short_caption_components needs grouped sampling with a 'short' slot and another slot"
+            )
+        rows = config.batch_size // (data_parallel * config.optim.accum_steps * chunks)
+        if config.loss.short_caption_pca == "local" and rows <= components + 1:
+            # N centred rows span at most N - 1 directions: their top components rebuild them exactly.
+            problems.append(
+                f"config.loss.short_caption_pca 'local' takes each device's {rows} rows, too few for "
+                f"config.loss.short_caption_components {components}: the rebuilt embeddings would be the embeddings; "
+                f"use a larger batch, fewer devices or micro-batches, or short_caption_pca='global'"
+            )
+    try:
+        uses_sharded_loss(config, mesh)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...], mesh):
     """-> (the loss, {name: its parts}: none for the contrastive loss alone)."""
     images = normalize_images(batch["image"])

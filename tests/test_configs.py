@@ -10,7 +10,7 @@ import pytest
 from rsclip_jax.config import base_config, example_spec_from, load_recipe, model_config_from
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.train_state import setup_train_state
-from rsclip_jax.train_step import check_loss_settings
+from rsclip_jax.train_step import check_batch_settings, check_loss_settings
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -97,13 +97,11 @@ def test_paper_evals_follow_eval_root():
 
 
 def test_local_principal_components_need_more_rows_a_device_than_components():
-    from rsclip_jax.train import _check_config
-
     config = load("longclip_b16")
     spec = example_spec_from(config, model_config_from(config))
-    _check_config(config, spec, make_mesh((8, 1, 1)))  # 256 rows a device for 32 components
+    check_batch_settings(config, spec, make_mesh((8, 1, 1)))  # 256 rows a device for 32 components
     config.batch_size = 128
     with pytest.raises(ValueError, match=r"'local' takes each device's 16 rows, too few for .*components 32"):
-        _check_config(config, spec, make_mesh((8, 1, 1)))
+        check_batch_settings(config, spec, make_mesh((8, 1, 1)))
     config.loss.short_caption_pca = "global"
-    _check_config(config, spec, make_mesh((8, 1, 1)))
+    check_batch_settings(config, spec, make_mesh((8, 1, 1)))
