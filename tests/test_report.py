@@ -1,4 +1,4 @@
-"""`rsclip_jax.report`: the paper's table, with its Avg column, from a workdir's metrics."""
+"""`rsclip_jax.report`: the paper's table, with its Avg columns, from a workdir's metrics."""
 
 import json
 import sys
@@ -14,7 +14,8 @@ def test_paper_table_from_metrics_and_eval_files(tmp_path, monkeypatch, capsys):
               "eval/cifar100/top1": 65.0, "eval/urban1k/i2t_r1": 90.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (tmp_path / "eval").mkdir()
-    evals = {"coco": {"i2t_r1": 62.0, "t2i_r1": 41.0}, "imagenet": {"top1": 63.5, "top5": 88.0},
+    evals = {"coco": {"i2t_r1": 62.0, "t2i_r1": 41.0}, "flickr30k": {"i2t_r1": 80.0, "t2i_r1": 61.0},
+             "urban1k": {"i2t_r1": 70.0, "t2i_r1": 55.0}, "imagenet": {"top1": 63.5, "top5": 88.0},
              "imagenet_o": {"top1": 44.0}, "cifar100": {"top1": 66.5}}
     (tmp_path / "eval" / "step_2000.json").write_text(json.dumps({"step": 2000, "evals": evals}))
     monkeypatch.setattr(sys, "argv", ["report", str(tmp_path)])
@@ -22,12 +23,14 @@ def test_paper_table_from_metrics_and_eval_files(tmp_path, monkeypatch, capsys):
 
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(tmp_path / "report")  # the folder stays last
-    assert printed[0] == "| model | COCO I->T | COCO T->I | ImageNet-1k | ImageNet-O | CIFAR-100 | Avg |"
-    assert printed[2] == "| step 1000 | 60.00 | 40.00 | - | 45.00 | 65.00 | - |"  # no ImageNet-1k yet: no Avg
-    average = (62.0 + 41.0 + 63.5 + 44.0 + 66.5) / 5
-    assert printed[3] == f"| step 2000 | 62.00 | 41.00 | 63.50 | 44.00 | 66.50 | {average:.2f} |"
-    assert printed[4].startswith("| OpenAI CLIP B/16 (paper) | 53.10 | 32.70 | 68.30 | 40.40 | 66.70 | 52.24 |")
-    assert printed[5].startswith("| Role-SynthCLIP B/16 (paper) | 64.10 | 43.20 | 64.80 | 44.50 | 68.20 | 56.96 |")
+    assert printed[0] == ("| model | COCO I->T | COCO T->I | Retrieval Avg | ImageNet-1k | ImageNet-O | CIFAR-100 | "
+                          "Zero-shot Avg |")
+    assert printed[2] == "| step 1000 | 60.00 | 40.00 | - | - | 45.00 | 65.00 | - |"  # a missing number: no Avg
+    retrieval = (62.0 + 41.0 + 80.0 + 61.0 + 70.0 + 55.0) / 6
+    zeroshot = (63.5 + 44.0 + 66.5) / 3
+    assert printed[3] == f"| step 2000 | 62.00 | 41.00 | {retrieval:.2f} | 63.50 | 44.00 | 66.50 | {zeroshot:.2f} |"
+    assert printed[4] == "| OpenAI CLIP B/16 (paper) | 53.10 | 32.70 | 58.87 | 68.30 | 40.40 | 66.70 | 70.30 |"
+    assert printed[5] == "| Role-SynthCLIP B/16 (paper) | 64.10 | 43.20 | 77.01 | 64.80 | 44.50 | 68.20 | 69.62 |"
     summary = (tmp_path / "report" / "README.md").read_text()
     assert "## The paper's table" in summary and printed[3] in summary and "| coco | 2000 | i2t_r1 | 62.00 |" in summary
 
