@@ -51,8 +51,7 @@ def clip_training_flops_per_example(config: ModelConfig, captions_per_example: i
 
 def _generator_forward_flops(config: ModelConfig, image_tokens: int, web_tokens: int) -> float:
     """The prefix projections, the decoder over prefix and queries, and the vocabulary head of the queries."""
-    width = config.generator_width or config.text_width
-    layers = config.generator_layers or config.text_layers
+    width, layers, _ = config.generator_size
     tokens = image_tokens + web_tokens + config.generator_queries
     projections = 2.0 * width * (image_tokens * config.vision_width + web_tokens * config.text_width)
     head = 2.0 * config.generator_queries * width * config.vocab_size

@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from rsclip_jax.layers import Transformer, axes, layer_norm, normal
+from rsclip_jax.losses import block_size
 from rsclip_jax.sharding import constrain
 from rsclip_jax.variants import ModelConfig
 
@@ -30,9 +31,7 @@ def prefix_lm_mask(prefix_length: int, key_is_real):
 
 class CaptionGenerator(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        width = config.generator_width or config.text_width
-        layers = config.generator_layers or config.text_layers
-        heads = config.generator_heads or config.text_heads
+        width, layers, heads = config.generator_size
         dtype = config.compute_dtype
         self.dtype = dtype
         self.image_projection = nnx.Param(
@@ -79,7 +78,7 @@ class CaptionGenerator(nnx.Module):
                 f"(expected queries + 1)"
             )
         positions = features.shape[1]
-        chunk = max(size for size in range(1, min(chunk, positions) + 1) if positions % size == 0)
+        chunk = block_size(positions, chunk)
         head = self.head[...]
 
         @jax.checkpoint

@@ -96,11 +96,16 @@ def contrastive_loss(
     return _rows_loss(images, texts, ids, images, texts, ids, scale, bias, kind, label_smoothing)
 
 
+def block_size(total: int, at_most: int) -> int:
+    """The largest block of at most `at_most` that divides `total` evenly."""
+    return max(size for size in range(1, min(at_most, total) + 1) if total % size == 0)
+
+
 def _chunked_rows_loss(images, texts, ids, *whole_batch, row_chunk: int):
     """`_rows_loss` over blocks of at most `row_chunk` rows, one after another, each block's logits
     recomputed in the backward pass: logits memory O(row_chunk * B * K) whatever the rows."""
     rows = images.shape[0]
-    block = max(size for size in range(1, min(row_chunk, rows) + 1) if rows % size == 0)
+    block = block_size(rows, row_chunk)
     if block == rows:
         return _rows_loss(images, texts, ids, *whole_batch)
 

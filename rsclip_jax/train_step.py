@@ -92,13 +92,11 @@ def check_batch_settings(config: ml_collections.ConfigDict, spec, mesh) -> None:
 
 def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...], mesh):
     """-> (the loss, {name: its parts}: none for the contrastive loss alone)."""
-    images = normalize_images(batch["image"])
-    if not config.generator.weight:
-        image_emb, text_emb = model(images, batch["tokens"])
-        return embeddings_loss(config, model, image_emb, text_emb, batch["image_id"], slot_kinds, mesh), {}
-    image_emb, image_tokens = model.image_features(images)
+    image_emb, image_tokens = model.image_features(normalize_images(batch["image"]))
     text_emb, text_tokens = model.text_features(batch["tokens"])
     contrastive = embeddings_loss(config, model, image_emb, text_emb, batch["image_id"], slot_kinds, mesh)
+    if not config.generator.weight:  # the towers' tokens go unused, and XLA drops them
+        return contrastive, {}
     # CLIPS conditions the generator on the web caption: the "alt" slot's tokens, when the batch has one.
     web = [(text_tokens[:, i], batch["tokens"][:, i]) for i, kind in enumerate(slot_kinds) if kind == ALT_SLOT][:1]
     features = model.generator(image_tokens, *(web[0] if web else ()))

@@ -60,13 +60,19 @@ class ModelConfig:
         for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
             if width % heads:
                 raise ValueError(f"model {tower}_width {width} is not divisible by {tower}_heads {heads}")
-        generator_width, generator_heads = self.generator_width or self.text_width, self.generator_heads or self.text_heads
+        generator_width, _, generator_heads = self.generator_size
         if self.generator and generator_width % generator_heads:
             raise ValueError(f"generator width {generator_width} is not divisible by its heads {generator_heads}")
         if not 0 <= self.frozen_text_positions <= self.context_length:
             raise ValueError(
                 f"model frozen_text_positions {self.frozen_text_positions} must lie in [0, context_length={self.context_length}]"
             )
+
+    @property
+    def generator_size(self) -> tuple[int, int, int]:
+        """(width, layers, heads) of the caption generator: those given, the text tower's where 0."""
+        return (self.generator_width or self.text_width, self.generator_layers or self.text_layers,
+                self.generator_heads or self.text_heads)
 
     @property
     def compute_dtype(self):
