@@ -20,7 +20,7 @@ from absl import flags
 from PIL import Image, ImageFilter
 
 from rsclip_jax.data import ExampleSpec, train_dataset
-from rsclip_jax.demo_corpus import random_scene, render, scene_record
+from rsclip_jax.demo.corpus import random_scene, render, scene_record
 from rsclip_jax.records import write_shard
 
 SHORT_SIDE = 256

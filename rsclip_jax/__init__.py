@@ -12,7 +12,7 @@ _PUBLIC = {
     "VARIANTS": "rsclip_jax.variants",
     "model_config": "rsclip_jax.variants",
     "tokenize": "rsclip_jax.tokenizer",
-    "stretch_positions": "rsclip_jax.positions",
+    "stretch_positions": "rsclip_jax.weights.positions",
     "contrastive_loss": "rsclip_jax.losses",
     "LOSS_KINDS": "rsclip_jax.losses",
     "Caption": "rsclip_jax.records",

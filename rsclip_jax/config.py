@@ -114,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.activation_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"),
                                     ("vocab", "tensor"))
 
-    # name -> evaluator settings (rsclip_jax/evaluators.py), e.g. paper_evals(root); results go to
+    # name -> evaluator settings (rsclip_jax/evals/evaluators.py), e.g. paper_evals(root); results go to
     # metrics.jsonl and TensorBoard as eval/NAME/METRIC.
     config.evals = ml_collections.ConfigDict()
     return config

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import restore_params
 from rsclip_jax.config import model_config_from, parse_flags
-from rsclip_jax.evaluators import build_evaluators, run_evaluators
+from rsclip_jax.evals.evaluators import build_evaluators, run_evaluators
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import setup_train_state
 
@@ -54,7 +54,7 @@ def main(argv):
         raise app.UsageError("give --workdir=DIR (and optionally --checkpoint, --config)")
     config = _config(workdir)
     if not config.get("evals"):
-        raise app.UsageError("the config has no evals: add entries to config.evals (see rsclip_jax/evaluators.py)")
+        raise app.UsageError("the config has no evals: add entries to config.evals (see rsclip_jax/evals/evaluators.py)")
     folder, step = _checkpoint(workdir)
     model_config = model_config_from(config)
     mesh = mesh_from_config(config.mesh)

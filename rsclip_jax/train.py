@@ -1,6 +1,6 @@
 """Train CLIP on caption shards.
 
-    python -m rsclip_jax.train --config=configs/demo.py --workdir=DIR [--config.optim.lr=1e-5 ...]
+    python -m rsclip_jax.train --config=rsclip_jax/demo/configs/demo.py --workdir=DIR [--config.optim.lr=1e-5 ...]
 
 Starting with a workdir that holds checkpoints resumes from the latest one, data order included.
 Several processes: --coordinator_address=host:port --num_processes=N --process_id=I, or nothing on a
@@ -24,7 +24,7 @@ from rsclip_jax.captions import ALT_SLOT
 from rsclip_jax.checkpoint import Checkpointer
 from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
 from rsclip_jax.data import DataError, check_alt_text, resolve_shards, train_dataset
-from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
+from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.fit import pick_for_local_devices
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
 from rsclip_jax.metrics import MetricWriter, log_console

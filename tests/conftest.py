@@ -16,7 +16,7 @@ flags.FLAGS.mark_as_parsed()
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory):
     """A small procedural corpus: 40 training and 16 held-out images, 10 captions each."""
-    from rsclip_jax.demo_corpus import write_demo_corpus
+    from rsclip_jax.demo.corpus import write_demo_corpus
 
     return write_demo_corpus(str(tmp_path_factory.mktemp("corpus")), num_train=40, num_heldout=16, records_per_shard=25)
 

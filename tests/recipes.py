@@ -1,4 +1,4 @@
-"""Recipe files for tests that run the CLIs: configs/demo.py with some keys and evals changed."""
+"""Recipe files for tests that run the CLIs: rsclip_jax/demo/configs/demo.py with some keys and evals changed."""
 
 import os
 
@@ -19,6 +19,6 @@ def get_config(arg=None):
 
 
 def write_recipe(path, *, train_shards: list[str], evals: dict, **top_level) -> str:
-    path.write_text(TEMPLATE.format(demo=os.path.join(REPO, "configs", "demo.py"), top_level=top_level,
+    path.write_text(TEMPLATE.format(demo=os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py"), top_level=top_level,
                                     shards=",".join(train_shards), evals=evals))
     return str(path)

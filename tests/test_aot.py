@@ -58,7 +58,7 @@ def test_the_hbm_table_is_what_the_compiler_allows(libtpu):
 
 @pytest.mark.slow
 def test_the_tiny_recipe_compiles_for_a_v5e_2x2_slice(libtpu):
-    result = aot("--config=configs/demo.py", "--topology=v5e-4")
+    result = aot("--config=rsclip_jax/demo/configs/demo.py", "--topology=v5e-4")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["chips"] == 4 and report["device_kind"] == "TPU v5 lite" and report["fits"]
@@ -76,7 +76,7 @@ def test_the_tiny_recipe_compiles_for_a_v5e_2x2_slice(libtpu):
 
 @pytest.mark.slow
 def test_a_step_that_does_not_fit_is_one_clear_line(libtpu):
-    result = aot("--config=configs/demo.py", "--topology=v5e-4", "--config.batch_size=1048576",
+    result = aot("--config=rsclip_jax/demo/configs/demo.py", "--topology=v5e-4", "--config.batch_size=1048576",
                  "--config.model.remat_policy=off")
     assert result.returncode == 1
     assert not json.loads(result.stdout.strip().splitlines()[-1])["fits"]
@@ -88,7 +88,7 @@ def test_a_step_that_does_not_fit_is_one_clear_line(libtpu):
 
 
 def test_unknown_topologies_are_one_line(libtpu):
-    result = aot("--config=configs/demo.py", "--topology=v5e-3")
+    result = aot("--config=rsclip_jax/demo/configs/demo.py", "--topology=v5e-3")
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: 'v5e-3' is not")
 
 
@@ -106,7 +106,7 @@ def test_a_missing_compiler_plugin_says_how_to_install_it(monkeypatch):
 @pytest.mark.slow
 def test_several_slices_with_flash_attention_compile(libtpu):
     # Pallas flash attention runs per device under shard_map: compiled here over a two-slice mesh.
-    result = aot("--config=configs/demo.py", "--topology=v5e-4", "--slices=2", "--config.model.attention=flash")
+    result = aot("--config=rsclip_jax/demo/configs/demo.py", "--topology=v5e-4", "--slices=2", "--config.model.attention=flash")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["chips"] == 8 and report["slices"] == 2 and report["picked"]["mesh.dcn_shape"] == [2, 1, 1]
@@ -116,7 +116,7 @@ def test_several_slices_with_flash_attention_compile(libtpu):
 def test_the_tiny_recipe_compiles_for_an_h100_node():
     if importlib.util.find_spec("jax_cuda13_plugin") is None:
         pytest.skip("the CUDA plugin is not installed (`pip install -e '.[gpu]'`); the suite's environment has none")
-    result = aot("--config=configs/demo.py", "--topology=h100-8", "--config.model.dtype=bfloat16")
+    result = aot("--config=rsclip_jax/demo/configs/demo.py", "--topology=h100-8", "--config.model.dtype=bfloat16")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["chips"] == 8 and report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["fits"]

@@ -12,11 +12,12 @@ from rsclip_jax.sharding import make_mesh
 from rsclip_jax.train_state import setup_train_state
 from rsclip_jax.train_step import check_batch_settings, check_loss_settings
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(name, arg=None):
-    return load_recipe(os.path.join(CONFIGS, f"{name}.py"), arg)
+    folder = "rsclip_jax/demo/configs" if name.startswith("demo") else "configs"
+    return load_recipe(os.path.join(REPO, folder, f"{name}.py"), arg)
 
 
 @pytest.mark.parametrize("name", ["demo", "demo_clips", "rsclip_b16", "longclip_b16", "clips_b16"])
@@ -59,14 +60,14 @@ def test_paper_recipes_take_epochs_examples_and_eval_root(name):
 def test_demo_takes_no_arguments():
     with pytest.raises(ValueError) as error:
         load("demo", "steps=5")
-    assert str(error.value) == "configs/demo.py: argument 'steps=5' is not one it takes; it takes no arguments"
+    assert str(error.value) == "rsclip_jax/demo/configs/demo.py: argument 'steps=5' is not one it takes; it takes no arguments"
 
 
 def test_a_wrong_recipe_argument_is_one_line_on_the_command_line():
     code = ("import sys; from ml_collections import config_flags; from rsclip_jax.config import parse_flags; "
             "config_flags.DEFINE_config_file('config'); parse_flags(sys.argv)")
     result = subprocess.run([sys.executable, "-c", code, "--config=configs/longclip_b16.py:eval_rot=/data"],
-                            capture_output=True, text=True, timeout=300, cwd=os.path.dirname(CONFIGS))
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "error in --config: configs/longclip_b16.py: argument 'eval_rot=/data' is not one it takes; it takes "

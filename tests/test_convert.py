@@ -15,14 +15,14 @@ import transformers
 from rsclip_jax import stretch_positions, tokenize
 from rsclip_jax.config import load_recipe, model_config_from
 from rsclip_jax.checkpoint import load_trained_model
-from rsclip_jax.convert import export_hf, export_open_clip, import_weights
+from rsclip_jax.weights.convert import export_hf, export_open_clip, import_weights
 from test_open_clip_parity import open_clip_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def demo_config(**model):
-    config = load_recipe(os.path.join(REPO, "configs", "demo.py"))
+    config = load_recipe(os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py"))
     config.model.update(model)
     return config
 
@@ -53,7 +53,7 @@ def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_sha
     np.testing.assert_allclose(embeddings(ours, model_config_from(config), IMAGES, TEXTS)[0], expected, atol=1e-5)
 
     result = subprocess.run(
-        [sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/configs/demo.py", f"--workdir={workdir}",
+        [sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/rsclip_jax/demo/configs/demo.py", f"--workdir={workdir}",
          f"--config.data.train_shards={','.join(demo_shards['train'])}", "--config.model.context_length=248",
          "--config.total_steps=2", "--config.log_every_steps=1", "--config.batch_size=8"],
         capture_output=True, text=True, timeout=600, cwd=REPO,

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rsclip_jax.demo_corpus import CAPTION_MODEL, COLOURS, ROLES, random_scene, role_captions, web_alt_text
+from rsclip_jax.demo.corpus import CAPTION_MODEL, COLOURS, ROLES, random_scene, role_captions, web_alt_text
 from rsclip_jax.records import read_shard
 from rsclip_jax.preprocess import decode_image
 

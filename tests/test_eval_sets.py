@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsclip_jax.classification_sets import load_classification_set
-from rsclip_jax.retrieval_sets import load_retrieval_set
-from rsclip_jax.zeroshot import class_prompts, imagenet_names, prompt_templates
+from rsclip_jax.evals.classification_sets import load_classification_set
+from rsclip_jax.evals.retrieval_sets import load_retrieval_set
+from rsclip_jax.evals.zeroshot import class_prompts, imagenet_names, prompt_templates
 
 
 def write_image(path, value=0, size=(40, 30)):

@@ -12,16 +12,16 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from rsclip_jax.classification_sets import load_classification_set
+from rsclip_jax.evals.classification_sets import load_classification_set
 from rsclip_jax.config import load_recipe, model_config_from
-from rsclip_jax.evaluators import build_evaluators, flat_metrics, run_evaluators
+from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.preprocess import normalize_images, resize_center_crop
 from rsclip_jax.records import read_shard
-from rsclip_jax.retrieval import retrieval_recall
+from rsclip_jax.evals.retrieval import retrieval_recall
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.tokenizer import tokenize
 from rsclip_jax.train_state import init_train_state, setup_train_state
-from rsclip_jax.zeroshot import class_embeddings, prompt_templates, topk_accuracy
+from rsclip_jax.evals.zeroshot import class_embeddings, prompt_templates, topk_accuracy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def write_retrieval_folder(records, root) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    config = load_recipe(os.path.join(REPO, "configs", "demo.py"))
+    config = load_recipe(os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py"))
     model_config = model_config_from(config)
     mesh = make_mesh((8, 1, 1))
     setup = setup_train_state(config, model_config, mesh)
@@ -146,7 +146,7 @@ def test_flat_metrics_names_and_bad_settings(tiny_model, tmp_path):
 
 
 def test_each_encoder_compiles_once_for_a_padded_set(tiny_model):
-    from rsclip_jax.embedding import Embedder
+    from rsclip_jax.evals.embedding import Embedder
 
     _, model_config, mesh, setup, params = tiny_model
     embedder = Embedder(setup.graphdef, setup.shardings["params"], mesh, batch_size=8, image_size=model_config.image_size)

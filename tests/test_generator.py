@@ -16,7 +16,7 @@ from rsclip_jax.generator import prefix_lm_mask
 from rsclip_jax.model import CLIP
 from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import make_mesh
-from rsclip_jax.state_dict import load_openai_state_dict, to_openai_state_dict
+from rsclip_jax.weights.openai_layout import load_openai_state_dict, to_openai_state_dict
 from rsclip_jax.train_state import init_train_state, setup_train_state
 from rsclip_jax.train_step import make_train_step
 from rsclip_jax.variants import model_config

@@ -46,10 +46,10 @@ def test_tpu_pod_creates_installs_and_trains_on_all_workers():
 
 
 def test_gpu_node_one_process_on_the_chosen_gpus():
-    *install, train = dry_run("launch/gpu_node.sh", "--config", "configs/demo.py", "--workdir", "runs/demo",
+    *install, train = dry_run("launch/gpu_node.sh", "--config", "rsclip_jax/demo/configs/demo.py", "--workdir", "runs/demo",
                               "--gpus", "0,1,2,3", "--mesh", "(2,2,1)", "--", "--config.batch_size=256")
     assert install == ["make .venv/.installed-base", ".venv/bin/pip install -q 'jax[cuda13]'"]
-    assert train == ("env CUDA_VISIBLE_DEVICES=0,1,2,3 .venv/bin/python -m rsclip_jax.train --config=configs/demo.py "
+    assert train == ("env CUDA_VISIBLE_DEVICES=0,1,2,3 .venv/bin/python -m rsclip_jax.train --config=rsclip_jax/demo/configs/demo.py "
                      "--workdir=runs/demo '--config.mesh.shape=(2,2,1)' --config.batch_size=256")
 
 

@@ -9,7 +9,7 @@ from flax import nnx
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from rsclip_jax import CLIP, model_config, tokenize
-from rsclip_jax.state_dict import load_openai_state_dict
+from rsclip_jax.weights.openai_layout import load_openai_state_dict
 
 CAPTIONS = [
     "A photo of a red cube left of a glossy blue sphere.",

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rsclip_jax.retrieval import retrieval_recall
+from rsclip_jax.evals.retrieval import retrieval_recall
 
 
 def test_recall_against_a_loop():

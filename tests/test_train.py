@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def train_command(workdir, shards, *overrides):
     return [
-        sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/configs/demo.py", f"--workdir={workdir}",
+        sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/rsclip_jax/demo/configs/demo.py", f"--workdir={workdir}",
         f"--config.data.train_shards={','.join(shards)}", "--config.batch_size=16", "--config.log_every_steps=1",
         "--config.model.context_length=32", *overrides,
     ]
@@ -187,7 +187,7 @@ def test_clips_recipe_trains_its_generator_and_exports_the_towers_only(tmp_path,
     from safetensors.numpy import load_file
 
     workdir, out = str(tmp_path / "run"), str(tmp_path / "export")
-    recipe = [f"--config={REPO}/configs/demo_clips.py", "--config.model.context_length=32", "--config.generator.queries=8"]
+    recipe = [f"--config={REPO}/rsclip_jax/demo/configs/demo_clips.py", "--config.model.context_length=32", "--config.generator.queries=8"]
     subprocess.run([sys.executable, "-m", "rsclip_jax.train", *recipe, f"--workdir={workdir}",
                     f"--config.data.train_shards={','.join(demo_shards['train'])}", "--config.batch_size=8",
                     "--config.total_steps=4", "--config.log_every_steps=2"],

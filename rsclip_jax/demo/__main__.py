@@ -1,8 +1,8 @@
-"""`make demo`: build the procedural corpus, train configs/demo.py on the CPU, report held-out recall@1.
+"""`make demo`: build the procedural corpus, train demo/configs/demo.py on the CPU, report held-out recall@1.
 
     python -m rsclip_jax.demo [--recipe rsclip|clips]
 
-`--recipe clips` trains configs/demo_clips.py instead: CLIPS' alt-text and sub-caption streams and its
+`--recipe clips` trains demo/configs/demo_clips.py instead: CLIPS' alt-text and sub-caption streams and its
 caption generator. Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and
 chance_r1; for clips also the generator's loss at the first and the last logged step.
 """
@@ -19,16 +19,17 @@ import numpy as np
 
 from rsclip_jax.checkpoint import restore_params
 from rsclip_jax.config import load_recipe, model_config_from
-from rsclip_jax.demo_corpus import write_demo_corpus
-from rsclip_jax.embedding import Embedder
+from rsclip_jax.demo.corpus import write_demo_corpus
+from rsclip_jax.evals.embedding import Embedder
 from rsclip_jax.preprocess import decode_image
 from rsclip_jax.records import read_shard
-from rsclip_jax.retrieval import retrieval_recall
+from rsclip_jax.evals.retrieval import retrieval_recall
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.tokenizer import tokenize
 from rsclip_jax.train_state import setup_train_state
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The recipes ship inside the package, so an installed rsclip_jax runs the demo from any folder.
+RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 # recipe -> (its config file, what the demo trains, its workdir)
 RECIPES = {
     "rsclip": ("demo.py", "tiny CLIP trained on procedurally rendered scenes with procedural role captions (not an "
@@ -70,7 +71,7 @@ def main():
     start = time.perf_counter()
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh, reproducible run every time
     corpus = write_demo_corpus(os.path.join(workdir, "corpus"), num_train=NUM_TRAIN, num_heldout=NUM_HELDOUT, seed=0)
-    recipe = os.path.join(REPO, "configs", recipe_file)
+    recipe = os.path.join(RECIPE_DIR, recipe_file)
     run_dir = os.path.join(workdir, "run")
     subprocess.run(
         [sys.executable, "-m", "rsclip_jax.train", f"--config={recipe}", f"--workdir={run_dir}",

@@ -1,4 +1,4 @@
-"""CLIPS at demo scale (`python -m rsclip_jax.demo --recipe clips`): configs/demo.py's tiny model, trained as
+"""CLIPS at demo scale (`python -m rsclip_jax.demo --recipe clips`): rsclip_jax/demo/configs/demo.py's tiny model, trained as
 configs/clips_b16.py trains B/16.
 
 Each image brings its procedural web alt text (slot "alt"; the one image in ten without any is skipped) and
@@ -15,7 +15,7 @@ from rsclip_jax.config import load_recipe, recipe_arguments
 
 
 def get_config(arg=None):
-    recipe_arguments(arg, {}, "configs/demo_clips.py")
+    recipe_arguments(arg, {}, "rsclip_jax/demo/configs/demo_clips.py")
     config = load_recipe(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
     config.data.slot_kinds = ("alt", "long")
     config.data.sub_caption = "sentence"

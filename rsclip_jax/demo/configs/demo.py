@@ -2,14 +2,14 @@
 
 Not a paper recipe: a tiny model (width 64, 2 layers, 32 px, 64 text positions) with a learning rate
 suited to training from scratch; the multi-positive softmax_union loss with K=2 captions per image.
-Takes no arguments (`--config=configs/demo.py`); change keys with `--config.x.y=value`.
+Takes no arguments (`--config=rsclip_jax/demo/configs/demo.py`); change keys with `--config.x.y=value`.
 """
 
 from rsclip_jax.config import base_config, recipe_arguments
 
 
 def get_config(arg=None):
-    recipe_arguments(arg, {}, "configs/demo.py")
+    recipe_arguments(arg, {}, "rsclip_jax/demo/configs/demo.py")
     config = base_config()
     config.total_steps = 600
     config.batch_size = 64

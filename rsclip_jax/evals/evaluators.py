@@ -1,7 +1,7 @@
 """Evaluators named in `config.evals`: image-text retrieval and zero-shot classification.
 
-Each entry of `config.evals` is one evaluator, its `kind` "retrieval" or "zeroshot", with the settings
-below (RETRIEVAL / ZEROSHOT hold their defaults). `every_steps` runs it during training every that
+Each entry of `config.evals` is one evaluator, its `kind` one of KINDS ("retrieval" or "zeroshot"), with the
+settings below (RETRIEVAL / ZEROSHOT hold their defaults). `every_steps` runs it during training every that
 many steps (0: only after the last step). Data are read and captions tokenized once, when built, so
 a missing file stops a run before it trains.
 """
@@ -13,18 +13,18 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
-from rsclip_jax.classification_sets import load_classification_set
-from rsclip_jax.embedding import Embedder
+from rsclip_jax.evals.classification_sets import load_classification_set
+from rsclip_jax.evals.embedding import Embedder
 from rsclip_jax.preprocess import load_image
-from rsclip_jax.retrieval import retrieval_recall
-from rsclip_jax.retrieval_sets import load_retrieval_set
+from rsclip_jax.evals.retrieval import retrieval_recall
+from rsclip_jax.evals.retrieval_sets import load_retrieval_set
 from rsclip_jax.tokenizer import tokenize
-from rsclip_jax.zeroshot import class_embeddings, class_prompts, topk_accuracy
+from rsclip_jax.evals.zeroshot import class_embeddings, class_prompts, topk_accuracy
 
 COMMON = {"every_steps": 0, "batch_size": 256, "limit": 0}  # limit: the first N images (0: all)
 RETRIEVAL = {"dataset": "", "root": "", "annotations": "", "prefix": ""}  # prefix: e.g. "A photo of "
 # prompts: "openai" | "clip_benchmark"; classnames / templates (None: the prompt set's) replace either half
-# (rsclip_jax/zeroshot.py).
+# (rsclip_jax/evals/zeroshot.py).
 ZEROSHOT = {"source": "", "split": "test", "data_dir": "", "prompts": "openai", "classnames": None, "templates": None}
 
 
@@ -41,10 +41,9 @@ class Evaluator:
 def _settings(name: str, entry) -> dict:
     entry = dict(entry)
     kind = entry.pop("kind", None)
-    defaults = {"retrieval": RETRIEVAL, "zeroshot": ZEROSHOT}.get(kind)
-    if defaults is None:
-        raise ValueError(f"config.evals.{name}.kind must be 'retrieval' or 'zeroshot', not {kind!r}")
-    known = {**COMMON, **defaults}
+    if kind not in KINDS:
+        raise ValueError(f"config.evals.{name}.kind must be one of {sorted(KINDS)}, not {kind!r}")
+    known = {**COMMON, **KINDS[kind][0]}
     unknown = sorted(set(entry) - set(known))
     if unknown:
         raise ValueError(f"config.evals.{name}.{unknown[0]} is not a {kind} setting: known are {sorted(known)}")
@@ -86,6 +85,10 @@ def _zeroshot(name, settings, embedder, context_length):
     return run
 
 
+# kind -> (its settings with their defaults, the builder of its run(params))
+KINDS = {"retrieval": (RETRIEVAL, _retrieval), "zeroshot": (ZEROSHOT, _zeroshot)}
+
+
 def build_evaluators(config, model_config, graphdef, params_sharding, mesh) -> list[Evaluator]:
     """One Evaluator per entry of config.evals, sharing compiled encoders between equal batch sizes."""
     embedders: dict[int, Embedder] = {}
@@ -96,8 +99,7 @@ def build_evaluators(config, model_config, graphdef, params_sharding, mesh) -> l
         if batch_size not in embedders:
             embedders[batch_size] = Embedder(graphdef, params_sharding, mesh, batch_size=batch_size,
                                              image_size=model_config.image_size)
-        make = _retrieval if settings["kind"] == "retrieval" else _zeroshot
-        run = make(name, settings, embedders[batch_size], model_config.context_length)
+        run = KINDS[settings["kind"]][1](name, settings, embedders[batch_size], model_config.context_length)
         evaluators.append(Evaluator(name, settings["every_steps"], run))
     return evaluators
 

@@ -5,9 +5,9 @@
   `tfds build NAME --file_format=array_record` (or copy a prepared data_dir).
 - `folder:PATH` reads PATH/<class>/<image files>, classes in sorted order. Class folders named by WordNet id
   (ImageNet-O, -A, -R as released, the ILSVRC validation set sorted into folders) are ImageNet classes:
-  rsclip_jax.zeroshot names them.
+  rsclip_jax.evals.zeroshot names them.
 A set's labels are the dataset's own class names (TFDS label names, folder names); the prompts made from
-them are rsclip_jax.zeroshot's concern.
+them are rsclip_jax.evals.zeroshot's concern.
 """
 
 import dataclasses
