@@ -28,9 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "captioning")]
 from captioning.engines import Sampling, make_engine  # noqa: E402
 from captioning.images import list_inputs, load_image  # noqa: E402
-from captioning.prompts import CAPTION_KINDS, caption_messages  # noqa: E402
+from captioning.prompts import caption_messages  # noqa: E402
 from captioning.roles import load_roles  # noqa: E402
 from captioning.run import run  # noqa: E402
+from rsclip_jax.records import CAPTION_KINDS  # noqa: E402
 from tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

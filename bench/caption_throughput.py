@@ -30,8 +30,9 @@ from safetensors.torch import save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "captioning")]
 from captioning.engines import Sampling, VllmEngine, request_seed  # noqa: E402
-from captioning.prompts import CAPTION_KINDS, caption_messages  # noqa: E402
+from captioning.prompts import caption_messages  # noqa: E402
 from captioning.roles import load_roles  # noqa: E402
+from rsclip_jax.records import CAPTION_KINDS  # noqa: E402
 from tiny_qwen2vl import CHAT_TEMPLATE, build_tiny_qwen2vl  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

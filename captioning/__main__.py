@@ -1,3 +1,5 @@
+"""`python -m captioning`: the commands of captioning/cli.py."""
+
 from captioning.cli import main
 
 if __name__ == "__main__":

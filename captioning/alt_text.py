@@ -35,8 +35,9 @@ def sidecar_path(image_path: str) -> str | None:
 
 def sidecars_among(names: list[str]) -> set[str]:
     """The names among one folder's file `names` that hold the alt text of another file there."""
-    stems = {os.path.splitext(name)[0] for name in names if os.path.splitext(name)[1] != SIDECAR_SUFFIX}
-    return {name for name in names if os.path.splitext(name)[1] == SIDECAR_SUFFIX and os.path.splitext(name)[0] in stems}
+    split = [os.path.splitext(name) for name in names]
+    stems = {stem for stem, suffix in split if suffix != SIDECAR_SUFFIX}
+    return {stem + suffix for stem, suffix in split if suffix == SIDECAR_SUFFIX and stem in stems}
 
 
 def read_sidecars(inputs: list[tuple[str, str]]) -> dict[str, str]:

@@ -12,7 +12,7 @@ from PIL import Image
 from captioning.alt_text import load_alt_texts
 from captioning.engines import ENGINES, Sampling, make_engine
 from captioning.filter import filter_shards
-from captioning.images import DEFAULT_MAX_IMAGE_PIXELS, list_inputs, load_image
+from captioning.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PIXELS, list_inputs, load_image
 from captioning.prompts import PROMPT_VERSION
 from captioning.roles import load_roles
 from captioning.run import run
@@ -25,13 +25,15 @@ _ENGINE_FLAGS = {
 }
 
 
-def _add_engine_flags(parser, prefix="", temperature=0.7):
+def _add_engine_flags(parser, prefix="", temperature=Sampling.temperature):
     parser.add_argument(f"--{prefix}engine", choices=ENGINES, default="vllm")
-    parser.add_argument(f"--{prefix}model", required=not prefix, help="local model folder (e.g. Qwen2.5-VL-7B-Instruct)")
-    parser.add_argument("--max-pixels", type=int, default=448 * 448, help="pixel cap of the image the model sees")
-    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument(f"--{prefix}model", required=not prefix,
+                        help="local model folder (e.g. Qwen2.5-VL-7B-Instruct)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="pixel cap of the image the model sees")
+    parser.add_argument("--max-tokens", type=int, default=Sampling.max_tokens)
     parser.add_argument("--temperature", type=float, default=temperature)
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-p", type=float, default=Sampling.top_p)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--no-prefix-caching", action="store_true", help="turn vLLM's prefix cache off")
@@ -154,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.add_argument("--learning-rate", type=float, default=1e-5)
     distill_parser.add_argument("--batch-size", type=int, default=4)
     distill_parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    distill_parser.add_argument("--max-pixels", type=int, default=448 * 448, help="pixel cap of the training images")
+    distill_parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                                help="pixel cap of the training images")
     distill_parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     distill_parser.add_argument("--seed", type=int, default=0)
 

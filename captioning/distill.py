@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from captioning.engines import chat_prompt
 from captioning.images import decode_record_image, for_captioner
 from rsclip_jax.records import read_shard
 
@@ -78,7 +79,7 @@ class _Examples(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         messages, jpeg, answer = self.examples[i]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = chat_prompt(self.processor, messages)
         full = self.processor.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
                                                   tokenize=False)
         if not full.startswith(prompt):
@@ -108,8 +109,10 @@ def _collate(examples):
     }
 
 
-def distill(judgements, student, out, *, lora=False, lora_rank=16, epochs=1.0, max_steps=-1, learning_rate=1e-5,
-            batch_size=4, gradient_accumulation_steps=1, max_pixels=448 * 448, dtype="float32", seed=0) -> dict:
+def distill(judgements, student, out, *, lora, lora_rank, epochs, max_steps, learning_rate, batch_size,
+            gradient_accumulation_steps, max_pixels, dtype, seed) -> dict:
+    """Trains the student and saves it to `out`; returns the summary also written to `out/distill.json`. No
+    defaults here: each is written once, in the CLI."""
     if not os.path.isdir(student):
         raise FileNotFoundError(f"--student {student} is not a model folder")
     examples, unscored = load_judgements(judgements)

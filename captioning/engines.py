@@ -35,6 +35,16 @@ def request_seed(base: int, *parts) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def chat_prompt(processor, messages: list) -> str:
+    """The prompt text a request's messages become, its answer to follow; a distilled student is trained on it."""
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _model_name(model: str) -> str:
+    """The name each caption stores: the model folder's own."""
+    return os.path.basename(os.path.normpath(model))
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     max_tokens: int = 256
@@ -80,7 +90,7 @@ class VllmEngine:
         transformers = _import("transformers", "vllm")
         from vllm.platforms import current_platform
 
-        self.model_name = os.path.basename(os.path.normpath(model))
+        self.model_name = _model_name(model)
         self.sampling = sampling
         self.processor = transformers.AutoProcessor.from_pretrained(model)
         engine_args = {"enable_prefix_caching": True, "disable_log_stats": False, **engine_args}  # stats: hit rate
@@ -109,7 +119,7 @@ class VllmEngine:
         )
 
     def _prompt(self, request: Request) -> dict:
-        text = self.processor.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+        text = chat_prompt(self.processor, request.messages)
         return {"prompt": text, "multi_modal_data": {"image": request.image}}
 
     def stream(self, keyed_requests):
@@ -199,7 +209,7 @@ class TransformersEngine:
     def __init__(self, model: str, *, sampling: Sampling, dtype: str = "float32"):
         self.torch = _import("torch", "transformers")
         transformers = _import("transformers", "transformers")
-        self.model_name = os.path.basename(os.path.normpath(model))
+        self.model_name = _model_name(model)
         self.sampling = sampling
         self.processor = transformers.AutoProcessor.from_pretrained(model)
         self.model = transformers.AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(self.torch, dtype))
@@ -222,7 +232,7 @@ class TransformersEngine:
             yield key, text, None
 
     def _generate(self, request: Request) -> str:
-        prompt = self.processor.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+        prompt = chat_prompt(self.processor, request.messages)
         inputs = self.processor(text=[prompt], images=[request.image], return_tensors="pt")
         self.torch.manual_seed(request.seed)
         with self.torch.no_grad():

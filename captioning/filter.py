@@ -16,6 +16,7 @@ import re
 from captioning.engines import Request, request_seed
 from captioning.images import decode_record_image, for_captioner
 from captioning.prompts import JUDGE_SCHEMA, judge_messages
+from captioning.tally import CaptionTally
 from rsclip_jax.records import read_shard, write_shard
 
 _JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
@@ -95,8 +96,10 @@ def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, exp
         release(s)
 
 
-def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=4, judge=None, drop_fraction=0.0,
-                  export_path=None, seed=0, max_pixels=448 * 448) -> dict:
+def filter_shards(in_dir, out_dir, roles, *, min_long_words, min_short_words, judge, drop_fraction, export_path, seed,
+                  max_pixels) -> dict:
+    """Writes the filtered shards to `out_dir`; returns what was dropped and kept. No defaults here: each is written
+    once, in the CLI."""
     shards = sorted(glob.glob(os.path.join(in_dir, "*.array_record")))
     if not shards:
         raise FileNotFoundError(f"--in {in_dir} holds no caption shards (*.array_record)")
@@ -105,7 +108,8 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
     scores = {}  # (shard index, record index, caption index) -> (score, rationale)
 
     def kept_by_length(record):
-        return [i for i, c in enumerate(record.captions) if passes_length(c.kind, c.text, min_long_words, min_short_words)]
+        return [i for i, c in enumerate(record.captions)
+                if passes_length(c.kind, c.text, min_long_words, min_short_words)]
 
     if judge is not None:
         with open(export_path, "w") if export_path else contextlib.nullcontext() as export:
@@ -113,7 +117,7 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
     dropped_by_judge = lowest_fraction(scores, drop_fraction)
 
     os.makedirs(out_dir, exist_ok=True)
-    caption_counts, word_totals = collections.Counter(), collections.Counter()
+    tally = CaptionTally()
     for s, path in enumerate(shards):
         survivors = []
         for r, record in enumerate(read_shard(path)):
@@ -127,8 +131,7 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
                 else:
                     score, rationale = scores.get((s, r, c), (None, None))
                     captions.append(dataclasses.replace(caption, judge_score=score, judge_rationale=rationale))
-                    caption_counts[f"{caption.role}/{caption.kind}"] += 1
-                    word_totals[f"{caption.role}/{caption.kind}"] += len(caption.text.split())
+            tally.add(captions)
             if captions:
                 survivors.append(dataclasses.replace(record, captions=tuple(captions)))
             else:
@@ -139,6 +142,5 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words=10, min_short_words=
     return {
         "dropped": {k: v for k, v in sorted(counts.items()) if k != "images_kept"},
         "images_kept": counts["images_kept"], "captions_judged": len(scores),
-        "captions_kept": dict(sorted(caption_counts.items())),
-        "mean_words": {key: round(word_totals[key] / n, 1) for key, n in sorted(caption_counts.items())},
+        "captions_kept": tally.counts(), "mean_words": tally.mean_words(),
     }

@@ -14,6 +14,8 @@ from captioning.alt_text import sidecars_among
 # well inside both leaves room for its own rounding to multiples of 28.
 MAX_CAPTIONER_ASPECT = 100
 MIN_CAPTIONER_SIDE = 28
+# The pixel cap of the captioner's copy (--max-pixels): the judge and a distilled student see what the captioner saw.
+DEFAULT_MAX_PIXELS = 448 * 448
 # Pillow's own guard; an image above it is refused, not captioned (a decompression bomb or a scan).
 # `captioning run` lifts Pillow's own checks and applies --max-image-pixels in their place.
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS

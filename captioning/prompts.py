@@ -7,7 +7,6 @@ role: vLLM's prefix cache then shares the image's tokens across that image's req
 from captioning.roles import Role
 
 PROMPT_VERSION = "rs-prompts-v1"
-CAPTION_KINDS = ("long", "short")
 
 SYSTEM_PROMPT = (
     "You describe images for training vision-language models. After the image you are given an expert "

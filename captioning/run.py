@@ -10,19 +10,42 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 
 from tqdm import tqdm
 
 from captioning.engines import Request, request_seed
 from captioning.images import shard_slices
-from captioning.prompts import CAPTION_KINDS, PROMPT_VERSION, caption_messages
+from captioning.prompts import PROMPT_VERSION, caption_messages
 from captioning.readahead import ReadAhead
-from rsclip_jax.records import Caption, CaptionRecord, write_shard
+from captioning.tally import CaptionTally
+from rsclip_jax.records import CAPTION_KINDS, Caption, CaptionRecord, write_shard
+
+
+_MANIFEST_ENTRY = re.compile(r"captions-(\d+)\.json")  # shard_name(k) + ".json"
 
 
 def shard_name(index: int) -> str:
     return f"captions-{index:05d}"
+
+
+def manifest_dir(out_dir: str) -> str:
+    return os.path.join(out_dir, "manifest")
+
+
+def manifest_path(out_dir: str, k: int) -> str:
+    return os.path.join(manifest_dir(out_dir), shard_name(k) + ".json")
+
+
+def manifest_shard(name: str) -> int | None:
+    """The shard whose manifest entry is the file `name`; None for any other file (an entry still being written)."""
+    match = _MANIFEST_ENTRY.fullmatch(name)
+    return int(match[1]) if match else None
+
+
+def run_info_path(out_dir: str) -> str:
+    return os.path.join(out_dir, "run.json")
 
 
 def _atomic_write(path: str, write, temporary: str | None = None) -> None:
@@ -51,7 +74,7 @@ def _write_json(path: str, payload) -> None:
 def _write_run_info(out_dir: str, worker_index: int, info: dict) -> None:
     """run.json, the run's size and hash for `captioning status` and later workers. Workers may start together:
     each writes the same content under its own temporary name, so any rename leaves a whole file."""
-    path = os.path.join(out_dir, "run.json")
+    path = run_info_path(out_dir)
     if not os.path.exists(path):
         _atomic_write(path, lambda temporary: _dump_json(temporary, info), temporary=f"{path}.{worker_index}.tmp")
 
@@ -65,10 +88,6 @@ def read_json(path: str) -> dict | None:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it, and a run started again redoes its shard") from e
-
-
-def _manifest_path(out_dir: str, k: int) -> str:
-    return os.path.join(out_dir, "manifest", shard_name(k) + ".json")
 
 
 def run_config_hash(settings: dict, inputs: list[tuple[str, str]], alt_texts: dict[str, str] | None = None) -> str:
@@ -132,13 +151,15 @@ def caption_shards(engine, inputs, shards, roles, images, *, seed, alt_texts=Non
             shard.seen += 1
             touched.add(k)
             if isinstance(loaded, Exception):
-                shard.errors.append({"image_id": image_id, "path": path, "reason": f"{type(loaded).__name__}: {loaded}"})
+                shard.errors.append({"image_id": image_id, "path": path,
+                                     "reason": f"{type(loaded).__name__}: {loaded}"})
                 continue
             image, jpeg, size = loaded
             shard.loaded.append((i, image_id, jpeg, size))
             shard.asked += len(slots)  # all at once: the shard is not complete while any of them is unanswered
             for s, (role, kind) in enumerate(slots):
-                yield (k, i, s), Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind))
+                yield (k, i, s), Request(image, caption_messages(role, kind),
+                                         request_seed(seed, image_id, role.name, kind))
 
     def completed():
         for k in [k for k in touched if flight[k].complete()]:
@@ -154,11 +175,11 @@ def caption_shards(engine, inputs, shards, roles, images, *, seed, alt_texts=Non
 
 def _unfinished_shards(out_dir, shards, config_hash, *, num_workers, worker_index) -> dict:
     """This worker's shards without a manifest entry; refuses an --out that holds another run."""
-    info = read_json(os.path.join(out_dir, "run.json"))
+    info = read_json(run_info_path(out_dir))
     hashes = {info["config_hash"]} if info else set()
     todo = {}
     for k in range(worker_index, len(shards), num_workers):
-        entry = read_json(_manifest_path(out_dir, k))
+        entry = read_json(manifest_path(out_dir, k))
         if entry is None:
             todo[k] = shards[k]
         else:
@@ -177,12 +198,12 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
     if not 0 <= worker_index < num_workers:
         raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
     config_hash = run_config_hash(settings, inputs, alt_texts)
-    os.makedirs(os.path.join(out_dir, "manifest"), exist_ok=True)
+    os.makedirs(manifest_dir(out_dir), exist_ok=True)
     shards = shard_slices(len(inputs), images_per_shard)
     todo = _unfinished_shards(out_dir, shards, config_hash, num_workers=num_workers, worker_index=worker_index)
     _write_run_info(out_dir, worker_index, {"config_hash": config_hash, "num_shards": len(shards), "images_total":
                                             len(inputs), "images_with_alt_text": len(alt_texts or {})})
-    totals, caption_counts, word_totals = collections.Counter(), collections.Counter(), collections.Counter()
+    totals, tally = collections.Counter(), CaptionTally()
     summary = {"shards_written": len(todo), "images": 0, "decode_errors": 0, "caption_errors": 0, "captions": {},
                "mean_words": {}, "alt_texts": 0, "seconds": 0.0, "read_wait_share": None,
                "prefix_cache_hit_rate": None}
@@ -197,24 +218,21 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
             shard_path = os.path.join(out_dir, shard_name(k) + ".array_record")
             write_shard(shard_path, records)
             _write_jsonl(os.path.join(out_dir, shard_name(k) + ".errors.jsonl"), errors)
-            counts = collections.Counter(f"{c.role}/{c.kind}" for r in records for c in r.captions)
+            shard_tally = CaptionTally().add(c for r in records for c in r.captions)
             entry = {
                 "shard": os.path.basename(shard_path), "config_hash": config_hash, "images": len(shards[k]),
                 "records": len(records), "decode_errors": sum("role" not in e for e in errors),
-                "caption_errors": sum("role" in e for e in errors), "captions": dict(counts),
+                "caption_errors": sum("role" in e for e in errors), "captions": shard_tally.counts(),
             }
-            _write_json(_manifest_path(out_dir, k), entry)
+            _write_json(manifest_path(out_dir, k), entry)
             totals.update({key: entry[key] for key in ("records", "decode_errors", "caption_errors")})
             totals["alt_texts"] += sum(r.alt_text is not None for r in records)
-            caption_counts.update(counts)
-            for c in (c for r in records for c in r.captions):
-                word_totals[f"{c.role}/{c.kind}"] += len(c.text.split())
+            tally += shard_tally
             bar.update(len(shards[k]))
     seconds = time.perf_counter() - start
     return {
         **summary, "images": totals["records"], "decode_errors": totals["decode_errors"],
-        "caption_errors": totals["caption_errors"], "captions": dict(sorted(caption_counts.items())),
-        "mean_words": {key: round(word_totals[key] / n, 1) for key, n in sorted(caption_counts.items())},
+        "caption_errors": totals["caption_errors"], "captions": tally.counts(), "mean_words": tally.mean_words(),
         "alt_texts": totals["alt_texts"], "seconds": round(seconds, 1),
         # Time the feed blocked on an image still being read: the most the engine can have waited for the host,
         # less where it still had queued requests to run.

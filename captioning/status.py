@@ -8,11 +8,8 @@ and so the missing shards, are unknown.
 
 import collections
 import os
-import re
 
-from captioning.run import read_json
-
-_ENTRY = re.compile(r"captions-(\d+)\.json")
+from captioning.run import manifest_dir, manifest_shard, read_json, run_info_path
 
 
 def run_status(out_dir: str, num_workers: int | None = None) -> dict:
@@ -20,21 +17,20 @@ def run_status(out_dir: str, num_workers: int | None = None) -> dict:
     with `num_workers`, the missing shards of each worker (shard k is worker k % num_workers's)."""
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"--out {out_dir} is not a folder")
-    manifest = os.path.join(out_dir, "manifest")
+    manifest = manifest_dir(out_dir)
     if not os.path.isdir(manifest):
         raise FileNotFoundError(f"--out {out_dir} holds no captioning run: it has no manifest/ folder")
     done, counts, errors, captions = [], collections.Counter(), collections.Counter(), collections.Counter()
     for name in sorted(os.listdir(manifest)):
-        match = _ENTRY.fullmatch(name)
-        if not match:
+        k = manifest_shard(name)
+        if k is None:
             continue
         entry = read_json(os.path.join(manifest, name))
-        done.append(int(match[1]))
+        done.append(k)
         counts.update(images=entry["images"], records=entry["records"])
         errors.update({key: n for key, n in entry.items() if key.endswith("errors") and isinstance(n, int)})
         captions.update(entry["captions"])
-    info_path = os.path.join(out_dir, "run.json")
-    info = read_json(info_path) or {}
+    info = read_json(run_info_path(out_dir)) or {}
     total = info.get("num_shards")
     missing = None if total is None else sorted(set(range(total)) - set(done))
     status = {

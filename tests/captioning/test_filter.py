@@ -14,7 +14,6 @@ from captioning.filter import lowest_fraction, parse_judgement
 from captioning.prompts import JUDGE_SCHEMA, judge_messages
 from captioning.roles import load_roles
 from rsclip_jax.records import Caption, CaptionRecord, read_shard, write_shard
-from test_run import caption_command
 
 ROLE = "Observer of Details"
 
@@ -60,7 +59,8 @@ def test_length_rules_drop_short_captions_and_empty_images(tmp_path):
     ('{"rationale": "fine", "score": 90.5}', (90.5, "fine")),
     ('{"score": "not a number"} Score: 40', (40.0, '{"score": "not a number"} Score: 40')),
     ("Score: 55 because it is fine", (55.0, "Score: 55 because it is fine")),
-    ("**Score**: 72/100. The caption names every object.", (72.0, "**Score**: 72/100. The caption names every object.")),
+    ("**Score**: 72/100. The caption names every object.",
+     (72.0, "**Score**: 72/100. The caption names every object.")),
     ('{"score": 300}', None), ('{"score": true}', None), ("no idea", None), ("I would give it 80.", None), ("", None),
 ])
 def test_parse_judgement_with_and_without_json(answer, expected):
@@ -68,12 +68,13 @@ def test_parse_judgement_with_and_without_json(answer, expected):
 
 
 def test_judge_prompt_names_the_role_and_its_job_after_the_image_and_asks_for_json():
-    role = load_roles().roles[2]
-    messages = judge_messages(role, "A red cube sits left of a blue ball.")
-    assert messages[0]["role"] == "system" and '{"score"' in messages[0]["content"] and "1 to 100" in messages[0]["content"]
+    role, caption = load_roles().roles[2], "A red cube sits left of a blue ball."
+    messages = judge_messages(role, caption)
+    system = messages[0]["content"]
+    assert messages[0]["role"] == "system" and '{"score"' in system and "1 to 100" in system
     image, text = messages[1]["content"]
     assert image == {"type": "image"}  # the image first: its tokens are shared with its other captions' requests
-    assert text["text"] == f"Role: {role.name}. Its job: {role.responsibilities}\nCaption: A red cube sits left of a blue ball."
+    assert text["text"] == f"Role: {role.name}. Its job: {role.responsibilities}\nCaption: {caption}"
     assert JUDGE_SCHEMA["required"] == ["score", "rationale"]
 
 

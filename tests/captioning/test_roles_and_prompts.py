@@ -3,15 +3,17 @@ import json
 import pytest
 from transformers import AutoProcessor
 
-from captioning.prompts import CAPTION_KINDS, caption_messages
+from captioning.prompts import caption_messages
 from captioning.roles import load_roles
+from rsclip_jax.records import CAPTION_KINDS
 
 
 def test_default_roles_are_the_five_experts():
     roles = load_roles()
     assert roles.version == "default-v1"
     assert [r.name for r in roles.roles] == [
-        "Observer of Details", "Interpreter of Context", "Compositional Analyst", "Narrative Setter", "Emotional Responder",
+        "Observer of Details", "Interpreter of Context", "Compositional Analyst", "Narrative Setter",
+        "Emotional Responder",
     ]
     assert all(r.expertise and r.responsibilities for r in roles.roles)
 

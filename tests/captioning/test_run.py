@@ -57,7 +57,8 @@ def expected_ids(images):
 def test_run_writes_every_role_and_kind_and_counts_bad_files(images, tiny_model, tmp_path):
     out = str(tmp_path / "out")
     extra = ["--engine", "transformers", "--short-side", "128", "--images-per-shard", "4"]
-    result = subprocess.run(caption_command(images, out, tiny_model, *extra), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(caption_command(images, out, tiny_model, *extra), capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stdout)
     assert summary["images"] == 6 and summary["decode_errors"] == 2
@@ -133,7 +134,8 @@ def test_missing_engine_says_how_to_install(images, tiny_model, tmp_path):
     code = ("import sys; sys.modules['vllm'] = None; from captioning.cli import main; "
             f"main(['run', '--images', {images!r}, '--out', {str(tmp_path / 'o')!r}, '--model', {tiny_model!r}])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "engine 'vllm' needs vllm" in result.stderr and "make captioning-env" in result.stderr
+    assert result.returncode != 0
+    assert "engine 'vllm' needs vllm" in result.stderr and "make captioning-env" in result.stderr
 
 
 def odd_folder(tmp_path):
@@ -190,8 +192,8 @@ def test_vllm_captions_odd_images_and_prefix_caching_changes_no_text(tiny_model,
         out = str(tmp_path / caching)
         command = caption_command(
             folder, out, tiny_model, "--engine", "vllm", "--max-image-pixels", "1000000", "--temperature", "0",
-            "--max-tokens", "8", "--images-per-shard", "5", "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
-            "--max-num-seqs", "8", *(["--no-prefix-caching"] if caching == "off" else []))
+            "--max-tokens", "8", "--images-per-shard", "5", "--dtype", "float32", "--enforce-eager",
+            "--max-model-len", "512", "--max-num-seqs", "8", *(["--no-prefix-caching"] if caching == "off" else []))
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         summary = summary_of(result.stdout)
