@@ -16,10 +16,9 @@ import jax
 import numpy as np
 
 from rsclip_jax.checkpoint import Checkpointer
-from rsclip_jax.config import base_config, model_config_from
-from rsclip_jax.optim import learning_rate_schedule
+from rsclip_jax.config import base_config
 from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, make_train_step
 from train_step import random_batch
 
@@ -48,13 +47,12 @@ def main():
     args = parser.parse_args()
     config = base_config()
     config.model.update(variant=args.variant, context_length=args.context)
-    config.update(batch_size=args.batch, total_steps=1000)
-    model_config = model_config_from(config)
+    config.batch_size = args.batch
     mesh = make_mesh((1, 1, 1))
-    setup = setup_train_state(config, model_config, mesh)
-    state = init_train_state(config, model_config, setup)
-    train_step = make_train_step(config, setup, ("any",), learning_rate_schedule(config.optim, 1000), mesh)
-    batch = jax.device_put(random_batch(model_config, args.batch, 1), batch_sharding(mesh))
+    setup = TrainSetup.build(config, mesh)
+    state = setup.init_state()
+    train_step = make_train_step(setup, ("any",))
+    batch = jax.device_put(random_batch(setup.model, args.batch, 1), batch_sharding(mesh))
     state, _, _ = run(state, train_step, batch, 2)  # compile
 
     state, plain_step_s, _ = run(state, train_step, batch, args.steps)

@@ -31,12 +31,12 @@ def main():
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from rsclip_jax.config import base_config, model_config_from
+    from rsclip_jax.config import base_config
     from rsclip_jax.losses import contrastive_loss, sharded_contrastive_loss
-    from rsclip_jax.optim import learning_rate_schedule
     from rsclip_jax.sharding import make_mesh
-    from rsclip_jax.train_state import setup_train_state
+    from rsclip_jax.train_state import TrainSetup
     from rsclip_jax.train_step import make_train_step
+    from rsclip_jax.variants import ModelConfig
 
     mesh = make_mesh((args.devices, 1, 1))
     rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
@@ -58,10 +58,10 @@ def main():
             jax.ShapeDtypeStruct((batch, args.captions, width), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32),
         ).compile())
 
-    def step_peak(config, model_config, batch):
-        setup = setup_train_state(config, model_config, mesh)
-        step = make_train_step(config, setup, ("any",) * args.captions, learning_rate_schedule(config.optim, 1000), mesh)
-        size = model_config.image_size
+    def step_peak(config, batch):
+        setup = TrainSetup.build(config, mesh)
+        step = make_train_step(setup, ("any",) * args.captions)
+        size = setup.model.image_size
         return peak_gib(step.lower(setup.abstract_state, {
             "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
             "tokens": jax.ShapeDtypeStruct((batch, args.captions, args.context), jnp.int32),
@@ -73,14 +73,14 @@ def main():
         for sharded in ("off", "on"):
             config = base_config()
             config.model.update(variant=args.variant, context_length=args.context, remat_policy=args.remat_policy)
-            config.update(batch_size=batch, total_steps=1000)
+            config.batch_size = batch
             config.loss.sharded = sharded
-            model_config = model_config_from(config)
+            model_config = ModelConfig.from_config(config)
             start = time.perf_counter()
             results.append({
                 "global_batch": batch, "loss": "sharded" if sharded == "on" else "plain",
                 "loss_only_peak_gib": loss_peak(model_config, batch, sharded),
-                "train_step_peak_gib": step_peak(config, model_config, batch),
+                "train_step_peak_gib": step_peak(config, batch),
                 "compile_s": round(time.perf_counter() - start, 1),
             })
     print(json.dumps({"bench": "compile_memory", "variant": args.variant, "context_length": args.context,

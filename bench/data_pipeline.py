@@ -19,7 +19,8 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageFilter
 
-from rsclip_jax.data import ExampleSpec, train_dataset
+from rsclip_jax.data import train_dataset
+from rsclip_jax.example_spec import ExampleSpec
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
 from rsclip_jax.records import write_shard
 

@@ -20,12 +20,11 @@ import time
 import jax
 import numpy as np
 
-from rsclip_jax.config import base_config, model_config_from
+from rsclip_jax.config import base_config
 from rsclip_jax.fit import largest_batch, pick_for_local_devices
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
-from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, make_train_step
 
 END_OF_TEXT = 49407
@@ -53,7 +52,7 @@ def ours(args):
     config = base_config()
     config.model.update(variant=args.variant, context_length=args.context, dtype=args.dtype,
                         remat_policy=args.remat_policy)
-    config.update(batch_size=args.batch, total_steps=1000)
+    config.batch_size = args.batch
     config.optim.update(lr=1e-5, warmup_steps=0)
     config.data.slot_kinds = ("any",) * args.captions
     config, picked = pick_for_local_devices(config)
@@ -62,12 +61,12 @@ def ours(args):
         args.batch = config.batch_size = largest_batch(
             config, devices, devices[0].memory_stats()["bytes_limit"], granularity=8 * len(devices)
         )
-    model_config = model_config_from(config)
     mesh = mesh_from_config(config.mesh)
-    setup = setup_train_state(config, model_config, mesh)
-    state = init_train_state(config, model_config, setup)
+    setup = TrainSetup.build(config, mesh)
+    model_config = setup.model
+    state = setup.init_state()
     slot_kinds = ("any",) * args.captions
-    train_step = make_train_step(config, setup, slot_kinds, learning_rate_schedule(config.optim, 1000), mesh)
+    train_step = make_train_step(setup, slot_kinds)
     batch = jax.device_put(random_batch(model_config, args.batch, args.captions), batch_sharding(mesh))
 
     def step():

@@ -8,7 +8,8 @@
 #       [-- --config.data.train_shards='gs://BUCKET/shards/*.array_record' ...]
 #
 # The workdir should be a bucket (gs://...) every worker can write: checkpoints, metrics and TensorBoard
-# files go there. --repo/--ref default to this checkout's origin and commit.
+# files go there. Caption shards may be in a bucket too, read where they are: gcsfs lists them and ArrayRecord
+# reads gs:// paths itself. --repo/--ref default to this checkout's origin and commit.
 set -euo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,7 +27,7 @@ while (($#)); do
     --repo) repo="$2"; shift 2 ;;
     --ref) ref="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     --) shift; break ;;
     *) die "unknown option $1 (see --help)" ;;
   esac

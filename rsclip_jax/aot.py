@@ -22,11 +22,13 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rsclip_jax.captions import ALT_SLOT
-from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
+from rsclip_jax.config import parse_flags
+from rsclip_jax.example_spec import ExampleSpec
 from rsclip_jax.fit import largest_batch, pick_memory_settings
 from rsclip_jax.flops import clip_training_flops_per_example
 from rsclip_jax.topology import GPU_TARGETS, target
 from rsclip_jax.train_step import check_loss_settings
+from rsclip_jax.variants import ModelConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v4-32, v5p-128, v6e-256, h100-8, ...")
@@ -47,9 +49,9 @@ def _versions() -> dict:
 
 
 def _report(config, topology, result, picked) -> dict:
-    model = model_config_from(config)
+    model = ModelConfig.from_config(config)
     chips = len(topology.devices)
-    spec = example_spec_from(config, model)
+    spec = ExampleSpec.from_config(config, model)
     flops = config.batch_size * clip_training_flops_per_example(
         model, spec.captions_per_example, config.batch_size, text_length=spec.text_length,
         web_caption=ALT_SLOT in spec.slot_kinds,
@@ -84,7 +86,7 @@ def main(argv):
         raise app.UsageError("give --config=configs/<recipe>.py and --topology=NAME (e.g. v5e-8, h100-8)")
     try:
         check_loss_settings(_CONFIG.value)
-        example_spec_from(_CONFIG.value, model_config_from(_CONFIG.value))
+        ExampleSpec.from_config(_CONFIG.value, ModelConfig.from_config(_CONFIG.value))
         topology = target(_TOPOLOGY.value, _SLICES.value)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")

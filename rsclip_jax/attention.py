@@ -11,7 +11,6 @@ from jax.sharding import PartitionSpec
 
 from rsclip_jax.sharding import BATCH_AXES, activation_mesh
 
-IMPLEMENTATIONS = ("xla", "cudnn", "flash")
 # Pallas TPU flash attention works on blocks of this many tokens: sequences are padded up to a multiple.
 FLASH_BLOCK = 128
 # cuDNN's fused attention takes, in training, only even lengths (ViT-B/16's 197 tokens are padded to 200).

@@ -8,9 +8,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from rsclip_jax.config import model_config_from
 from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import setup_train_state
+from rsclip_jax.train_state import TrainSetup
 
 
 class Checkpointer:
@@ -36,14 +35,10 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def restore(self, step: int, abstract_state, shardings, data_iterator=None):
-        """The state of `step` placed in `shardings` (any mesh), and `data_iterator` (when given, and
+    def restore(self, step: int, setup, data_iterator=None):
+        """The state of `step` placed in `setup`'s shardings (any mesh), and `data_iterator` (when given, and
         when the checkpoint holds a data state) moved to where it was."""
-        target = jax.tree.map(
-            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-            abstract_state, shardings,
-        )
-        items = {"state": ocp.args.StandardRestore(target)}
+        items = {"state": ocp.args.StandardRestore(setup.state_target())}
         if data_iterator is not None and (self.directory / str(step) / "data").exists():
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items)).state
@@ -54,26 +49,32 @@ class Checkpointer:
 
 
 def restore_params(directory: str, setup, step: int | None = None) -> tuple[int, dict]:
-    """(step, parameters) of checkpoint `step` in `directory` (default: the latest), in `setup`'s
-    shardings; the optimizer state is read too, as the tree asks, and dropped. A checkpoint of
-    another model raises ValueError naming it."""
-    checkpointer = Checkpointer(directory, every_steps=1, keep=1_000_000)  # never prunes what it reads
+    """(step, parameters) of checkpoint `step` in `directory` (default: the latest), in `setup`'s shardings. Only
+    the `params` subtree is read, so the optimizer settings need not match the run's. A folder without checkpoints
+    raises FileNotFoundError, a checkpoint of another model ValueError, each naming it."""
+    path = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+    if not path.is_dir():
+        raise FileNotFoundError(f"{directory} does not exist: give the --workdir of a training run (or convert import)")
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
     try:
-        step = checkpointer.latest_step() if step is None else step
+        step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory} holds no checkpoint")
+        target = setup.state_target("params")
+        restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), target)
+        item = ocp.args.PyTreeRestore(item={"params": target}, restore_args={"params": restore_args},
+                                      partial_restore=True)
         try:
-            return step, checkpointer.restore(step, setup.abstract_state, setup.shardings)["params"]
+            return step, manager.restore(step, args=ocp.args.Composite(state=item)).state["params"]
         except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
             raise ValueError(f"the checkpoint {directory}/{step} does not fit the config's model: give the config "
                              f"it was trained with. Orbax said: {e}") from None
     finally:
-        checkpointer.close()
+        manager.close()
 
 
 def load_trained_model(config, workdir: str):
     """(model config, our CLIP with the parameters of the latest checkpoint in `workdir`), on one device."""
-    model_config = model_config_from(config)
-    setup = setup_train_state(config, model_config, make_mesh((1, 1, 1)))
+    setup = TrainSetup.build(config, make_mesh((1, 1, 1)))
     _, params = restore_params(os.path.join(workdir, "checkpoints"), setup)
-    return model_config, nnx.merge(setup.graphdef, params)
+    return setup.model, nnx.merge(setup.graphdef, params)

@@ -1,6 +1,12 @@
-"""The training config: every key with its default. Recipes in configs/ start from `base_config()`."""
+"""The training config: every key. Recipes in configs/ start from `base_config()`.
+
+The model's and the examples' settings take their defaults from the classes they configure (ModelConfig,
+ExampleSpec: each default is written there once, with its comment); `ModelConfig.from_config` and
+`ExampleSpec.from_config` read them back. Light: loading a recipe imports no JAX, Grain or PIL.
+"""
 
 import codecs
+import dataclasses
 import importlib.util
 import sys
 
@@ -8,12 +14,13 @@ import ml_collections
 from absl import flags
 from ml_collections.config_dict import placeholder
 
-from rsclip_jax.data import ExampleSpec
-from rsclip_jax.variants import ModelConfig, model_config
+from rsclip_jax.example_spec import SETTINGS as DATA_SETTINGS
+from rsclip_jax.example_spec import ExampleSpec
+from rsclip_jax.variants import ModelConfig
 
 
-# Model keys that may stay None until `rsclip_jax.fit` picks them; ModelConfig's defaults stand in until then.
-AUTO_MODEL_KEYS = ("remat_policy", "scan_layers", "attention")
+def _defaults(cls) -> dict:
+    return {field.name: field.default for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,37 +34,31 @@ def base_config() -> ml_collections.ConfigDict:
     # MFU's denominator, dense bf16 TFLOP/s per device; 0: looked up from the device kind (flops.py).
     config.peak_tflops_per_device = 0.0
 
+    model = _defaults(ModelConfig)  # what each key means: ModelConfig (rsclip_jax/variants.py)
     config.model = ml_collections.ConfigDict()
     config.model.variant = "B/16"
-    config.model.context_length = 248
-    config.model.activation = "quick_gelu"
+    config.model.context_length = model["context_length"]
+    config.model.activation = model["activation"]
     config.model.dtype = placeholder(str)  # None: bfloat16 on accelerators, float32 on CPU
-    config.model.frozen_text_positions = 0
+    config.model.frozen_text_positions = model["frozen_text_positions"]
     config.model.logit_bias_init = placeholder(float)
     # Memory settings left unset (None) are picked per accelerator by `rsclip_jax.fit` when training starts
-    # (and by `rsclip_jax.aot`): the fastest that fits in the device's memory. On a CPU, or wherever they stay
-    # unset, they are: remat_policy "off", scan_layers False, attention "xla".
-    config.model.remat_policy = placeholder(str)  # off | nothing | dots | dots_no_batch (layers.REMAT_POLICIES)
+    # (and by `rsclip_jax.aot`): the fastest that fits in the device's memory. Where they stay unset (a CPU),
+    # ModelConfig's defaults hold.
+    config.model.remat_policy = placeholder(str)  # off | nothing | dots | dots_no_batch (variants.REMAT_POLICIES)
     config.model.scan_layers = placeholder(bool)
     config.model.attention = placeholder(str)  # xla | cudnn (NVIDIA GPUs) | flash (TPUs)
-    # The log logit scale is clamped to [0, this] after each step: log(100), as OpenAI CLIP and open_clip clamp it
-    # training from scratch. None: no clamp (the paper recipes: their code does not clamp; on the command line,
-    # where None is not a float, inf). A reference, so that the command line can give a number where a recipe set None.
-    config.model.max_logit_scale = ml_collections.FieldReference(4.6052, field_type=float)
+    # A reference, so that the command line can give a number where a recipe set None (no clamp; on the command
+    # line, where None is not a float, inf).
+    config.model.max_logit_scale = ml_collections.FieldReference(model["max_logit_scale"], field_type=float)
 
-    config.data = ml_collections.ConfigDict()
+    # What each key means: ExampleSpec (rsclip_jax/example_spec.py); grouped sampling gives one image and
+    # len(slot_kinds) captions per example, rows sampling each caption its own example.
+    data = _defaults(ExampleSpec)
+    config.data = ml_collections.ConfigDict({key: data[key] for key in DATA_SETTINGS})
     config.data.train_shards = ""  # comma-separated paths or globs of caption shards
-    config.data.sampling = "grouped"  # grouped: one image + K captions; rows: each caption its own example
-    config.data.slot_kinds = ("any",)  # grouped: K = len(slot_kinds), each "any", "long" or "short"
-    config.data.rows_per_image = 10  # rows: caption slots per image (5 roles x long/short)
-    config.data.roles = ()  # empty: every role
-    config.data.kinds = ("long", "short")
-    config.data.prefix = ""
-    config.data.sub_caption = "none"  # CLIPS: "sentence" or "token_block"
-    config.data.sub_caption_tokens = 32
-    config.data.random_resized_crop = False
-    config.data.crop_scale = (0.9, 1.0)
     config.data.num_workers = 0  # Grain worker processes per host; 0 decodes in the training process
+    config.data.skip_bad_shards = False  # cut short or damaged shards: False stops the run, True logs and skips them
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "softmax_union"
@@ -108,11 +109,11 @@ def base_config() -> ml_collections.ConfigDict:
     # (rsclip_jax.fit; (-1, 1, 1) on a CPU).
     config.mesh.shape = placeholder(tuple)
     config.mesh.dcn_shape = (1, 1, 1)  # the same axes across slices (docs/scaling.md): usually (slices, 1, 1)
-    # Logical axis -> mesh axis: parameters by `rules`, activations by `activation_rules` (examples over both
-    # batch axes, attention heads, MLP features and the caption generator's vocabulary over `tensor`).
+    # Logical axis -> mesh axis: parameters by `rules` (fully sharded data parallel over `fsdp`, Megatron-style
+    # tensor parallel over `tensor`), activations by `activation_rules` (attention heads, MLP features and the
+    # caption generator's vocabulary over `tensor`; examples always over sharding.BATCH_AXES).
     config.mesh.rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
-    config.mesh.activation_rules = (("batch", ("data", "fsdp")), ("heads", "tensor"), ("mlp", "tensor"),
-                                    ("vocab", "tensor"))
+    config.mesh.activation_rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
 
     # name -> evaluator settings (rsclip_jax/evals/evaluators.py), e.g. paper_evals(root); results go to
     # metrics.jsonl and TensorBoard as eval/NAME/METRIC.
@@ -126,30 +127,6 @@ def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
-
-
-def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
-    fields = {k: v for k, v in config.model.items() if k not in ("variant", "max_logit_scale")}
-    fields = {k: v for k, v in fields.items() if v is not None or k not in AUTO_MODEL_KEYS}
-    generator = config.get("generator")  # absent from the config.json of workdirs trained before it existed
-    if generator and generator.weight:
-        fields.update(generator=True, generator_layers=generator.layers, generator_width=generator.width,
-                      generator_heads=generator.heads, generator_queries=generator.queries)
-    return model_config(config.model.variant, **fields)
-
-
-def example_spec_from(config: ml_collections.ConfigDict, model: ModelConfig) -> ExampleSpec:
-    data = config.data
-    return ExampleSpec(
-        image_size=model.image_size, context_length=model.context_length, sampling=data.sampling,
-        slot_kinds=tuple(data.slot_kinds), rows_per_image=data.rows_per_image, roles=tuple(data.roles),
-        kinds=tuple(data.kinds), prefix=data.prefix, sub_caption=data.sub_caption,
-        sub_caption_tokens=data.sub_caption_tokens, random_resized_crop=data.random_resized_crop,
-        crop_scale=tuple(data.crop_scale),
-        # generator.py's loss takes queries + 1 caption ids: start of text, then the token each query predicts
-        generator_caption_tokens=(config.generator.queries + 1
-                                  if config.get("generator") and config.generator.weight else 0),
-    )
 
 
 def paper_evals(root: str, every_steps: int = 1000) -> ml_collections.ConfigDict:

@@ -8,50 +8,78 @@ examples that could not be built, and batch.
 
 import bisect
 import collections
-import dataclasses
-import glob
-import os
+from concurrent.futures import ThreadPoolExecutor
 
 import grain
 import numpy as np
 from absl import logging
 from array_record.python.array_record_module import ArrayRecordReader
+from etils import epath
 
-from rsclip_jax.captions import (
-    ALT_SLOT, SLOT_KINDS, SUB_CAPTION_MODES, caption_tokens, eligible_captions, pick_for_slots, slot_tokens,
-)
+from rsclip_jax.captions import ALT_SLOT, caption_tokens, eligible_captions, pick_for_slots, slot_tokens
+from rsclip_jax.example_spec import DataError, ExampleSpec
 from rsclip_jax.preprocess import decode_image, random_resized_crop, resize_center_crop
-from rsclip_jax.records import CAPTION_KINDS, RecordError, decode_record
+from rsclip_jax.records import RecordError, decode_record
 from rsclip_jax.tokenizer import tokenize
 
-SAMPLING_MODES = ("grouped", "rows")
-
-
-class DataError(ValueError):
-    """Shards or data settings that cannot work; raised before anything compiles."""
-
-
-def resolve_shards(patterns, key: str) -> list[str]:
-    """Paths matching `patterns` (a comma-separated string or a list of globs); each must hold records."""
+def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[list[str], list[str]]:
+    """(the shards matching `patterns`, the bad ones left out). `patterns`: a comma-separated string or a list of
+    paths or globs, local or gs:// (listed through etils.epath, read by ArrayRecord's own Cloud Storage reader). A bad
+    shard (empty, cut short, damaged, or holding no records) is a DataError, or with `skip_bad` a warning."""
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p.strip()]
     if not patterns:
         raise DataError(f"{key} is empty: give caption shard paths or glob patterns")
     paths = []
     for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
+        matches = _glob(pattern.strip(), key)
         if not matches:
             raise DataError(f"{key}: no caption shard matches {pattern!r}")
         paths += matches
-    for path in paths:
-        if os.path.getsize(path) == 0:
-            raise DataError(f"{key}: caption shard {path} is an empty file")
+    # In threads: on a bucket each check is a few round trips, and the reader lets go of the GIL while it waits.
+    with ThreadPoolExecutor(min(16, len(paths))) as pool:
+        problems = dict(zip(paths, pool.map(_shard_problem, paths)))
+    bad = [path for path in paths if problems[path]]
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more of the {len(paths)} shards)" if len(bad) > 1 else ""
+        raise DataError(f"{key}: caption shard {bad[0]} {problems[bad[0]]}{more}: copy or write it again, or set "
+                        f"config.data.skip_bad_shards=True to train on the good shards")
+    good = [path for path in paths if not problems[path]]
+    if not good:
+        raise DataError(f"{key}: none of its {len(paths)} caption shards can be read; the first, {bad[0]}, "
+                        f"{problems[bad[0]]}")
+    for path in bad:
+        logging.warning("skipping caption shard %s: it %s", path, problems[path])
+    if bad:
+        logging.warning("skipped %d of %d caption shards of %s (config.data.skip_bad_shards)", len(bad), len(paths),
+                        key)
+    return good, bad
+
+
+def _glob(pattern: str, key: str) -> list[str]:
+    """The sorted matches of one pattern, in a folder or a bucket."""
+    path = epath.Path(pattern).expanduser()
+    try:
+        return sorted(str(match) for match in path.parent.glob(path.name))
+    except ImportError as e:  # fsspec's, when gcsfs is missing
+        raise DataError(f"{key}: listing {pattern!r} needs gcsfs: `pip install gcsfs` ({e})") from None
+
+
+def _shard_problem(path: str) -> str | None:
+    """What makes a shard unusable, or None. A cut or truncated file (an interrupted copy) fails the reader's own
+    checks of the footer and index at its end; reading the last record also checks the chunk the index points to
+    last (a cut before it moves it). Neither reads the whole shard."""
+    if epath.Path(path).stat().length == 0:
+        return "is an empty file"
+    try:
         reader = ArrayRecordReader(path)
-        num_records = reader.num_records()
-        reader.close()
-        if num_records == 0:
-            raise DataError(f"{key}: caption shard {path} holds no records")
-    return paths
+        count = reader.num_records() if reader.ok() else None
+        if count:
+            reader.read([count - 1])
+        reader.close()  # raises the reader's own account of a file it could not open
+    except (RuntimeError, ValueError) as e:  # a damaged header can throw C++'s length_error: a ValueError here
+        return "is cut short or damaged (an interrupted copy?)" + (f": {e}" if str(e) else "")  # some say nothing
+    return None if count else "holds no records"
 
 
 def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 64) -> None:
@@ -75,57 +103,6 @@ def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 
         f"of {paths[0]} holds alt text: caption the images with their alt text (`captioning run --alt-text FILE`, or "
         f"a .txt beside each image) or drop the {ALT_SLOT!r} slot"
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class ExampleSpec:
-    """How a record becomes an example; sent to the worker processes, so plain values only."""
-
-    image_size: int
-    context_length: int
-    sampling: str = "grouped"
-    slot_kinds: tuple[str, ...] = ("any",)  # grouped: one caption per slot of the slot's kind; "alt": the alt text
-    rows_per_image: int = 10  # rows: example i uses eligible caption i % rows_per_image of its image
-    roles: tuple[str, ...] = ()  # empty: every role
-    kinds: tuple[str, ...] = CAPTION_KINDS
-    prefix: str = ""
-    sub_caption: str = "none"
-    sub_caption_tokens: int = 32
-    random_resized_crop: bool = False
-    crop_scale: tuple[float, float] = (0.9, 1.0)
-    generator_caption_tokens: int = 0  # > 0: "caption_tokens", the first synthetic slot's whole caption, this long
-
-    def __post_init__(self):
-        checks = [
-            (self.sampling in SAMPLING_MODES, f"sampling {self.sampling!r} must be one of {SAMPLING_MODES}"),
-            (all(k in SLOT_KINDS for k in self.slot_kinds) and self.slot_kinds, f"slot_kinds {self.slot_kinds!r} must be a non-empty tuple of {SLOT_KINDS}"),
-            (all(k in CAPTION_KINDS for k in self.kinds), f"kinds {self.kinds!r} must be drawn from {CAPTION_KINDS}"),
-            (self.sub_caption in SUB_CAPTION_MODES, f"sub_caption {self.sub_caption!r} must be one of {SUB_CAPTION_MODES}"),
-            (self.rows_per_image >= 1, f"rows_per_image must be >= 1, got {self.rows_per_image}"),
-            (self.sub_caption == "none" or 1 <= self.sub_caption_tokens <= self.context_length - 2,
-             f"sub_caption_tokens {self.sub_caption_tokens} must lie in [1, context_length - 2 = "
-             f"{self.context_length - 2}] (start and end of text take two positions)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DataError(f"config.data: {message}")
-        if self.generator_caption_tokens:
-            if self.sampling != "grouped":
-                raise DataError("config.generator needs config.data.sampling='grouped': its target is the caption of "
-                                "an image's first synthetic slot, and rows examples have no slots")
-            if all(kind == ALT_SLOT for kind in self.slot_kinds):
-                raise DataError(f"config.generator needs a synthetic caption to predict: config.data.slot_kinds "
-                                f"{self.slot_kinds!r} has no slot other than {ALT_SLOT!r}")
-
-    @property
-    def captions_per_example(self) -> int:
-        return 1 if self.sampling == "rows" else len(self.slot_kinds)
-
-    @property
-    def text_length(self) -> int:
-        """Tokens per text row: under sub-caption sampling the budget plus start and end of text (CLIPS runs the
-        text tower that short, its compute saving), else the model's context_length."""
-        return self.context_length if self.sub_caption == "none" else self.sub_caption_tokens + 2
 
 
 class IndexedRecords:

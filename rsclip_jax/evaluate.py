@@ -4,7 +4,8 @@
 
 Without --config, the config the workdir was trained with (DIR/config.json) names the model and the
 evals. Without --checkpoint, the latest checkpoint of DIR is evaluated. Results are written to
-DIR/eval/step_STEP.json (or --output) and printed as one JSON line.
+DIR/eval/step_STEP.json (or --output) and printed as one JSON line, by process 0. Several processes: as
+`rsclip_jax.train` (--coordinator_address, --num_processes, --process_id, or nothing on a TPU pod or under SLURM).
 """
 
 import json
@@ -17,10 +18,11 @@ from etils import epath
 from ml_collections import config_flags
 
 from rsclip_jax.checkpoint import restore_params
-from rsclip_jax.config import model_config_from, parse_flags
+from rsclip_jax.config import parse_flags
+from rsclip_jax.distributed import initialize_distributed
 from rsclip_jax.evals.evaluators import build_evaluators, run_evaluators
 from rsclip_jax.sharding import mesh_from_config
-from rsclip_jax.train_state import setup_train_state
+from rsclip_jax.train_state import TrainSetup
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe; default: the workdir's config.json.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
@@ -52,15 +54,14 @@ def main(argv):
     workdir = _WORKDIR.value
     if not workdir:
         raise app.UsageError("give --workdir=DIR (and optionally --checkpoint, --config)")
+    initialize_distributed()
     config = _config(workdir)
     if not config.get("evals"):
         raise app.UsageError("the config has no evals: add entries to config.evals (see rsclip_jax/evals/evaluators.py)")
     folder, step = _checkpoint(workdir)
-    model_config = model_config_from(config)
-    mesh = mesh_from_config(config.mesh)
-    setup = setup_train_state(config, model_config, mesh)
     try:
-        evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
+        setup = TrainSetup.build(config, mesh_from_config(config.mesh))
+        evaluators = build_evaluators(setup)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
     try:

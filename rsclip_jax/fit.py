@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rsclip_jax.config import example_spec_from, model_config_from
-from rsclip_jax.optim import learning_rate_schedule
+from rsclip_jax.example_spec import ExampleSpec
 from rsclip_jax.sharding import mesh_from_config
-from rsclip_jax.train_state import setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, make_train_step
 
 HEADROOM = 0.10
@@ -85,15 +84,12 @@ def abstract_batch(config: ml_collections.ConfigDict, model, spec, mesh) -> dict
 def compile_train_step(config: ml_collections.ConfigDict, devices, hbm_bytes: int) -> CompiledStep:
     """The real training step of `config` (model, loss, optimizer, mesh, shardings) compiled for `devices`."""
     mesh = mesh_from_config(config.mesh, devices)
-    model = model_config_from(config)
-    spec = example_spec_from(config, model)
-    setup = setup_train_state(config, model, mesh)
-    step = make_train_step(config, setup, spec.slot_kinds, learning_rate_schedule(config.optim, config.total_steps), mesh)
-    state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                         setup.abstract_state, setup.shardings)
+    setup = TrainSetup.build(config, mesh)
+    spec = ExampleSpec.from_config(config, setup.model)
+    step = make_train_step(setup, spec.slot_kinds)
     start = time.perf_counter()
     try:
-        compiled = step.lower(state, abstract_batch(config, model, spec, mesh)).compile()
+        compiled = step.lower(setup.state_target(), abstract_batch(config, setup.model, spec, mesh)).compile()
     except Exception as e:  # XLA raises its own error type; only memory exhaustion is an answer, not a bug
         if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
             raise
@@ -110,7 +106,7 @@ def _first_line_with(text: str, word: str) -> str:
 
 def replicated_state_bytes(config: ml_collections.ConfigDict, devices) -> int:
     """Parameters, their gradients and the optimizer state, all in full on one device."""
-    state = setup_train_state(config, model_config_from(config), mesh_from_config(config.mesh, devices)).abstract_state
+    state = TrainSetup.build(config, mesh_from_config(config.mesh, devices)).abstract_state
     nbytes = lambda tree: sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
     return 2 * nbytes(state["params"]) + nbytes(state["opt_state"])
 

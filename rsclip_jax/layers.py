@@ -10,6 +10,7 @@ from flax import nnx
 
 from rsclip_jax.attention import attend
 from rsclip_jax.sharding import constrain
+from rsclip_jax.variants import REMAT_POLICIES
 
 LAYER_NORM_EPSILON = 1e-5  # CLIP's; Flax's default is 1e-6
 
@@ -25,9 +26,6 @@ def normal(stddev):
 
 def quick_gelu(x):
     return x * jax.nn.sigmoid(1.702 * x)
-
-
-ACTIVATION_FNS = {"quick_gelu": quick_gelu, "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
 
 
 def layer_norm(width, dtype, rngs):
@@ -72,7 +70,9 @@ class Mlp(nnx.Module):
 
     def __call__(self, x):
         hidden = constrain(self.c_fc(x), "batch", None, "mlp")
-        return self.c_proj(ACTIVATION_FNS[self.activation](hidden))
+        # The names: variants.ACTIVATIONS.
+        activated = quick_gelu(hidden) if self.activation == "quick_gelu" else jax.nn.gelu(hidden, approximate=False)
+        return self.c_proj(activated)
 
 
 class ResidualAttentionBlock(nnx.Module):
@@ -91,16 +91,6 @@ class ResidualAttentionBlock(nnx.Module):
     def __call__(self, x, *, causal: bool, mask=None):
         x = x + self.attn(self.ln_1(x), causal=causal, mask=mask)
         return x + self.mlp(self.ln_2(x))
-
-
-# Which intermediate values a rematerialised block keeps for its backward pass (jax.checkpoint_policies);
-# "off" keeps everything and recomputes nothing.
-REMAT_POLICIES = {
-    "off": None,
-    "nothing": jax.checkpoint_policies.nothing_saveable,  # only each block's input
-    "dots": jax.checkpoint_policies.dots_saveable,  # every matmul output
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections, not attention
-}
 
 
 class Transformer(nnx.Module):
@@ -130,7 +120,7 @@ class Transformer(nnx.Module):
 
         if self.remat_policy != "off":
             # Inside a scan the loop boundary already keeps XLA from merging the recomputation away.
-            run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
+            run_block = jax.checkpoint(run_block, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[self.remat_policy]), prevent_cse=not self.scan)
         states = [nnx.state(block) for block in self.resblocks]
         x = constrain(x, "batch", None, None)
         if not self.scan:

@@ -2,7 +2,6 @@
 
 import math
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -93,11 +92,7 @@ class CLIP(nnx.Module):
             raise ValueError(f"text of {length} tokens exceeds the model's context_length {self.config.context_length}")
         leading = tokens.shape[:-1]
         tokens = tokens.reshape(-1, length)
-        positions = self.positional_embedding[...]
-        frozen = self.config.frozen_text_positions
-        if frozen:  # Long-CLIP keeps the pretrained rows fixed: no gradient reaches them
-            positions = jnp.concatenate([jax.lax.stop_gradient(positions[:frozen]), positions[frozen:]])
-        x = self.token_embedding(tokens) + positions[:length].astype(self.dtype)
+        x = self.token_embedding(tokens) + self.positional_embedding[:length].astype(self.dtype)
         x = self.ln_final(self.transformer(x, causal=True))
         pooled = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
         embeddings = pooled @ self.text_projection[...].astype(self.dtype)

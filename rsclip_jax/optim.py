@@ -41,20 +41,21 @@ def freeze_leading_rows(name: str, rows: int) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
-    """The optimizer for `params` (a pytree of arrays or ShapeDtypeStructs with named paths)."""
-    optim = config.optim
+def make_optimizer(optim: ml_collections.ConfigDict, model, schedule: optax.Schedule,
+                   params) -> optax.GradientTransformation:
+    """The optimizer of `config.optim` for `params` (a pytree of arrays or ShapeDtypeStructs with named paths) of
+    `model` (its ModelConfig: the text positions it freezes), at the learning rates of `schedule`."""
     decay = _labels(params, lambda name, leaf: optim.decay_vectors or len(leaf.shape) >= 2)
     chain = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm > 0 else []
     chain.append(
         optax.adamw(
-            learning_rate_schedule(optim, config.total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+            schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
             weight_decay=optim.weight_decay, mask=decay,
             mu_dtype=optim.get("mu_dtype"),
         )
     )
-    if config.model.frozen_text_positions:
-        chain.append(freeze_leading_rows("positional_embedding", config.model.frozen_text_positions))
+    if model.frozen_text_positions:
+        chain.append(freeze_leading_rows("positional_embedding", model.frozen_text_positions))
     patterns = [re.compile(p) for p in optim.freeze]
     if not patterns:
         return optax.chain(*chain)

@@ -4,6 +4,7 @@ Crops stay uint8 on the host (a quarter of the bytes of float32 to move); `norma
 inside the jitted step.
 """
 
+import contextlib
 import io
 import math
 
@@ -15,16 +16,32 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class UnreadableImageError(OSError):
+    """An image that does not decode: not an image, truncated, corrupt, or over PIL's decompression-bomb limit."""
+
+
+@contextlib.contextmanager
+def decoding(what: str):
+    """Raises UnreadableImageError naming `what` for any error while decoding it."""
+    # PIL raises many types on bad files: OSError, SyntaxError, ValueError, and DecompressionBombError, which
+    # derives from Exception alone (above 2x Image.MAX_IMAGE_PIXELS; above 1x it only warns).
+    try:
+        yield
+    except Exception as e:
+        raise UnreadableImageError(f"{what} does not decode ({type(e).__name__}: {e})") from e
+
+
 def decode_image(data: bytes) -> Image.Image:
-    """JPEG (or any PIL format) bytes -> RGB image; PIL raises on corrupt bytes."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGB")
+    """JPEG (or any PIL format) bytes -> RGB image; UnreadableImageError if they do not decode."""
+    with decoding("image bytes"):
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image.convert("RGB")
 
 
 def load_image(path: str) -> Image.Image:
-    """An image file -> RGB image; PIL raises on unreadable files."""
-    with Image.open(path) as image:
+    """An image file -> RGB image; UnreadableImageError if it does not decode."""
+    with decoding(path), Image.open(path) as image:
         return image.convert("RGB")
 
 

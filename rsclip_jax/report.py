@@ -4,18 +4,18 @@
 
 Reads DIR/metrics.jsonl (training lines and eval/NAME/METRIC lines) and DIR/eval/step_*.json (from
 `rsclip_jax.evaluate`); writes training.png, eval.png (when there are evals) and README.md, and prints the
-paper's table (`paper_table`) when any of its evals ran, then the output folder.
+paper's table (`paper_table`) when any of its evals ran, then the output folder. DIR and the output folder may be
+buckets, as the workdir of a run may be: paths go through etils.epath (gs:// with gcsfs installed).
 """
 
 import argparse
-import glob
 import json
-import os
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from etils import epath  # noqa: E402
 
 TRAINING_CURVES = (("loss", "loss"), ("learning_rate", "learning rate"), ("logit_scale", "logit scale"),
                    ("examples_per_sec", "examples/s"))
@@ -45,29 +45,27 @@ def read_metrics(workdir: str) -> tuple[dict, dict]:
         for metric, value in metrics.items():
             evals.setdefault(name, {}).setdefault(metric, {})[step] = value
 
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: give a workdir that `rsclip_jax.train` wrote")
-    with open(path) as f:
-        for line in filter(str.strip, f):
-            record = json.loads(line)
-            step = record.pop("step")
-            for key, value in record.items():
-                if key.startswith("eval/"):
-                    _, name, metric = key.split("/", 2)
-                    add_eval(step, name, {metric: value})
-                else:
-                    training.setdefault(key, []).append((step, value))
-    for result_path in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
-        with open(result_path) as f:
-            result = json.load(f)
+    for line in filter(str.strip, path.read_text().splitlines()):
+        record = json.loads(line)
+        step = record.pop("step")
+        for key, value in record.items():
+            if key.startswith("eval/"):
+                _, name, metric = key.split("/", 2)
+                add_eval(step, name, {metric: value})
+            else:
+                training.setdefault(key, []).append((step, value))
+    for result_path in (epath.Path(workdir) / "eval").glob("step_*.json"):
+        result = json.loads(result_path.read_text())
         for name, metrics in result["evals"].items():
             add_eval(result["step"], name, metrics)
     evals = {name: {metric: sorted(points.items()) for metric, points in metrics.items()} for name, metrics in evals.items()}
     return training, evals
 
 
-def plot_training(training: dict, path: str):
+def plot_training(training: dict, path: epath.Path):
     curves = TRAINING_CURVES + tuple(curve for curve in LOSS_PARTS if curve[0] in training)
     rows = (len(curves) + 1) // 2
     figure, axes = plt.subplots(rows, 2, figsize=(10, 3.5 * rows))
@@ -78,12 +76,10 @@ def plot_training(training: dict, path: str):
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
-def plot_evals(evals: dict, path: str):
+def plot_evals(evals: dict, path: epath.Path):
     figure, axes = plt.subplots(1, len(evals), figsize=(5 * len(evals), 4), squeeze=False)
     for ax, (name, metrics) in zip(axes.flat, sorted(evals.items())):
         for metric in SCORES:
@@ -94,9 +90,7 @@ def plot_evals(evals: dict, path: str):
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def paper_table(evals: dict) -> list[str]:
@@ -125,7 +119,9 @@ def paper_table(evals: dict) -> list[str]:
 
 
 def summary_markdown(workdir: str, training: dict, evals: dict) -> str:
-    lines = [f"# Training report: {os.path.abspath(workdir)}", "", "![training curves](training.png)", ""]
+    shown = epath.Path(workdir)
+    shown = shown if shown.is_absolute() else shown.resolve()  # resolve() would make gs://B/x a local path
+    lines = [f"# Training report: {shown}", "", "![training curves](training.png)", ""]
     if training.get("loss"):
         last_step, last_loss = training["loss"][-1]
         throughput = [value for _, value in training.get("examples_per_sec", [])]
@@ -152,15 +148,21 @@ def summary_markdown(workdir: str, training: dict, evals: dict) -> str:
 
 def write_report(workdir: str, out: str | None = None) -> tuple[str, list[str]]:
     """(the output folder, the paper's table as Markdown lines)."""
-    out = out or os.path.join(workdir, "report")
+    out = epath.Path(out or epath.Path(workdir) / "report")
     training, evals = read_metrics(workdir)
-    os.makedirs(out, exist_ok=True)
-    plot_training(training, os.path.join(out, "training.png"))
+    out.mkdir(parents=True, exist_ok=True)
+    plot_training(training, out / "training.png")
     if evals:
-        plot_evals(evals, os.path.join(out, "eval.png"))
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(summary_markdown(workdir, training, evals))
-    return out, paper_table(evals)
+        plot_evals(evals, out / "eval.png")
+    (out / "README.md").write_text(summary_markdown(workdir, training, evals))
+    return str(out), paper_table(evals)
+
+
+def _save(figure, path: epath.Path):
+    figure.tight_layout()
+    with path.open("wb") as f:  # a file object: matplotlib writes only local paths itself
+        figure.savefig(f, format="png", dpi=100)
+    plt.close(figure)
 
 
 def main():

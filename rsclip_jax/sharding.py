@@ -1,4 +1,5 @@
-"""Parameter shardings from logical axis names and rules (logical name -> mesh axis)."""
+"""The device mesh, and the shardings of parameters and activations from logical axis names and rules
+(logical name -> mesh axis, config.mesh)."""
 
 import contextlib
 import contextvars
@@ -9,10 +10,9 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-# Examples are split over both data-parallel axes: `data` (replicated parameters) and `fsdp` (sharded ones).
+# Examples are split over both data-parallel axes: `data` (replicated parameters) and `fsdp` (sharded ones): the
+# input batches, and the activations named "batch" (`activation_sharding` adds that rule itself).
 BATCH_AXES = ("data", "fsdp")
-# Fully sharded data parallel over `fsdp`, Megatron-style tensor parallel over `tensor`.
-DEFAULT_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("vocab", "tensor"))
 # (mesh, rules) while a step is traced under `activation_sharding`.
 _ACTIVATION_SHARDING = contextvars.ContextVar("activation_sharding", default=None)
 
@@ -60,8 +60,8 @@ def mesh_from_config(mesh_config, devices=None) -> jax.sharding.Mesh:
 @contextlib.contextmanager
 def activation_sharding(mesh: jax.sharding.Mesh, rules):
     """Within it, `constrain` pins activations to mesh axes by their logical names (`rules`: name -> mesh
-    axis or tuple of axes, config.mesh.activation_rules); trace the training step under it."""
-    token = _ACTIVATION_SHARDING.set((mesh, dict(rules)))
+    axis or tuple of axes, config.mesh.activation_rules; "batch" is always BATCH_AXES); trace a step under it."""
+    token = _ACTIVATION_SHARDING.set((mesh, {**dict(rules), "batch": BATCH_AXES}))
     try:
         yield
     finally:
@@ -101,7 +101,7 @@ def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
-def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> dict:
+def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules) -> dict:
     """NamedShardings on `mesh` for the variables of `state` (abstract or concrete), as a pure dict
     shaped like `nnx.to_pure_dict(state)`."""
     rules = dict(rules)

@@ -24,7 +24,6 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2
 START_OF_TEXT, END_OF_TEXT = "<start_of_text>", "<end_of_text>"
 SOT_ID, EOT_ID = 49406, 49407
-VOCAB_SIZE = 49408
 # open_clip's word pattern, its special tokens first, applied to cleaned lower-case text.
 _WORDS = regex.compile(
     rf"{START_OF_TEXT}|{END_OF_TEXT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE

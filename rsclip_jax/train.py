@@ -7,6 +7,7 @@ Several processes: --coordinator_address=host:port --num_processes=N --process_i
 TPU pod or under SLURM, where JAX finds the cluster itself.
 """
 
+import hashlib
 import logging as pylogging
 import os
 import signal
@@ -15,6 +16,7 @@ from functools import partial
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -22,40 +24,37 @@ from ml_collections import config_flags
 
 from rsclip_jax.captions import ALT_SLOT
 from rsclip_jax.checkpoint import Checkpointer
-from rsclip_jax.config import example_spec_from, model_config_from, parse_flags
-from rsclip_jax.data import DataError, check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.config import parse_flags
+from rsclip_jax.data import check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.distributed import initialize_distributed
+from rsclip_jax.example_spec import DataError, ExampleSpec
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.fit import pick_for_local_devices
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
 from rsclip_jax.metrics import MetricWriter, log_console
-from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import mesh_from_config
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, check_batch_settings, check_loss_settings, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard files go here.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 
 class TrainingError(RuntimeError):
     """A run that must stop: a non-finite loss or gradient."""
 
 
-def _initialize_distributed():
-    if _COORDINATOR.value:
-        # Cross-process collectives between CPU devices; GPU and TPU devices ignore this setting.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        # JAX binds one GPU per SLURM task; a single task per node drives all of its node's GPUs instead.
-        gpus = os.environ.get("SLURM_GPUS_ON_NODE", "")
-        one_per_node = os.environ.get("SLURM_NTASKS_PER_NODE") == "1" and gpus.isdigit()
-        jax.distributed.initialize(local_device_ids=list(range(int(gpus))) if one_per_node else None)
-    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-        jax.distributed.initialize()
+def _check_same_shards(paths: list[str]) -> None:
+    """Each process found and checked the shards itself (a read error on one host, with skip_bad_shards, would
+    leave it a different set): every process must read the same ones, or the global batches would not be
+    one data order."""
+    if jax.process_count() > 1:
+        digest = np.frombuffer(hashlib.sha256("\n".join(paths).encode()).digest(), np.uint8)
+        digests = multihost_utils.process_allgather(digest)
+        differ = [index for index, other in enumerate(digests) if not np.array_equal(other, digests[0])]
+        if differ:
+            raise DataError(f"config.data.train_shards: processes {differ} found other caption shards than process 0 "
+                            f"(see each process's warnings): every process must be able to read the same shards")
 
 
 def _quiet_orbax_info(record) -> bool:
@@ -70,19 +69,21 @@ def main(argv):
     if config is None or not _WORKDIR.value:
         raise app.UsageError("give --config=configs/<recipe>.py and --workdir=DIR")
     workdir = _WORKDIR.value
-    _initialize_distributed()
+    initialize_distributed()
     is_chief = jax.process_index() == 0
     try:
-        check_loss_settings(config)  # before anything compiles
+        check_loss_settings(config)  # before anything compiles (fit compiles on accelerators), as are the shards
+        shard_paths, bad_shards = resolve_shards(config.data.train_shards, "config.data.train_shards",
+                                                 skip_bad=config.data.skip_bad_shards)
+        _check_same_shards(shard_paths)
         # Memory settings the config leaves unset: the fastest whose compiled step fits these devices.
         config, picked = pick_for_local_devices(config)
         if picked:
             logging.info("picked for %s: %s", jax.devices()[0].device_kind, picked)
-        model_config = model_config_from(config)
-        spec = example_spec_from(config, model_config)
-        shard_paths = resolve_shards(config.data.train_shards, "config.data.train_shards")
-        check_alt_text(shard_paths, spec.slot_kinds)
         mesh = mesh_from_config(config.mesh)
+        setup = TrainSetup.build(config, mesh)
+        spec = ExampleSpec.from_config(config, setup.model)
+        check_alt_text(shard_paths, spec.slot_kinds)
         check_batch_settings(config, spec, mesh)
     except (ValueError, DataError) as e:
         raise app.UsageError(str(e)) from None
@@ -99,18 +100,17 @@ def main(argv):
     data_iterator = iter(dataset)
 
     # ---- Model, optimizer, state: fresh or restored ----------------------------------------------
-    setup = setup_train_state(config, model_config, mesh)
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
     )
     start_step = checkpointer.latest_step()
     if start_step is None:
         start_step = 0
-        state = init_train_state(config, model_config, setup)
+        state = setup.init_state()
     else:
         logging.info("resuming from the checkpoint of step %d", start_step)
         try:
-            state = checkpointer.restore(start_step, setup.abstract_state, setup.shardings, data_iterator)
+            state = checkpointer.restore(start_step, setup, data_iterator)
         except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
             raise app.UsageError(
                 f"the checkpoint of step {start_step} in {workdir}/checkpoints does not fit this config (model "
@@ -118,16 +118,15 @@ def main(argv):
                 f"another --workdir. Orbax said: {e}"
             ) from None
     try:
-        evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
+        evaluators = build_evaluators(setup)
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
-    schedule = learning_rate_schedule(config.optim, config.total_steps)
-    train_step = make_train_step(config, setup, spec.slot_kinds, schedule, mesh)
+    train_step = make_train_step(setup, spec.slot_kinds)
     writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step)
     throughput = partial(
         utilization,
         config.batch_size * clip_training_flops_per_example(
-            model_config, spec.captions_per_example, config.batch_size, text_length=spec.text_length,
+            setup.model, spec.captions_per_example, config.batch_size, text_length=spec.text_length,
             web_caption=ALT_SLOT in spec.slot_kinds,
         ),
         devices=jax.device_count(),
@@ -138,8 +137,8 @@ def main(argv):
 
     # ---- Loop ------------------------------------------------------------------------------------
     try:
-        _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir,
-                    evaluators, throughput)
+        _train_loop(config, state, train_step, data_iterator, skipped, len(bad_shards), mesh, checkpointer, writer,
+                    preempted, workdir, evaluators, throughput)
     except TrainingError as e:
         raise SystemExit(f"error: {e}") from None
     finally:
@@ -158,8 +157,8 @@ def _preemption_check():
     return lambda step: bool(signalled)
 
 
-def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpointer, writer, preempted, workdir,
-                evaluators, throughput):
+def _train_loop(config, state, train_step, data_iterator, skipped, skipped_shards, mesh, checkpointer, writer,
+                preempted, workdir, evaluators, throughput):
     def check_finite():
         nonfinite_step = int(state["nonfinite_step"])
         if nonfinite_step >= 0:
@@ -187,7 +186,8 @@ def _train_loop(config, state, train_step, data_iterator, skipped, mesh, checkpo
             logged.update(
                 examples_per_sec=config.batch_size * window_steps / elapsed, **throughput(elapsed / window_steps),
                 data_wait_s=data_wait / window_steps,
-                data_wait_fraction=data_wait / elapsed, skipped_records=sum(skipped.counts.values()),
+                data_wait_fraction=data_wait / elapsed, skipped_shards=skipped_shards,
+                skipped_records=sum(skipped.counts.values()),
                 **{f"skipped_{reason}": count for reason, count in skipped.counts.items()},
             )
             writer.write(step, logged)

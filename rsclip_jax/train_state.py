@@ -1,4 +1,5 @@
-"""The train state (a plain pytree), its shardings on the mesh, and its sharded initialisation."""
+"""The setup of a run (TrainSetup): the model config, mesh, optimizer, schedule, abstract train state and its
+shardings, built once from (config, mesh); and the train state (a plain pytree) made in those shardings."""
 
 import dataclasses
 
@@ -10,54 +11,59 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rsclip_jax.model import CLIP
-from rsclip_jax.optim import make_optimizer, path_name
+from rsclip_jax.optim import learning_rate_schedule, make_optimizer
 from rsclip_jax.sharding import param_shardings
 from rsclip_jax.variants import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
+    config: ml_collections.ConfigDict
+    model: ModelConfig
+    mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef
+    schedule: optax.Schedule
     optimizer: optax.GradientTransformation
     abstract_state: dict  # ShapeDtypeStructs of the state
     shardings: dict  # NamedShardings of the state
 
-
-def _state_shardings(abstract_state, params_sharding, mesh):
-    """Each leaf takes the sharding of the parameter whose path ends its own path (optimizer moments
-    mirror the parameters) when the shapes agree, and is replicated otherwise."""
-    by_name = {
-        path_name(path): (sharding, shape.shape)
-        for (path, sharding), shape in zip(
-            jax.tree_util.tree_flatten_with_path(params_sharding)[0],
-            jax.tree.leaves(abstract_state["params"]),
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, mesh) -> "TrainSetup":
+        """Everything but the arrays: the model's graph and the abstract state are traced, nothing is allocated."""
+        model = ModelConfig.from_config(config)
+        abstract_model = nnx.eval_shape(lambda: CLIP(model, rngs=nnx.Rngs(0)))
+        graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+        params_sharding = param_shardings(abstract_params, mesh, config.mesh.rules)
+        schedule = learning_rate_schedule(config.optim, config.total_steps)
+        optimizer = make_optimizer(config.optim, model, schedule, nnx.to_pure_dict(abstract_params))
+        abstract_state = jax.eval_shape(lambda: _fresh_state(config.seed, model, optimizer))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        # The optimizer's moments are sharded as their parameters; its counters are replicated.
+        opt_sharding = optax.tree_map_params(
+            optimizer, lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
+            abstract_state["opt_state"], params_sharding, transform_non_params=lambda _: replicated,
+            is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode),
         )
-    }
-    replicated = NamedSharding(mesh, PartitionSpec())
+        shardings = {"params": params_sharding, "opt_state": opt_sharding, "step": replicated,
+                     "nonfinite_step": replicated}
+        return cls(config, model, mesh, graphdef, schedule, optimizer, abstract_state, shardings)
 
-    def pick(path, leaf):
-        parts = path_name(path).split(".")
-        for start in range(len(parts)):
-            match = by_name.get(".".join(parts[start:]))
-            if match and match[1] == leaf.shape:
-                return match[0]
-        return replicated
+    def state_target(self, subtree: str | None = None):
+        """The abstract state (or its `subtree`, e.g. "params") placed in its shardings: what a restore reads into
+        and what a compile ahead of time takes."""
+        place = lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+        if subtree is None:
+            return jax.tree.map(place, self.abstract_state, self.shardings)
+        return jax.tree.map(place, self.abstract_state[subtree], self.shardings[subtree])
 
-    return jax.tree_util.tree_map_with_path(pick, abstract_state)
-
-
-def setup_train_state(config: ml_collections.ConfigDict, model_config: ModelConfig, mesh) -> TrainSetup:
-    """The model's graph, the optimizer, and the abstract state with its shardings, without allocating."""
-    abstract_model = nnx.eval_shape(lambda: CLIP(model_config, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    params_sharding = param_shardings(abstract_params, mesh, config.mesh.rules)
-    optimizer = make_optimizer(config, nnx.to_pure_dict(abstract_params))
-    abstract_state = jax.eval_shape(lambda: _fresh_state(config, model_config, optimizer))
-    return TrainSetup(graphdef, optimizer, abstract_state, _state_shardings(abstract_state, params_sharding, mesh))
+    def init_state(self) -> dict:
+        """A fresh state, created directly in its shardings (no full copy on one device)."""
+        return jax.jit(lambda: _fresh_state(self.config.seed, self.model, self.optimizer),
+                       out_shardings=self.shardings)()
 
 
-def _fresh_state(config, model_config, optimizer):
-    params = nnx.to_pure_dict(nnx.state(CLIP(model_config, rngs=nnx.Rngs(config.seed)), nnx.Param))
+def _fresh_state(seed: int, model: ModelConfig, optimizer):
+    params = nnx.to_pure_dict(nnx.state(CLIP(model, rngs=nnx.Rngs(seed)), nnx.Param))
     return {
         "params": params,
         "opt_state": optimizer.init(params),
@@ -65,8 +71,3 @@ def _fresh_state(config, model_config, optimizer):
         # -1 while every step was finite; else the first step whose loss or gradients were not.
         "nonfinite_step": jnp.full((), -1, jnp.int32),
     }
-
-
-def init_train_state(config, model_config, setup: TrainSetup):
-    """A fresh state, created directly in its shardings (no full copy on one device)."""
-    return jax.jit(lambda: _fresh_state(config, model_config, setup.optimizer), out_shardings=setup.shardings)()

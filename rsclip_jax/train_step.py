@@ -135,8 +135,9 @@ def _unchunked(tree):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
-def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
-    """jit(state, batch) -> (state, metrics), with explicit shardings and the input state donated."""
+def make_train_step(setup: TrainSetup, slot_kinds):
+    """jit(state, batch) -> (state, metrics) of `setup`'s run, with explicit shardings and the input state donated."""
+    config, mesh, schedule = setup.config, setup.mesh, setup.schedule
     accum = config.optim.accum_steps
     cache_chunks = config.optim.get("grad_cache_chunks") or 1
     check_loss_settings(config)
@@ -197,8 +198,8 @@ def make_train_step(config, setup: TrainSetup, slot_kinds, schedule, mesh):
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = setup.optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        if config.model.max_logit_scale is not None:
-            new_params["logit_scale"] = jnp.clip(new_params["logit_scale"], 0.0, config.model.max_logit_scale)
+        if setup.model.max_logit_scale is not None:
+            new_params["logit_scale"] = jnp.clip(new_params["logit_scale"], 0.0, setup.model.max_logit_scale)
         # A non-finite step changes nothing and is remembered, so no bad state can reach a checkpoint.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

@@ -1,14 +1,27 @@
-"""CLIP architecture variants as a small table, in open_clip's vocabulary."""
+"""The model's settings (ModelConfig, with every model default), CLIP variants as a small table in open_clip's
+vocabulary, and the conversion from a training config.
+
+Light on purpose: recipes read the defaults from here (rsclip_jax/config.py), and loading a recipe imports no
+JAX. The names of the model's options (activations, remat policies, attention implementations) are tabled here
+once, for the config's checks and the model's code alike.
+"""
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
-
-from rsclip_jax.attention import IMPLEMENTATIONS
-from rsclip_jax.layers import REMAT_POLICIES
-
+# The config keys that may stay None until `rsclip_jax.fit` picks them; ModelConfig's defaults stand in until then.
+AUTO_MODEL_KEYS = ("remat_policy", "scan_layers", "attention")
+# The MLP's activation (layers.Mlp): OpenAI's QuickGELU, or exact GELU.
 ACTIVATIONS = ("quick_gelu", "gelu")
+# Which intermediate values a rematerialised block keeps for its backward pass: the jax.checkpoint_policies
+# attribute of each (layers.Transformer); "off" keeps everything and recomputes nothing.
+REMAT_POLICIES = {
+    "off": None,
+    "nothing": "nothing_saveable",  # only each block's input
+    "dots": "dots_saveable",  # every matmul output
+    "dots_no_batch": "dots_with_no_batch_dims_saveable",  # projections, not attention
+}
+# attention.attend's implementations: "xla" everywhere, "cudnn" fused on NVIDIA GPUs, "flash" Pallas on TPUs.
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,17 +42,21 @@ class ModelConfig:
     activation: str = "quick_gelu"
     # Compute dtype; None picks bfloat16 on accelerators and float32 on CPU. Parameters stay float32.
     dtype: str | None = None
-    # Long-CLIP freezes the first 20 text positions (the pretrained ones); Role-SynthCLIP trains all (0).
+    # Long-CLIP freezes the first 20 text positions (the pretrained ones); Role-SynthCLIP trains all (0). The
+    # optimizer holds them (optim.py), so that weight decay leaves them as they are too.
     frozen_text_positions: int = 0
     # A learnable logit bias for the sigmoid loss (SigLIP starts at -10); None: no such parameter,
     # as in OpenAI CLIP's state dict.
     logit_bias_init: float | None = None
-    # What each residual block keeps for the backward pass (layers.REMAT_POLICIES): "off" keeps every
+    # The log logit scale is clamped to [0, this] after each step: log(100), as OpenAI CLIP and open_clip clamp it
+    # training from scratch. None: no clamp (the paper recipes: their code does not clamp).
+    max_logit_scale: float | None = 4.6052
+    # What each residual block keeps for the backward pass (REMAT_POLICIES): "off" keeps every
     # activation; the others recompute the rest, memory for compute.
     remat_policy: str = "off"
     # Run each tower's blocks as one lax.scan over stacked weights: one compiled block instead of 12.
     scan_layers: bool = False
-    # attention.IMPLEMENTATIONS: "xla" everywhere, "cudnn" fused on NVIDIA GPUs, "flash" Pallas on TPUs.
+    # One of ATTENTION_IMPLEMENTATIONS.
     attention: str = "xla"
     # CLIPS' caption generator (generator.py): blocks, width and heads (0: the text tower's), and its queries.
     generator: bool = False
@@ -53,8 +70,8 @@ class ModelConfig:
             raise ValueError(f"model activation {self.activation!r} is not one of {ACTIVATIONS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model remat_policy {self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
-        if self.attention not in IMPLEMENTATIONS:
-            raise ValueError(f"model attention {self.attention!r} is not one of {IMPLEMENTATIONS}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"model attention {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
         if self.image_size % self.patch_size:
             raise ValueError(f"model image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
@@ -74,8 +91,23 @@ class ModelConfig:
         return (self.generator_width or self.text_width, self.generator_layers or self.text_layers,
                 self.generator_heads or self.text_heads)
 
+    @classmethod
+    def from_config(cls, config) -> "ModelConfig":
+        """The model of a training config: `config.model` over its variant, and `config.generator` when its weight
+        is not 0. Memory settings left None (AUTO_MODEL_KEYS) take this class's defaults."""
+        fields = {k: v for k, v in config.model.items() if k != "variant"}
+        fields = {k: v for k, v in fields.items() if v is not None or k not in AUTO_MODEL_KEYS}
+        generator = config.get("generator")  # absent from the config.json of workdirs trained before it existed
+        if generator and generator.weight:
+            fields.update(generator=True, generator_layers=generator.layers, generator_width=generator.width,
+                          generator_heads=generator.heads, generator_queries=generator.queries)
+        return model_config(config.model.variant, **fields)
+
     @property
     def compute_dtype(self):
+        import jax  # here, not at the top: this module stays light for the recipes
+        import jax.numpy as jnp
+
         if self.dtype is None:
             return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
         return jnp.dtype(self.dtype)

@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import socket
 
 # Eight fake CPU devices for the mesh tests; must be set before JAX is imported. Unsharded code
 # still runs on device 0 alone.
@@ -27,6 +28,37 @@ def tiny_tfds(tmp_path_factory):
     from tiny_tfds import prepare
 
     return prepare(str(tmp_path_factory.mktemp("tfds")))
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """gs://rsclip-test, a stand-in for a Cloud Storage bucket, which cannot be reached from here: the JSON API of
+    gcp-storage-emulator, in memory. The clients are the real ones: gcsfs (etils.epath's gs:// paths) and ArrayRecord's
+    own Cloud Storage reader, each sent to the emulator by its own setting; subprocesses inherit them. For the whole
+    session: epath keeps the gcsfs client it made first, and with it the emulator's address."""
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    server = create_server("localhost", port, in_memory=True, default_bucket="rsclip-test")
+    server.start()
+    endpoint = f"http://localhost:{port}"
+    settings = {
+        "STORAGE_EMULATOR_HOST": endpoint,  # gcsfs
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,  # google-cloud-cpp, inside ArrayRecord's reader
+        # gcsfs's bucket-type lookup goes to the Storage Control API, which the emulator lacks.
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    yield "gs://rsclip-test"
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
+    server.stop()
 
 
 # tests/captioning runs in the captioning environment (vLLM), from `make test`.

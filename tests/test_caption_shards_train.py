@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rsclip_jax import tokenize
-from rsclip_jax.data import ExampleSpec, resolve_shards, train_dataset
+from rsclip_jax.data import resolve_shards, train_dataset
+from rsclip_jax.example_spec import ExampleSpec
 
 CAPTIONING_PYTHON = os.environ.get("CAPTIONING_PYTHON")
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -29,7 +30,7 @@ def test_trainer_reads_what_captioning_writes(tmp_path):
          str(tmp_path / "images"), str(tmp_path / "shards")],
         check=True, capture_output=True, timeout=600,
     )
-    paths = resolve_shards(str(tmp_path / "shards" / "*.array_record"), "config.data.train_shards")
+    paths, _ = resolve_shards(str(tmp_path / "shards" / "*.array_record"), "config.data.train_shards")
     spec = ExampleSpec(image_size=32, context_length=16, slot_kinds=("long", "short"))
     dataset, skipped = train_dataset(paths, spec, batch_size=6, seed=0)
     batch = next(iter(dataset))

@@ -7,14 +7,15 @@ import os
 import subprocess
 import sys
 
-import open_clip
 import pytest
-import torch
-from clip_benchmark.metrics import zeroshot_retrieval
 from PIL import Image
 
 from rsclip_jax.records import read_shard
 from recipes import REPO, write_recipe
+
+open_clip = pytest.importorskip("open_clip")  # the torch extra
+torch = pytest.importorskip("torch")
+zeroshot_retrieval = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
 
 IMAGE_SIZE = 32  # the demo model's: images already at size, so both sides' resize and crop are exact no-ops
 

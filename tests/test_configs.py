@@ -7,10 +7,12 @@ import sys
 import jax
 import pytest
 
-from rsclip_jax.config import base_config, example_spec_from, load_recipe, model_config_from
+from rsclip_jax.config import base_config, load_recipe
 from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import check_batch_settings, check_loss_settings
+from rsclip_jax.variants import ModelConfig
+from rsclip_jax.example_spec import ExampleSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,9 +25,9 @@ def load(name, arg=None):
 @pytest.mark.parametrize("name", ["demo", "demo_clips", "rsclip_b16", "longclip_b16", "clips_b16"])
 def test_recipe_sets_up(name):
     config = load(name)
-    model = model_config_from(config)
-    example_spec_from(config, model)
-    setup = setup_train_state(config, model, make_mesh((1, 1, 1)))
+    model = ModelConfig.from_config(config)
+    ExampleSpec.from_config(config, model)
+    setup = TrainSetup.build(config, make_mesh((1, 1, 1)))
     assert setup.abstract_state["params"]["positional_embedding"].shape == (model.context_length, model.text_width)
     assert jax.tree.leaves(setup.abstract_state["opt_state"])
 
@@ -99,10 +101,24 @@ def test_paper_evals_follow_eval_root():
 
 def test_local_principal_components_need_more_rows_a_device_than_components():
     config = load("longclip_b16")
-    spec = example_spec_from(config, model_config_from(config))
+    spec = ExampleSpec.from_config(config, ModelConfig.from_config(config))
     check_batch_settings(config, spec, make_mesh((8, 1, 1)))  # 256 rows a device for 32 components
     config.batch_size = 128
     with pytest.raises(ValueError, match=r"'local' takes each device's 16 rows, too few for .*components 32"):
         check_batch_settings(config, spec, make_mesh((8, 1, 1)))
     config.loss.short_caption_pca = "global"
     check_batch_settings(config, spec, make_mesh((8, 1, 1)))
+
+
+def test_loading_a_recipe_imports_nothing_heavy():
+    recipes = [os.path.join(REPO, "configs", f) for f in sorted(os.listdir(os.path.join(REPO, "configs")))
+               if f.endswith(".py")] + [os.path.join(REPO, "rsclip_jax", "demo", "configs", f)
+                                        for f in ("demo.py", "demo_clips.py")]
+    code = (
+        "import sys\nfrom rsclip_jax.config import load_recipe\n"
+        f"for path in {recipes!r}:\n    load_recipe(path)\n"
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    heavy = {"jax", "jaxlib", "flax", "optax", "orbax", "grain", "PIL", "torch", "tensorflow", "array_record"}
+    assert len(recipes) == 5 and not heavy & set(result.stdout.split())

@@ -3,14 +3,15 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 
 from rsclip_jax import CLIP, model_config, tokenize
 from rsclip_jax.weights.hf_layout import hf_clip_config, hf_to_openai, openai_to_hf
 from rsclip_jax.weights.openai_layout import load_openai_state_dict, to_openai_state_dict
-from test_open_clip_parity import CAPTIONS, open_clip_model
+
+torch = pytest.importorskip("torch")  # the torch extra
+transformers = pytest.importorskip("transformers")
+from test_open_clip_parity import CAPTIONS, open_clip_model  # noqa: E402  (itself skips without open_clip)
 
 
 def inputs(config):

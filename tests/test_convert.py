@@ -7,16 +7,15 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
-import open_clip
 import pytest
-import torch
-import transformers
+from flax import nnx
 
-from rsclip_jax import stretch_positions, tokenize
-from rsclip_jax.config import load_recipe, model_config_from
+from rsclip_jax import CLIP, stretch_positions, tokenize
+from rsclip_jax.config import load_recipe
 from rsclip_jax.checkpoint import load_trained_model
 from rsclip_jax.weights.convert import export_hf, export_open_clip, import_weights
-from test_open_clip_parity import open_clip_model
+from rsclip_jax.weights.openai_layout import to_openai_state_dict
+from rsclip_jax.variants import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,12 +32,48 @@ def embeddings(model, config, images, texts):
             np.asarray(model.encode_text(jnp.asarray(tokens))))
 
 
+def torch_source(config):
+    """torch and open_clip's CLIP with random weights at `config`; skips without the torch extra."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    from test_open_clip_parity import open_clip_model
+
+    return torch, open_clip_model(ModelConfig.from_config(config))
+
+
+def safetensors_source(tmp_path, context_length):
+    """Our model's weights in OpenAI's names, as a .safetensors file (read without torch)."""
+    save_file = pytest.importorskip("safetensors.numpy").save_file  # the torch extra
+    model = CLIP(ModelConfig.from_config(demo_config(context_length=context_length)), rngs=nnx.Rngs(0))
+    path = str(tmp_path / f"tiny-{context_length}.safetensors")
+    save_file(to_openai_state_dict(model), path)
+    return path, np.asarray(model.positional_embedding[...])
+
+
 IMAGES = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
 TEXTS = ["a red cube", "two blue rings on sand"]
 
 
+@pytest.mark.parametrize("context_length", [128, 248])
+def test_import_stretches_to_the_configs_context_length(tmp_path, context_length):
+    path, original = safetensors_source(tmp_path, 77)
+    config = demo_config(context_length=context_length)
+    import_weights(config, str(tmp_path / "run"), path, stretch=True)
+    _, ours = load_trained_model(config, str(tmp_path / "run"))
+    positions = np.asarray(ours.positional_embedding[...])
+    assert positions.shape[0] == context_length
+    np.testing.assert_allclose(positions, stretch_positions(original, context_length), atol=1e-6)
+    np.testing.assert_array_equal(positions[:20], original[:20])
+
+
+def test_import_refuses_a_stretch_to_fewer_positions(tmp_path):
+    path, _ = safetensors_source(tmp_path, 77)
+    with pytest.raises(ValueError, match="--config.model.context_length is 64: set it above 77"):
+        import_weights(demo_config(context_length=64), str(tmp_path / "run"), path, stretch=True)
+
+
 def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_shards):
-    theirs = open_clip_model(model_config_from(demo_config(context_length=77)))
+    torch, theirs = torch_source(demo_config(context_length=77))
     path = str(tmp_path / "ViT-tiny.pt")
     torch.jit.save(torch.jit.script(theirs), path)  # a TorchScript archive, as OpenAI released CLIP
     config = demo_config(context_length=248)
@@ -50,7 +85,7 @@ def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_sha
     np.testing.assert_allclose(ours.positional_embedding[...], stretch_positions(original), atol=1e-6)
     with torch.no_grad():
         expected = theirs.encode_image(torch.from_numpy(IMAGES), normalize=True).numpy()
-    np.testing.assert_allclose(embeddings(ours, model_config_from(config), IMAGES, TEXTS)[0], expected, atol=1e-5)
+    np.testing.assert_allclose(embeddings(ours, ModelConfig.from_config(config), IMAGES, TEXTS)[0], expected, atol=1e-5)
 
     result = subprocess.run(
         [sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/rsclip_jax/demo/configs/demo.py", f"--workdir={workdir}",
@@ -65,7 +100,7 @@ def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_sha
 
 
 def test_import_refuses_the_wrong_activation(tmp_path):
-    theirs = open_clip_model(model_config_from(demo_config(context_length=77)))
+    torch, theirs = torch_source(demo_config(context_length=77))
     path = str(tmp_path / "ViT-tiny.pt")
     torch.jit.save(torch.jit.script(theirs), path)
     with pytest.raises(ValueError, match="uses quick_gelu: set --config.model.activation=quick_gelu"):
@@ -73,9 +108,11 @@ def test_import_refuses_the_wrong_activation(tmp_path):
 
 
 def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    transformers = pytest.importorskip("transformers")
     config = demo_config(context_length=77)
-    model_config = model_config_from(config)
-    source = open_clip_model(model_config)
+    model_config = ModelConfig.from_config(config)
+    torch, source = torch_source(config)
     path = str(tmp_path / "open_clip_state.pt")
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)  # as open_clip trains
     import_weights(config, str(tmp_path / "run"), path, stretch=False)

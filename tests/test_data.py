@@ -7,10 +7,12 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from rsclip_jax import tokenize
 from rsclip_jax.captions import sentences
-from rsclip_jax.config import base_config, example_spec_from, model_config_from
-from rsclip_jax.data import DataError, ExampleSpec, check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.config import base_config
+from rsclip_jax.data import check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.example_spec import DataError, ExampleSpec
 from rsclip_jax.records import encode_record, read_shard, write_shard
 from rsclip_jax.tokenizer import EOT_ID
+from rsclip_jax.variants import ModelConfig
 
 SPEC = ExampleSpec(image_size=32, context_length=32, slot_kinds=("long", "short"))
 
@@ -201,7 +203,7 @@ def test_an_alt_slot_over_shards_without_alt_text_is_refused(demo_shards, tmp_pa
 
 def test_example_spec_from_a_config_with_a_generator():
     config = base_config()
-    model = model_config_from(config)
-    assert example_spec_from(config, model).generator_caption_tokens == 0
+    model = ModelConfig.from_config(config)
+    assert ExampleSpec.from_config(config, model).generator_caption_tokens == 0
     config.generator.weight = 2.0
-    assert example_spec_from(config, model).generator_caption_tokens == config.generator.queries + 1
+    assert ExampleSpec.from_config(config, model).generator_caption_tokens == config.generator.queries + 1

@@ -3,16 +3,20 @@
 import ast
 import importlib.resources
 import importlib.util
+import io
 import json
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from rsclip_jax.evals.classification_sets import load_classification_set
 from rsclip_jax.evals.retrieval_sets import load_retrieval_set
 from rsclip_jax.evals.zeroshot import class_prompts, imagenet_names, prompt_templates
+from rsclip_jax.preprocess import UnreadableImageError, decode_image, load_image
 
 
 def write_image(path, value=0, size=(40, 30)):
@@ -24,6 +28,36 @@ def write_json(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# Files an evaluation set can hold that PIL cannot decode, each with the error PIL raises for it.
+UNREADABLE = {
+    "truncated": OSError,  # the first half of a real JPEG
+    # A valid PNG header claiming 20000 x 20000 pixels: over 2x Image.MAX_IMAGE_PIXELS, refused before decoding.
+    "bomb": Image.DecompressionBombError,
+    "text": UnidentifiedImageError,  # text under an image's name
+}
+
+
+def write_unreadable_image(path, kind: str):
+    """Writes the odd file of `kind` (a key of UNREADABLE) at `path`, whatever its suffix."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if kind == "truncated":
+        jpeg = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 10, 10)).save(jpeg, "JPEG")
+        data = jpeg.getvalue()[: len(jpeg.getvalue()) // 2]
+    elif kind == "bomb":
+        header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # 8-bit RGB
+        data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                + png_chunk(b"IEND", b""))
+    else:
+        data = b"alt text for an image, saved under the image's name\n"
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def test_coco_val2017_takes_the_first_five_captions_in_image_id_order(tmp_path):
@@ -106,6 +140,17 @@ def test_image_folder_classes_and_names(tmp_path):
         class_prompts(dataset, classnames=str(names))
 
 
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_an_image_that_does_not_decode_raises_one_error_naming_it(tmp_path, kind):
+    path = str(tmp_path / f"{kind}.jpg")
+    write_unreadable_image(path, kind)
+    with pytest.raises(UnreadableImageError, match=f"{path} does not decode") as raised:
+        load_image(path)
+    assert isinstance(raised.value.__cause__, UNREADABLE[kind])
+    with open(path, "rb") as f, pytest.raises(UnreadableImageError, match="image bytes does not decode"):
+        decode_image(f.read())
+
+
 def test_imagenet_o_folder_of_wordnet_ids(tmp_path):
     """The released imagenet-o layout: WordNet-id folders of JPEGs and a README.txt beside them."""
     root = tmp_path / "imagenet-o"
@@ -145,7 +190,7 @@ def test_imagenet_names_by_wordnet_id_match_tfds_and_clip_benchmark():
         assert list(names) == f.read().split()
 
     # clip_benchmark's ImageNet-O: its 1000 names masked to the 200 ids, in ImageNet order
-    benchmark = importlib.resources.files("clip_benchmark.datasets")
+    benchmark = importlib.resources.files(pytest.importorskip("clip_benchmark.datasets"))
     builder = ast.parse(benchmark.joinpath("builder.py").read_text())  # importing it would import torch
     lists = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.walk(builder) if isinstance(node, ast.Assign)
              and getattr(node.targets[0], "id", "") in ("all_imagenet_wordnet_ids", "imagenet_o_wnids")}
@@ -162,7 +207,7 @@ def test_cifar100_prompt_sets(tmp_path):
     cifar_names, cifar_templates = asset["classnames"]["cifar100"], asset["templates"]["cifar100"]
     assert (cifar_names[1], cifar_names[39], cifar_names[99]) == ("aquarium_fish", "keyboard", "worm")
     assert len(cifar_names) == 100 and cifar_names == sorted(set(cifar_names))  # CIFAR-100 numbers them alphabetically
-    benchmark = importlib.resources.files("clip_benchmark.datasets")
+    benchmark = importlib.resources.files(pytest.importorskip("clip_benchmark.datasets"))
     shipped = json.loads(benchmark.joinpath("en_zeroshot_classification_templates.json").read_text())
     assert cifar_templates == [t.replace("{c}", "{}") for t in shipped["cifar100"]] and len(cifar_templates) == 18
 

@@ -11,6 +11,7 @@ from PIL import Image
 from rsclip_jax.records import read_shard
 from recipes import REPO, write_recipe
 from test_evaluators import write_retrieval_folder
+from test_train import free_port
 
 ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
@@ -82,3 +83,29 @@ def test_evaluate_names_what_is_missing(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={tmp_path}"],
                             capture_output=True, text=True, timeout=300, cwd=REPO, env=ONE_DEVICE)
     assert result.returncode != 0 and "config.json does not exist" in result.stderr and "give --config" in result.stderr
+
+
+def test_evaluate_on_two_processes_is_one_run(tmp_path, demo_shards):
+    root = write_retrieval_folder(list(read_shard(demo_shards["heldout"][0])), str(tmp_path / "heldout"))
+    heldout = dict(kind="retrieval", dataset="jsonl", root=root, every_steps=0, batch_size=8)  # at the last step
+    recipe = write_recipe(tmp_path / "recipe.py", train_shards=demo_shards["train"], total_steps=1, batch_size=8,
+                          evals={"heldout": heldout})
+    workdir = str(tmp_path / "run")
+    run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        during = {key.split("/")[-1]: value for line in f for key, value in json.loads(line).items() if "eval/" in key}
+
+    port = free_port()
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={workdir}",
+                          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ONE_DEVICE)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for p, (_, stderr) in zip(processes, outputs):
+        assert p.returncode == 0, stderr[-3000:]
+    # Joined, the two are one run over two devices: only process 0 prints, and the numbers are those of training's.
+    assert not [line for line in outputs[1][0].splitlines() if line.startswith("{")]
+    result = json.loads(outputs[0][0].strip().splitlines()[-1])
+    assert without_seconds(result["evals"]["heldout"]) == pytest.approx(without_seconds(during))

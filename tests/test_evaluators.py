@@ -1,5 +1,6 @@
 """Evaluators on 8 fake devices against the same numbers computed directly, one example at a time."""
 
+import dataclasses
 import importlib.resources
 import json
 import os
@@ -13,15 +14,16 @@ from flax import nnx
 from PIL import Image
 
 from rsclip_jax.evals.classification_sets import load_classification_set
-from rsclip_jax.config import load_recipe, model_config_from
+from rsclip_jax.config import load_recipe
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.preprocess import normalize_images, resize_center_crop
 from rsclip_jax.records import read_shard
 from rsclip_jax.evals.retrieval import retrieval_recall
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.tokenizer import tokenize
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.evals.zeroshot import class_embeddings, prompt_templates, topk_accuracy
+from test_eval_sets import write_unreadable_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,18 +42,17 @@ def write_retrieval_folder(records, root) -> str:
 @pytest.fixture(scope="module")
 def tiny_model():
     config = load_recipe(os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py"))
-    model_config = model_config_from(config)
     mesh = make_mesh((8, 1, 1))
-    setup = setup_train_state(config, model_config, mesh)
-    params = init_train_state(config, model_config, setup)["params"]
-    return config, model_config, mesh, setup, params
+    setup = TrainSetup.build(config, mesh)
+    params = setup.init_state()["params"]
+    return config, setup.model, mesh, setup, params
 
 
 def evaluate(tiny_model, evals: dict) -> dict:
     config, model_config, mesh, setup, params = tiny_model
     config = ml_collections.ConfigDict(config)
     config.evals = ml_collections.ConfigDict(evals)
-    evaluators = build_evaluators(config, model_config, setup.graphdef, setup.shardings["params"], mesh)
+    evaluators = build_evaluators(dataclasses.replace(setup, config=config))
     return run_evaluators(evaluators, params)
 
 
@@ -77,13 +78,42 @@ def test_retrieval_with_padding_matches_the_direct_computation(tiny_model, demo_
     assert (results["images"], results["texts"], results["bad_images"]) == (13, 130, 0)
 
 
-def test_a_corrupt_image_is_counted_not_fatal(tiny_model, demo_shards, tmp_path):
-    records = list(read_shard(demo_shards["heldout"][0]))[:4]
+def without_seconds(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+def test_images_that_do_not_decode_are_left_out_of_both_metrics_and_counted(tiny_model, demo_shards, tmp_path):
+    """A truncated JPEG, a decompression bomb and a text file in each set: the metrics are those of the set without
+    them (retrieval drops their captions too), and bad_images counts them."""
+    records = list(read_shard(demo_shards["heldout"][0]))[:7]
     root = write_retrieval_folder(records, str(tmp_path / "set"))
-    with open(os.path.join(root, "2.jpg"), "wb") as f:
-        f.write(b"not a jpeg")
-    results = evaluate(tiny_model, {"set": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8)})["set"]
-    assert results["bad_images"] == 1 and results["images"] == 4
+    bad = {1: "truncated", 3: "bomb", 4: "text"}
+    for index, kind in bad.items():
+        write_unreadable_image(os.path.join(root, f"{index}.jpg"), kind)
+    nothing = write_retrieval_folder(records[:2], str(tmp_path / "nothing"))
+    for index, kind in enumerate(["bomb", "text"]):
+        write_unreadable_image(os.path.join(nothing, f"{index}.jpg"), kind)
+    clean = write_class_folders(tmp_path / "clean", ["red_thing", "green_thing"])
+    write_class_folders(tmp_path / "odd", ["red_thing", "green_thing"])
+    for name, kind in zip(["red_thing/truncated.jpg", "green_thing/bomb.png", "green_thing/notes.jpg"], bad.values()):
+        write_unreadable_image(str(tmp_path / "odd" / name), kind)
+    results = evaluate(tiny_model, {
+        "set": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8),
+        "nothing": dict(kind="retrieval", dataset="jsonl", root=nothing, batch_size=8),
+        "classes": dict(kind="zeroshot", source=f"folder:{tmp_path / 'odd'}", batch_size=8),
+    })
+
+    kept = [r for i, r in enumerate(records) if i not in bad]
+    images = [Image.open(os.path.join(root, f"{i}.jpg")).convert("RGB") for i in range(len(records)) if i not in bad]
+    expected = retrieval_recall(*direct_embeddings(tiny_model, images, [c.text for r in kept for c in r.captions]),
+                                np.array([i for i, r in enumerate(kept) for _ in r.captions]))
+    assert {k: results["set"][k] for k in expected} == pytest.approx(expected)
+    assert [results["set"][k] for k in ("images", "texts", "bad_images")] == [4, sum(len(r.captions) for r in kept), 3]
+    assert without_seconds(results["nothing"]) == {"images": 0, "texts": 0, "bad_images": 2}
+
+    expected, size = direct_accuracy(tiny_model, clean, ["green thing", "red thing"], prompt_templates("openai"))
+    assert [results["classes"][k] for k in ("top1", "top5")] == pytest.approx([expected["top1"], expected["top5"]])
+    assert [results["classes"][k] for k in ("images", "bad_images")] == [size, 3]
 
 
 def write_class_folders(root, folders, count=11):
@@ -120,7 +150,8 @@ def test_zeroshot_matches_the_direct_computation(tiny_model, tiny_tfds, tmp_path
 def test_imagenet_o_and_clip_benchmark_prompts(tiny_model, tmp_path):
     """A folder of WordNet-id folders gets OpenAI's names; prompts="clip_benchmark" its CIFAR prompts."""
     cifar10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    shipped = importlib.resources.files("clip_benchmark.datasets").joinpath("en_zeroshot_classification_templates.json")
+    benchmark = importlib.resources.files(pytest.importorskip("clip_benchmark.datasets"))
+    shipped = benchmark.joinpath("en_zeroshot_classification_templates.json")
     cifar_templates = [t.replace("{c}", "{}") for t in json.loads(shipped.read_text())["cifar10"]]
     sets = {"imagenet_o": (write_class_folders(tmp_path / "imagenet-o", ["n01443537", "n04597913"]), "openai",
                            ["goldfish", "wooden spoon"], prompt_templates("openai")),
@@ -143,6 +174,20 @@ def test_flat_metrics_names_and_bad_settings(tiny_model, tmp_path):
         evaluate(tiny_model, {"coco": dict(kind="retrieval", dataset="coco", root="/nowhere", prefx="A photo of ")})
     with pytest.raises(ValueError, match="config.evals.x.kind must be"):
         evaluate(tiny_model, {"x": dict(kind="linear_probe")})
+
+
+def test_progress_bars_end_their_line(tiny_model, capfd):
+    """So that a line printed after them (the demo's JSON) starts a line of its own in a file both streams go to."""
+    from rsclip_jax.evals.embedding import Embedder
+
+    _, model_config, mesh, setup, params = tiny_model
+    embedder = Embedder(setup.graphdef, setup.shardings["params"], mesh, batch_size=8,
+                        image_size=model_config.image_size)
+    embedder.images(params, 3, lambda i: (Image.new("RGB", (50, 40)), 0), "set")
+    embedder.texts(params, tokenize(["a caption"], model_config.context_length), "set")
+    err = capfd.readouterr().err
+    assert "set images: 100%" in err and "set texts: 100%" in err
+    assert err.endswith("\n"), repr(err[-200:])
 
 
 def test_each_encoder_compiles_once_for_a_padded_set(tiny_model):

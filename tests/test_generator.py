@@ -11,13 +11,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from rsclip_jax import tokenize
-from rsclip_jax.config import base_config, model_config_from
+from rsclip_jax.config import base_config
 from rsclip_jax.generator import prefix_lm_mask
 from rsclip_jax.model import CLIP
-from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.weights.openai_layout import load_openai_state_dict, to_openai_state_dict
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import make_train_step
 from rsclip_jax.variants import model_config
 
@@ -96,9 +95,8 @@ def clips_config():
 def test_the_step_trains_the_generator_and_logs_both_losses():
     config = clips_config()
     mesh = make_mesh((1, 1, 1))
-    model_config = model_config_from(config)
-    setup = setup_train_state(config, model_config, mesh)
-    state = init_train_state(config, model_config, setup)
+    setup = TrainSetup.build(config, mesh)
+    state = setup.init_state()
     rng = np.random.default_rng(0)
     synthetic = [f"a {c} cube beside a {d} ring in the morning light" for c, d in zip("abcd", "efgh")]
     batch = {
@@ -107,7 +105,7 @@ def test_the_step_trains_the_generator_and_logs_both_losses():
         "caption_tokens": tokenize(synthetic, QUERIES + 1),
         "image_id": np.arange(4),
     }
-    step = make_train_step(config, setup, ("alt", "any"), learning_rate_schedule(config.optim, 10), mesh)
+    step = make_train_step(setup, ("alt", "any"))
     before = jax.tree.map(np.asarray, state["params"]["generator"])
     losses = []
     for _ in range(3):
@@ -120,7 +118,7 @@ def test_the_step_trains_the_generator_and_logs_both_losses():
 
     config.optim.grad_cache_chunks = 2
     with pytest.raises(ValueError, match="grad_cache_chunks > 1 does not combine"):
-        make_train_step(config, setup, ("alt", "any"), learning_rate_schedule(config.optim, 10), mesh)
+        make_train_step(setup, ("alt", "any"))
 
 
 def test_exports_and_imports_hold_the_towers_only():
@@ -138,7 +136,7 @@ def test_exports_and_imports_hold_the_towers_only():
 
 def test_generator_parameters_are_sharded_by_the_same_rules():
     config = clips_config()
-    setup = setup_train_state(config, model_config_from(config), make_mesh((1, 4, 2)))
+    setup = TrainSetup.build(config, make_mesh((1, 4, 2)))
     params = setup.shardings["params"]
     assert params["generator"]["head"].spec == PartitionSpec("fsdp", "tensor")  # ("embed", "vocab")
     generator_block, text_block = (tower["transformer"]["resblocks"][0]["mlp"]["c_fc"]["kernel"].spec

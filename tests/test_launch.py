@@ -41,6 +41,7 @@ def test_tpu_pod_creates_installs_and_trains_on_all_workers():
         assert command.startswith("gcloud compute tpus tpu-vm ssh rsclip --zone us-east5-a --project proj --worker=all --command ")
     assert "git clone -q https://example.com/rsclip-jax.git rsclip-jax" in install and "git checkout -q abc123" in install
     assert "make .venv/.installed-base" in install and "jax[tpu]" in install
+    assert "gcsfs" in install  # what lists shards in a bucket (ArrayRecord reads them itself)
     assert (".venv/bin/python -m rsclip_jax.train --config=configs/rsclip_b16.py:eval_root=/mnt/eval "
             "--workdir=gs://b/run") in train and "--config.data.train_shards=gs://b/shards/*.array_record" in train
 

@@ -8,10 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from rsclip_jax.config import model_config_from
-from rsclip_jax.optim import learning_rate_schedule
 from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, make_train_step
 from test_train_step import random_batch, tiny_config
 
@@ -23,9 +21,9 @@ def losses(mesh_shape, steps=3, **settings):
         section, name = key.split("__")
         config[section][name] = value
     mesh = make_mesh(mesh_shape)
-    setup = setup_train_state(config, model_config_from(config), mesh)
-    state = init_train_state(config, model_config_from(config), setup)
-    step = make_train_step(config, setup, ("any", "any"), learning_rate_schedule(config.optim, config.total_steps), mesh)
+    setup = TrainSetup.build(config, mesh)
+    state = setup.init_state()
+    step = make_train_step(setup, ("any", "any"))
     batch = jax.device_put(random_batch(16), batch_sharding(mesh))
     values = []
     for _ in range(steps):

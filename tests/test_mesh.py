@@ -1,7 +1,6 @@
 """The loss and a forward pass on one device equal the same on a (4, 2) mesh of 8 fake CPU devices."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -9,6 +8,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rsclip_jax import CLIP, LOSS_KINDS, contrastive_loss, model_config, tokenize
+from rsclip_jax.config import base_config
 from rsclip_jax.sharding import make_mesh, param_shardings
 
 
@@ -46,7 +46,7 @@ def test_forward_on_mesh_equals_single_device():
 
     single = forward(params, images, tokens)
     mesh = make_mesh((4, 2), ("fsdp", "tensor"))
-    shardings = param_shardings(state, mesh)
+    shardings = param_shardings(state, mesh, base_config().mesh.rules)
     specs = {s.spec for s in jax.tree.leaves(shardings)}
     assert P("fsdp", "tensor") in specs and P("fsdp", None, "tensor", None) in specs  # really sharded
     batch = NamedSharding(mesh, P("fsdp"))

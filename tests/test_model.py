@@ -43,20 +43,6 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
     assert model.encode_text(jnp.asarray(tokenize("a red cube", 8))).dtype == jnp.float32
 
 
-@pytest.mark.parametrize("frozen", [0, 5])
-def test_frozen_text_positions_get_no_gradient(frozen):
-    config = model_config("tiny", context_length=12, frozen_text_positions=frozen)
-    graphdef, params, rest = nnx.split(CLIP(config, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    tokens = jnp.asarray(tokenize(["a long enough caption to use every position of the twelve"], 12))
-
-    def loss(params):
-        return nnx.merge(graphdef, params, rest).encode_text(tokens).sum()
-
-    grads = jax.grad(loss)(params)["positional_embedding"][...]
-    assert np.all(np.asarray(grads[:frozen]) == 0)
-    assert np.all(np.abs(np.asarray(grads[frozen:])).sum(axis=-1) > 0)
-
-
 def test_clear_errors_for_bad_inputs_and_config():
     model = CLIP(model_config("tiny", context_length=8), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="exceeds the model's context_length 8"):

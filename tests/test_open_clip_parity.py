@@ -2,14 +2,15 @@
 
 import jax.numpy as jnp
 import numpy as np
-import open_clip
 import pytest
-import torch
 from flax import nnx
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from rsclip_jax import CLIP, model_config, tokenize
 from rsclip_jax.weights.openai_layout import load_openai_state_dict
+
+open_clip = pytest.importorskip("open_clip")  # the torch extra
+torch = pytest.importorskip("torch")
+CLIPTextCfg, CLIPVisionCfg = open_clip.model.CLIPTextCfg, open_clip.model.CLIPVisionCfg
 
 CAPTIONS = [
     "A photo of a red cube left of a glossy blue sphere.",

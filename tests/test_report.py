@@ -1,9 +1,13 @@
-"""`rsclip_jax.report`: the paper's table, with its Avg columns, from a workdir's metrics."""
+"""`rsclip_jax.report`: the paper's table, with its Avg columns, from a workdir's metrics; a workdir in a bucket."""
 
+import io
 import json
+import subprocess
 import sys
 
 import pytest
+from etils import epath
+from PIL import Image
 
 from rsclip_jax import report
 
@@ -41,3 +45,18 @@ def test_no_paper_table_without_its_evals(tmp_path):
     assert table == [] and "paper's table" not in (tmp_path / "report" / "README.md").read_text()
     with pytest.raises(FileNotFoundError, match="metrics.jsonl does not exist"):
         report.write_report(str(tmp_path / "missing"))
+
+
+def test_report_of_a_workdir_in_a_bucket(gcs_bucket):
+    workdir = epath.Path(gcs_bucket) / "runs" / "report"
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 2.5, "examples_per_sec": 90.0}) + "\n")
+    (workdir / "eval" / "step_20.json").write_text(json.dumps({"step": 20, "evals": {"coco": {"i2t_r1": 62.0}}}))
+    result = subprocess.run([sys.executable, "-m", "rsclip_jax.report", str(workdir)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"{workdir}/report"
+    summary = (workdir / "report" / "README.md").read_text()
+    assert f"# Training report: {workdir}" in summary and "| coco | 20 | i2t_r1 | 62.00 |" in summary
+    with Image.open(io.BytesIO((workdir / "report" / "training.png").read_bytes())) as image:
+        assert image.format == "PNG"
+    assert (workdir / "report" / "eval.png").exists()

@@ -1,7 +1,6 @@
 import random
 
 import numpy as np
-import open_clip
 import pytest
 
 from rsclip_jax import tokenize
@@ -42,6 +41,7 @@ def random_texts(count, seed):
 
 @pytest.mark.parametrize("context_length", [77, 248, 5])
 def test_tokenize_equals_open_clip_on_corpus(context_length):
+    open_clip = pytest.importorskip("open_clip")
     ours = tokenize(CORPUS, context_length=context_length)
     theirs = open_clip.tokenize(CORPUS, context_length=context_length).numpy()
     assert ours.dtype == np.int32 and ours.shape == (len(CORPUS), context_length)
@@ -50,6 +50,7 @@ def test_tokenize_equals_open_clip_on_corpus(context_length):
 
 
 def test_tokenize_equals_open_clip_on_random_texts():
+    open_clip = pytest.importorskip("open_clip")
     texts = random_texts(3000, seed=0)
     np.testing.assert_array_equal(tokenize(texts, 77), open_clip.tokenize(texts, 77).numpy())
 
@@ -60,6 +61,7 @@ def test_truncation_ends_with_end_of_text():
 
 
 def test_single_string_and_cache_reset(monkeypatch):
+    open_clip = pytest.importorskip("open_clip")
     expected = open_clip.tokenize(CORPUS, 77).numpy()
     np.testing.assert_array_equal(tokenize(CORPUS[0], 77)[0], expected[0])
     # A cache that overflows at once must give the same ids.

@@ -61,6 +61,23 @@ def test_missing_shards_fail_before_compiling(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_cut_shard_stops_the_run_or_with_skip_bad_shards_is_left_out(tmp_path, demo_shards):
+    cut = str(tmp_path / "cut.array_record")  # an interrupted copy of a real shard
+    with open(demo_shards["train"][0], "rb") as f, open(cut, "wb") as out:
+        out.write(f.read()[:-1000])
+    shards = [*demo_shards["train"], cut]
+    result = train(tmp_path / "strict", shards, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"config.data.train_shards: caption shard {cut} is cut short or damaged" in result.stderr
+    assert not (tmp_path / "strict" / "config.json").exists()  # stopped before the run began
+
+    result = train(tmp_path / "skip", shards, "--config.data.skip_bad_shards=True", "--config.total_steps=1")
+    assert f"skipping caption shard {cut}: it is cut short or damaged" in result.stderr
+    assert "skipped 1 of 3 caption shards of config.data.train_shards" in result.stderr
+    with open(tmp_path / "skip" / "metrics.jsonl") as f:
+        assert [json.loads(line)["skipped_shards"] for line in f] == [1]
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, demo_shards):
     train(tmp_path, demo_shards["train"], "--config.total_steps=1")
     result = train(tmp_path, demo_shards["train"], "--config.total_steps=2", "--config.model.context_length=16", check=False)
@@ -184,7 +201,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
 
 @pytest.mark.slow
 def test_clips_recipe_trains_its_generator_and_exports_the_towers_only(tmp_path, demo_shards):
-    from safetensors.numpy import load_file
+    load_file = pytest.importorskip("safetensors.numpy").load_file  # the torch extra, which export needs
 
     workdir, out = str(tmp_path / "run"), str(tmp_path / "export")
     recipe = [f"--config={REPO}/rsclip_jax/demo/configs/demo_clips.py", "--config.model.context_length=32", "--config.generator.queries=8"]

@@ -6,10 +6,9 @@ import pytest
 from flax import nnx
 
 from rsclip_jax import tokenize
-from rsclip_jax.config import base_config, model_config_from
-from rsclip_jax.optim import learning_rate_schedule
+from rsclip_jax.config import base_config
 from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import (
     SHARDED_LOSS_MIN_BATCH, batch_sharding, make_train_step, training_loss, uses_sharded_loss,
 )
@@ -35,11 +34,10 @@ def random_batch(size, num_captions=2):
 def test_accumulated_step_equals_mean_of_micro_batch_gradients():
     config = tiny_config()
     config.optim.accum_steps = 2
-    model_config = model_config_from(config)
     mesh = make_mesh((1, 1, 1))
     batch = random_batch(8)
-    setup = setup_train_state(config, model_config, mesh)
-    state = init_train_state(config, model_config, setup)
+    setup = TrainSetup.build(config, mesh)
+    state = setup.init_state()
     params = jax.tree.map(np.asarray, state["params"])
 
     def loss(p, offset):  # micro-batch `offset` holds rows offset, offset + 2, ...
@@ -51,7 +49,7 @@ def test_accumulated_step_equals_mean_of_micro_batch_gradients():
     expected_loss = np.mean(losses)
     expected_norm = np.sqrt(sum(np.sum(((g0 + g1) / 2) ** 2) for g0, g1 in zip(*map(jax.tree.leaves, grads))))
 
-    step = make_train_step(config, setup, ("any",), learning_rate_schedule(config.optim, config.total_steps), mesh)
+    step = make_train_step(setup, ("any",))
     state, metrics = step(state, batch)
     np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-5)
     np.testing.assert_allclose(metrics["grad_norm"], expected_norm, rtol=1e-4)
@@ -67,9 +65,8 @@ def test_sharded_loss_gives_the_plain_loss_and_gradients_in_the_model(short_capt
     for sharded in ("off", "on"):
         config = tiny_config()
         config.loss.sharded, config.loss.short_caption_components = sharded, short_caption_components
-        model_config = model_config_from(config)
-        setup = setup_train_state(config, model_config, mesh)
-        params = init_train_state(config, model_config, setup)["params"]
+        setup = TrainSetup.build(config, mesh)
+        params = setup.init_state()["params"]
         loss = lambda p: training_loss(config, nnx.merge(setup.graphdef, p), batch, ("long", "short"), mesh)[0]
         results.append(jax.device_get(jax.jit(jax.value_and_grad(loss))(params)))
     (plain_loss, plain_grads), (sharded_loss, sharded_grads) = results
@@ -94,12 +91,11 @@ def test_sharded_loss_is_the_default_for_large_batches_on_several_devices():
 def test_the_logit_scale_is_clamped_only_under_a_maximum(max_logit_scale):
     config = tiny_config()
     config.model.max_logit_scale = max_logit_scale
-    model_config = model_config_from(config)
     mesh = make_mesh((1, 1, 1))
-    setup = setup_train_state(config, model_config, mesh)
-    state = init_train_state(config, model_config, setup)
+    setup = TrainSetup.build(config, mesh)
+    state = setup.init_state()
     state["params"]["logit_scale"] = jax.device_put(np.float32(5.0), state["params"]["logit_scale"].sharding)
-    step = make_train_step(config, setup, ("any", "any"), learning_rate_schedule(config.optim, config.total_steps), mesh)
+    step = make_train_step(setup, ("any", "any"))
     state, _ = step(state, random_batch(8))
     scale = float(state["params"]["logit_scale"])
     assert scale == pytest.approx(4.6052) if max_logit_scale else abs(scale - 5.0) < 0.01

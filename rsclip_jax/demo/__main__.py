@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from rsclip_jax.checkpoint import restore_params
-from rsclip_jax.config import load_recipe, model_config_from
+from rsclip_jax.config import load_recipe
 from rsclip_jax.demo.corpus import write_demo_corpus
 from rsclip_jax.evals.embedding import Embedder
 from rsclip_jax.preprocess import decode_image
@@ -26,7 +26,7 @@ from rsclip_jax.records import read_shard
 from rsclip_jax.evals.retrieval import retrieval_recall
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.tokenizer import tokenize
-from rsclip_jax.train_state import setup_train_state
+from rsclip_jax.train_state import TrainSetup
 
 # The recipes ship inside the package, so an installed rsclip_jax runs the demo from any folder.
 RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -44,13 +44,12 @@ NUM_TRAIN, NUM_HELDOUT = 2000, 100
 def evaluate_heldout(config, run_dir: str, heldout_paths: list[str]) -> dict:
     """Recall of the last checkpoint on the held-out images, each with all of its captions, through the
     evaluators' encoder."""
-    model_config = model_config_from(config)
-    mesh = make_mesh((1, 1, 1))
-    setup = setup_train_state(config, model_config, mesh)
+    setup = TrainSetup.build(config, make_mesh((1, 1, 1)))
+    model_config = setup.model
     _, params = restore_params(os.path.join(run_dir, "checkpoints"), setup)
     records = [r for path in heldout_paths for r in read_shard(path)]
     text_image = np.array([i for i, r in enumerate(records) for _ in r.captions])
-    embedder = Embedder(setup.graphdef, setup.shardings["params"], mesh, batch_size=len(records),
+    embedder = Embedder(setup.graphdef, setup.shardings["params"], setup.mesh, batch_size=len(records),
                         image_size=model_config.image_size)
     image_emb, _, _ = embedder.images(params, len(records), lambda i: (decode_image(records[i].image_jpeg), 0), "held-out")
     tokens = tokenize([c.text for r in records for c in r.captions], model_config.context_length)

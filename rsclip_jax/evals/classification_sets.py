@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from rsclip_jax.preprocess import load_image
+from rsclip_jax.preprocess import decoding, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -44,8 +44,10 @@ def _tfds_set(name: str, split: str, data_dir: str, image_key: str, label_key: s
         ) from None
 
     def read(index):
-        example = source[index]
-        return Image.fromarray(np.asarray(example[image_key])).convert("RGB"), int(example[label_key])
+        with decoding(f"tfds:{name} {split} example {index}"):
+            example = source[index]  # TFDS decodes the image here (with PIL, or OpenCV where installed)
+            image = Image.fromarray(np.asarray(example[image_key])).convert("RGB")
+        return image, int(example[label_key])
 
     return builder.info.features[label_key].names, len(source), read
 

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from rsclip_jax.preprocess import normalize_images, resize_center_crop
+from rsclip_jax.preprocess import UnreadableImageError, normalize_images, resize_center_crop
 from rsclip_jax.sharding import BATCH_AXES, activation_sharding
 
 
@@ -30,9 +30,9 @@ class Embedder:
         self.sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
         replicated = NamedSharding(mesh, PartitionSpec())
 
-        # Traced with each device's examples pinned to it, which also runs fused kernels (Pallas flash
-        # attention) per device.
-        examples_per_device = (("batch", BATCH_AXES),)
+        # Traced with each device's examples pinned to it (activation_sharding's "batch" rule, with no other
+        # rules), which also runs fused kernels (Pallas flash attention) per device.
+        examples_per_device = ()
 
         def encode_images(params, batch):
             with activation_sharding(mesh, examples_per_device):
@@ -57,7 +57,9 @@ class Embedder:
 
     def images(self, params, count: int, read: Callable[[int], tuple], description: str):
         """(embeddings [count, D], labels [count], valid [count]) of images `read(i)` -> (PIL image, label).
-        An image that fails to load is logged, embedded as black and marked invalid."""
+
+        An image `read` cannot decode (UnreadableImageError) is logged and marked invalid, its row a padding
+        row: callers leave invalid rows out of their metrics."""
         size = self.image_size
 
         blank = {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(-1), "valid": np.bool_(False)}
@@ -68,8 +70,8 @@ class Embedder:
             try:
                 image, label = read(row)
                 return {"image": resize_center_crop(image, size), "label": np.int32(label), "valid": np.bool_(True)}
-            except (OSError, ValueError) as e:  # PIL's errors for unreadable or truncated files
-                logging.warning("%s: image %d could not be read (%s); counted as bad", description, row, e)
+            except UnreadableImageError as e:
+                logging.warning("%s: image %d left out, counted in bad_images: %s", description, row, e)
                 return blank
 
         batches = (
@@ -78,8 +80,7 @@ class Embedder:
         )
         outputs = [
             jax.tree.map(_host, self._encode_images(params, self._global(batch)))
-            for batch in tqdm(batches, total=math.ceil(count / self.batch_size), desc=f"{description} images",
-                              disable=jax.process_index() != 0, leave=False)
+            for batch in _progress(batches, f"{description} images", total=math.ceil(count / self.batch_size))
         ]
         embeddings = np.concatenate([emb for emb, _ in outputs])[:count]
         extras = {key: np.concatenate([extra[key] for _, extra in outputs])[:count] for key in ("label", "valid")}
@@ -92,10 +93,15 @@ class Embedder:
         padded = np.concatenate([tokens, np.zeros((max(rows.max() + 1 - count, 0), tokens.shape[1]), tokens.dtype)])
         outputs = [
             _host(self._encode_texts(params, self._global(padded[rows[start:start + self.local_batch_size]])))
-            for start in tqdm(range(0, len(rows), self.local_batch_size), desc=f"{description} texts",
-                              disable=jax.process_index() != 0, leave=False)
+            for start in _progress(range(0, len(rows), self.local_batch_size), f"{description} texts")
         ]
         return np.concatenate(outputs)[:count]
+
+
+def _progress(iterable, description: str, total: int | None = None):
+    """A tqdm bar on the first process, kept when done so that it ends its line: a bar cleared on close ends in a
+    bare carriage return, and the next line written to a file both streams go to (a command's JSON) would join it."""
+    return tqdm(iterable, total=total, desc=description, disable=jax.process_index() != 0, leave=True)
 
 
 def _host(array) -> np.ndarray:

@@ -60,9 +60,15 @@ def _retrieval(name, settings, embedder, context_length):
     def run(params):
         paths = dataset.image_paths
         image_emb, _, valid = embedder.images(params, len(paths), lambda i: (load_image(paths[i]), 0), name)
-        text_emb = embedder.texts(params, tokens, name)
-        recall = retrieval_recall(image_emb, text_emb, text_image)
-        return {**recall, "images": len(paths), "texts": len(texts), "bad_images": int((~valid).sum())}
+        if not valid.any():  # no recall of an empty set: the counts say why
+            return {"images": 0, "texts": 0, "bad_images": len(paths)}
+        # As zero-shot does, an image that does not decode is left out, and its captions with it: the recall
+        # is that of the set without it, not a model's miss for a data fault.
+        kept = valid[text_image]
+        text_emb = embedder.texts(params, tokens[kept], name)
+        renumbered = np.cumsum(valid) - 1  # old image index -> its index among the kept images
+        recall = retrieval_recall(image_emb[valid], text_emb, renumbered[text_image[kept]])
+        return {**recall, "images": int(valid.sum()), "texts": int(kept.sum()), "bad_images": int((~valid).sum())}
 
     return run
 
@@ -79,6 +85,8 @@ def _zeroshot(name, settings, embedder, context_length):
     def run(params):
         prompt_emb = embedder.texts(params, tokens, name).reshape(len(classnames), len(templates), -1)
         image_emb, labels, valid = embedder.images(params, count, dataset.read, name)
+        if not valid.any():  # no accuracy of an empty set: the counts say why
+            return {"images": 0, "classes": len(classnames), "bad_images": count}
         accuracy = topk_accuracy(image_emb[valid], class_embeddings(prompt_emb), labels[valid])
         return {**accuracy, "images": int(valid.sum()), "classes": len(classnames), "bad_images": int((~valid).sum())}
 
@@ -89,16 +97,18 @@ def _zeroshot(name, settings, embedder, context_length):
 KINDS = {"retrieval": (RETRIEVAL, _retrieval), "zeroshot": (ZEROSHOT, _zeroshot)}
 
 
-def build_evaluators(config, model_config, graphdef, params_sharding, mesh) -> list[Evaluator]:
-    """One Evaluator per entry of config.evals, sharing compiled encoders between equal batch sizes."""
+def build_evaluators(setup) -> list[Evaluator]:
+    """One Evaluator per entry of the config's evals for `setup`'s model and mesh, sharing compiled encoders
+    between equal batch sizes."""
+    model_config = setup.model
     embedders: dict[int, Embedder] = {}
     evaluators = []
-    for name, entry in config.evals.items():
+    for name, entry in setup.config.evals.items():
         settings = _settings(name, entry)
         batch_size = settings["batch_size"]
         if batch_size not in embedders:
-            embedders[batch_size] = Embedder(graphdef, params_sharding, mesh, batch_size=batch_size,
-                                             image_size=model_config.image_size)
+            embedders[batch_size] = Embedder(setup.graphdef, setup.shardings["params"], setup.mesh,
+                                             batch_size=batch_size, image_size=model_config.image_size)
         run = KINDS[settings["kind"]][1](name, settings, embedders[batch_size], model_config.context_length)
         evaluators.append(Evaluator(name, settings["every_steps"], run))
     return evaluators

@@ -10,10 +10,9 @@ import numpy as np
 from flax import nnx
 
 from rsclip_jax.checkpoint import Checkpointer
-from rsclip_jax.config import model_config_from
 from rsclip_jax.preprocess import CLIP_MEAN, CLIP_STD
 from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import init_train_state, setup_train_state
+from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.weights.hf_layout import hf_clip_config, hf_to_openai, openai_to_hf
 from rsclip_jax.weights.openai_layout import load_openai_state_dict, to_openai_state_dict
 from rsclip_jax.weights.positions import stretch_positions
@@ -55,15 +54,21 @@ def import_weights(config, workdir: str, source: str, stretch: bool) -> None:
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=config.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         raise ValueError(f"{workdir}/checkpoints already holds checkpoints: import into a new workdir")
-    model_config = model_config_from(config)
+    setup = TrainSetup.build(config, make_mesh((1, 1, 1)))
+    model_config = setup.model
     weights, activation = read_weights(source)
     if activation and activation != model_config.activation:
         raise ValueError(f"{source} uses {activation}: set --config.model.activation={activation}")
     positions = weights["positional_embedding"]
     if stretch and positions.shape[0] != model_config.context_length:
-        weights["positional_embedding"] = stretch_positions(positions)
-    setup = setup_train_state(config, model_config, make_mesh((1, 1, 1)))
-    state = init_train_state(config, model_config, setup)
+        if model_config.context_length < positions.shape[0]:
+            raise ValueError(
+                f"--stretch lengthens {source}'s {positions.shape[0]} text positions, but "
+                f"--config.model.context_length is {model_config.context_length}: set it above "
+                f"{positions.shape[0]} (Long-CLIP: 248), or import without --stretch at {positions.shape[0]}"
+            )
+        weights["positional_embedding"] = stretch_positions(positions, model_config.context_length)
+    state = setup.init_state()
     model = nnx.merge(setup.graphdef, state["params"])
     load_openai_state_dict(model, weights)
     state["params"] = nnx.to_pure_dict(nnx.state(model, nnx.Param))
