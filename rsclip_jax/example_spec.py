@@ -36,9 +36,11 @@ class ExampleSpec:
     def __post_init__(self):
         checks = [
             (self.sampling in SAMPLING_MODES, f"sampling {self.sampling!r} must be one of {SAMPLING_MODES}"),
-            (all(k in SLOT_KINDS for k in self.slot_kinds) and self.slot_kinds, f"slot_kinds {self.slot_kinds!r} must be a non-empty tuple of {SLOT_KINDS}"),
+            (all(k in SLOT_KINDS for k in self.slot_kinds) and self.slot_kinds,
+             f"slot_kinds {self.slot_kinds!r} must be a non-empty tuple of {SLOT_KINDS}"),
             (all(k in CAPTION_KINDS for k in self.kinds), f"kinds {self.kinds!r} must be drawn from {CAPTION_KINDS}"),
-            (self.sub_caption in SUB_CAPTION_MODES, f"sub_caption {self.sub_caption!r} must be one of {SUB_CAPTION_MODES}"),
+            (self.sub_caption in SUB_CAPTION_MODES,
+             f"sub_caption {self.sub_caption!r} must be one of {SUB_CAPTION_MODES}"),
             (self.rows_per_image >= 1, f"rows_per_image must be >= 1, got {self.rows_per_image}"),
             (self.sub_caption == "none" or 1 <= self.sub_caption_tokens <= self.context_length - 2,
              f"sub_caption_tokens {self.sub_caption_tokens} must lie in [1, context_length - 2 = "

@@ -1,4 +1,4 @@
-"""CLIPS at demo scale (`python -m rsclip_jax.demo --recipe clips`): rsclip_jax/demo/configs/demo.py's tiny model, trained as
+"""CLIPS at demo scale (`python -m rsclip_jax.demo --recipe clips`): demo.py's tiny model, trained as
 configs/clips_b16.py trains B/16.
 
 Each image brings its procedural web alt text (slot "alt"; the one image in ten without any is skipped) and
