@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grain
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from array_record.python.array_record_module import ArrayRecordReader
 from etils import epath
 
@@ -210,6 +210,10 @@ def train_dataset(
     )
     dataset = dataset[process_index::process_count].to_iter_dataset()
     if num_workers > 0:
+        if not flags.FLAGS.is_parsed():
+            # Grain reads its absl flags when the workers start; a program that absl's app.run did not start (a
+            # notebook, a script) has parsed none, and their defaults are what it means.
+            flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers))
     skips = SkipCounter()
     return dataset.filter(skips).batch(batch_size, drop_remainder=True), skips

@@ -1,5 +1,7 @@
 import collections
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -207,3 +209,20 @@ def test_example_spec_from_a_config_with_a_generator():
     assert ExampleSpec.from_config(config, model).generator_caption_tokens == 0
     config.generator.weight = 2.0
     assert ExampleSpec.from_config(config, model).generator_caption_tokens == config.generator.queries + 1
+
+
+@pytest.mark.slow
+def test_workers_start_from_a_program_absl_did_not_start(demo_shards):
+    """A notebook or a plain script never runs absl's app.run, so Grain's flags are unparsed when workers start."""
+    code = (
+        "from rsclip_jax.data import train_dataset\nfrom rsclip_jax.example_spec import ExampleSpec\n"
+        "if __name__ == '__main__':\n"
+        f"    dataset, _ = train_dataset({demo_shards['train']!r}, ExampleSpec(image_size=32, context_length=16),"
+        " batch_size=4, seed=0, num_workers=2)\n"
+        "    iterator = iter(dataset)\n"
+        "    print(next(iterator)['image'].shape)\n"
+        "    iterator.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "(4, 32, 32, 3)"
