@@ -14,7 +14,6 @@ import functools
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,16 +30,11 @@ from captioning.images import list_inputs, load_image  # noqa: E402
 from captioning.prompts import caption_messages  # noqa: E402
 from captioning.roles import load_roles  # noqa: E402
 from captioning.run import run  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from rsclip_jax.records import CAPTION_KINDS  # noqa: E402
 from tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return f"{names[0]} ({len(names)} logical CPUs)" if names else platform.processor()
 
 
 def write_photos(folder: str, count: int, side: int) -> None:

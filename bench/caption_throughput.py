@@ -32,6 +32,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "captioning")]
 from captioning.engines import Sampling, VllmEngine, request_seed  # noqa: E402
 from captioning.prompts import caption_messages  # noqa: E402
 from captioning.roles import load_roles  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from rsclip_jax.records import CAPTION_KINDS  # noqa: E402
 from tiny_qwen2vl import CHAT_TEMPLATE, build_tiny_qwen2vl  # noqa: E402
 
@@ -217,6 +218,7 @@ def main():
 
     print(json.dumps({
         "bench": "caption_throughput", "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "cpu": cpu_name(),
         "vllm": vllm.__version__, "model": args.model or f"qwen2.5-vl-{args.model_size}",
         "weights": "checkpoint" if args.model else "random",
         "tokenizer": "the model folder's" if args.model else TOKENIZER_NOTE, "dtype": args.dtype,

@@ -20,6 +20,7 @@ from rsclip_jax.config import base_config
 from rsclip_jax.sharding import make_mesh
 from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, make_train_step
+from machine import cpu_name
 from train_step import random_batch
 
 
@@ -64,7 +65,7 @@ def main():
         last_write_s = time.perf_counter() - wait_start
     state_bytes = sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree.leaves(state))
     print(json.dumps({
-        "bench": "checkpoint_overhead", "variant": args.variant, "state_gib": round(state_bytes / 2**30, 3),
+        "bench": "checkpoint_overhead", "cpu": cpu_name(), "variant": args.variant, "state_gib": round(state_bytes / 2**30, 3),
         "steps": args.steps, "save_every": args.every, "step_s_without_saves": round(plain_step_s, 4),
         "step_s_with_saves": round(saving_step_s, 4),
         "overhead_per_step_fraction": round(saving_step_s / plain_step_s - 1, 4),

@@ -16,13 +16,13 @@ import tempfile
 import time
 
 import numpy as np
-from absl import flags
 from PIL import Image, ImageFilter
 
 from rsclip_jax.data import train_dataset
 from rsclip_jax.example_spec import ExampleSpec
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
 from rsclip_jax.records import write_shard
+from machine import cpu_name
 
 SHORT_SIDE = 256
 
@@ -64,15 +64,14 @@ def main():
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     args = parser.parse_args()
-    flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
     spec = ExampleSpec(image_size=224, context_length=248, sampling="grouped", slot_kinds=("any",) * 5)
     with tempfile.TemporaryDirectory() as directory:
         paths, mean_jpeg_bytes = write_shards(directory, args.images)
         rates = {workers: images_per_second(paths, spec, args.batch, workers, args.batches) for workers in args.workers}
     print(json.dumps({
-        "bench": "data_pipeline", "images_in_shards": args.images, "jpeg_short_side": SHORT_SIDE,
+        "bench": "data_pipeline", "cpu": cpu_name(), "images_in_shards": args.images, "jpeg_short_side": SHORT_SIDE,
         "mean_jpeg_bytes": round(mean_jpeg_bytes), "crop": 224, "captions_per_image": 5, "context_length": 248,
-        "batch": args.batch, "cpu_cores": os.cpu_count(),
+        "batch": args.batch,
         "images_per_s": {str(w): round(r, 1) for w, r in rates.items()},
         # 0 workers: decoding in the main process, one core
         "images_per_s_per_worker": {str(w): round(r / max(w, 1), 1) for w, r in rates.items()},

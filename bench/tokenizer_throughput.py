@@ -11,6 +11,7 @@ import time
 import numpy as np
 import open_clip
 
+from machine import cpu_name
 from rsclip_jax import tokenize
 
 SUBJECTS = ["a brown dog", "two children", "an old fisherman", "a red bicycle", "the city skyline", "a bowl of ramen"]
@@ -57,7 +58,7 @@ def main():
     theirs = best_of(lambda: open_clip.tokenize(texts, args.context_length), args.repeats)
     same = bool(np.array_equal(tokenize(texts, args.context_length), open_clip.tokenize(texts, args.context_length).numpy()))
     print(json.dumps({
-        "bench": "tokenizer_throughput",
+        "bench": "tokenizer_throughput", "cpu": cpu_name(),
         "captions": args.captions,
         "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 1),
         "context_length": args.context_length,

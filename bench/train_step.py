@@ -26,6 +26,7 @@ from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_de
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, make_train_step
+from machine import cpu_name
 
 END_OF_TEXT = 49407
 
@@ -147,7 +148,7 @@ def main():
     if args.open_clip and args.captions != 1:
         parser.error("--open-clip compares one caption per image (open_clip's ClipLoss): use --captions 1")
     model_config, result = ours(args)
-    report = {"bench": "train_step", "variant": args.variant, "batch": args.batch, "context_length": args.context,
+    report = {"bench": "train_step", "cpu": cpu_name(), "variant": args.variant, "batch": args.batch, "context_length": args.context,
               "captions_per_image": args.captions, "rsclip_jax": result}
     if args.open_clip:
         report["open_clip"] = theirs(args, model_config)
