@@ -2,8 +2,8 @@
 
 The order of work: shuffle and repeat the records (a fresh permutation each epoch), build each example
 with a random map seeded by its global index (so what an example holds does not depend on how many
-processes read), take this process's slice, decode in worker processes, then drop and count the
-examples that could not be built, and batch.
+processes read), take this process's slice, drop and count the examples that could not be built, and
+batch; with worker processes, all of that runs in the workers and each batch crosses over whole.
 """
 
 import bisect
@@ -174,19 +174,45 @@ class MakeExample(grain.transforms.RandomMap):
         return example
 
 
-class SkipCounter:
-    """Filter run in the main process: drops skip markers and counts them by reason."""
+# What a skipped record is counted as ("empty_slot", an image with fewer captions than rows_per_image, is expected and
+# not counted).
+SKIP_REASONS = ("bad_record", "no_captions", "no_alt_text", "bad_image")
+
+
+class SkipFilter:
+    """Where the examples are made (a worker, or the training process when there are none): drops skip markers,
+    counting them by reason, and gives each batch the counts of the records skipped while it was made."""
 
     def __init__(self):
-        self.counts = collections.Counter()
+        self.counts = np.zeros(len(SKIP_REASONS), np.int64)
+        self.reported = self.counts.copy()
 
     def __call__(self, element) -> bool:
         reason = element.get("skip")
         if reason is None:
             return True
-        if reason != "empty_slot":
-            self.counts[reason] += 1
+        if reason in SKIP_REASONS:
+            self.counts[SKIP_REASONS.index(reason)] += 1
         return False
+
+    def attach(self, batch: dict) -> dict:
+        batch["skipped"] = self.counts - self.reported
+        self.reported = self.counts.copy()
+        return batch
+
+
+class SkipCounter:
+    """In the training process: takes each batch's skip counts off it and adds them up by reason, so the counts are
+    those of the batches the run has received, with or without workers."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+
+    def __call__(self, batch: dict) -> dict:
+        for reason, count in zip(SKIP_REASONS, batch.pop("skipped")):
+            if count:
+                self.counts[reason] += int(count)
+        return batch
 
 
 def train_dataset(
@@ -208,7 +234,11 @@ def train_dataset(
         .repeat()
         .random_map(MakeExample(spec, paths, records_per_shard))
     )
-    dataset = dataset[process_index::process_count].to_iter_dataset()
+    # Workers make whole batches (decode, crop, tokenize, filter, batch) and hand each over in one piece, its arrays
+    # in shared memory: a transfer per batch, not per example.
+    skip_filter = SkipFilter()
+    dataset = (dataset[process_index::process_count].to_iter_dataset()
+               .filter(skip_filter).batch(batch_size, drop_remainder=True).map(skip_filter.attach))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():
             # Grain reads its absl flags when the workers start; a program that absl's app.run did not start (a
@@ -216,4 +246,4 @@ def train_dataset(
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers))
     skips = SkipCounter()
-    return dataset.filter(skips).batch(batch_size, drop_remainder=True), skips
+    return dataset.map(skips), skips
