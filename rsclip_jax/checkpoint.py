@@ -12,6 +12,11 @@ from rsclip_jax.sharding import make_mesh
 from rsclip_jax.train_state import TrainSetup
 
 
+def _absolute(directory: str) -> epath.Path:
+    """Orbax wants absolute paths; a bucket (gs://...) is one already."""
+    return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+
+
 class Checkpointer:
     """Async saves every `every_steps` steps into `directory`, keeping the last `keep`."""
 
@@ -19,8 +24,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every_steps, enable_async_checkpointing=True, create=True
         )
-        # Orbax wants absolute paths; a bucket (gs://...) is one already.
-        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+        self.directory = _absolute(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -52,7 +56,7 @@ def restore_params(directory: str, setup, step: int | None = None) -> tuple[int,
     """(step, parameters) of checkpoint `step` in `directory` (default: the latest), in `setup`'s shardings. Only
     the `params` subtree is read, so the optimizer settings need not match the run's. A folder without checkpoints
     raises FileNotFoundError, a checkpoint of another model ValueError, each naming it."""
-    path = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+    path = _absolute(directory)
     if not path.is_dir():
         raise FileNotFoundError(f"{directory} does not exist: give the --workdir of a training run (or convert import)")
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))

@@ -18,7 +18,7 @@ from etils import epath
 
 from rsclip_jax.captions import ALT_SLOT, caption_tokens, eligible_captions, pick_for_slots, slot_tokens
 from rsclip_jax.example_spec import DataError, ExampleSpec
-from rsclip_jax.preprocess import decode_image, random_resized_crop, resize_center_crop
+from rsclip_jax.preprocess import UnreadableImageError, decode_image, random_resized_crop, resize_center_crop
 from rsclip_jax.records import RecordError, decode_record
 from rsclip_jax.tokenizer import tokenize
 
@@ -155,7 +155,7 @@ class MakeExample(grain.transforms.RandomMap):
                 return {"skip": "no_alt_text"}
         try:
             image = decode_image(record.image_jpeg)
-        except Exception as e:  # PIL raises many types on corrupt bytes
+        except UnreadableImageError as e:
             logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
             return {"skip": "bad_image"}
         if spec.random_resized_crop:
