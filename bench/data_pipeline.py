@@ -1,10 +1,11 @@
 """The input pipeline alone: caption shards -> batches (JPEG decode, resize + crop to 224, caption
-sampling, tokenization to 248), images/s in all and per worker process.
+sampling, tokenization to 248): images/s with each number of worker processes, per worker (with one worker:
+what one core turns into batches), and the training process's own CPU time per image.
 
-    .venv/bin/python bench/data_pipeline.py [--images 2000] [--batch 256] [--workers 0 2]
+    .venv/bin/python bench/data_pipeline.py [--images 2000] [--batch 256] [--workers 0 2] [--jpeg-side 256]
 
-The shards hold 256-px JPEGs made photo-like (a rendered scene over blurred noise, about the size of a
-photo's JPEG at 256 px) with the demo's 10 role captions each. Prints one JSON line.
+The shards hold JPEGs of --jpeg-side pixels a side made photo-like (a rendered scene over blurred noise, about
+the size of a photo's JPEG at 256 px) with the demo's 10 role captions each. Prints one JSON line.
 """
 
 import argparse
@@ -24,57 +25,65 @@ from rsclip_jax.demo.corpus import random_scene, render, scene_record
 from rsclip_jax.records import write_shard
 from machine import cpu_name
 
-SHORT_SIDE = 256
 
-
-def photo_like_record(index: int, rng: np.random.Generator):
+def photo_like_record(index: int, side: int, rng: np.random.Generator):
     record = scene_record(index, random_scene(rng))
-    noise = Image.fromarray(rng.integers(0, 256, (SHORT_SIDE, SHORT_SIDE, 3), dtype=np.uint8))
-    image = Image.blend(render(random_scene(rng), SHORT_SIDE), noise.filter(ImageFilter.GaussianBlur(1.5)), 0.35)
+    noise = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    image = Image.blend(render(random_scene(rng), side), noise.filter(ImageFilter.GaussianBlur(1.5)), 0.35)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
-    return dataclasses.replace(record, image_jpeg=buffer.getvalue(), original_size=(SHORT_SIDE, SHORT_SIDE))
+    return dataclasses.replace(record, image_jpeg=buffer.getvalue(), original_size=(side, side))
 
 
-def write_shards(directory: str, count: int, per_shard: int = 500) -> tuple[list[str], float]:
+def write_shards(directory: str, count: int, side: int, per_shard: int = 500) -> tuple[list[str], float]:
     rng = np.random.default_rng(0)
     paths, sizes = [], []
     for shard, start in enumerate(range(0, count, per_shard)):
-        records = [photo_like_record(start + i, rng) for i in range(min(per_shard, count - start))]
+        records = [photo_like_record(start + i, side, rng) for i in range(min(per_shard, count - start))]
         sizes += [len(r.image_jpeg) for r in records]
         paths.append(os.path.join(directory, f"bench-{shard:05d}.array_record"))
         write_shard(paths[-1], records)
     return paths, float(np.mean(sizes))
 
 
-def images_per_second(paths, spec, batch: int, workers: int, batches: int) -> float:
+def measure(paths, spec, batch: int, workers: int, batches: int) -> tuple[float, float]:
+    """(images/s, microseconds of the training process's own CPU per image; its threads count, workers not)."""
     dataset, _ = train_dataset(paths, spec, batch_size=batch, seed=0, num_workers=workers)
     iterator = iter(dataset)
-    next(iterator)  # worker start-up and the first batch are not throughput
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * batch / (time.perf_counter() - start)
+    try:
+        # Not throughput: worker start-up, and the batches the workers made meanwhile (up to two each).
+        for _ in range(2 * max(workers, 1)):
+            next(iterator)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(batches):
+            next(iterator)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    finally:
+        iterator.close()  # stops its workers, which would otherwise go on decoding beside the next measurement
+    images = batches * batch
+    return images / elapsed, cpu / images * 1e6
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=12, help="batches timed, after the first ones")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--jpeg-side", type=int, default=256, help="the stored images' side, in pixels")
     args = parser.parse_args()
     spec = ExampleSpec(image_size=224, context_length=248, sampling="grouped", slot_kinds=("any",) * 5)
     with tempfile.TemporaryDirectory() as directory:
-        paths, mean_jpeg_bytes = write_shards(directory, args.images)
-        rates = {workers: images_per_second(paths, spec, args.batch, workers, args.batches) for workers in args.workers}
+        paths, mean_jpeg_bytes = write_shards(directory, args.images, args.jpeg_side)
+        results = {workers: measure(paths, spec, args.batch, workers, args.batches) for workers in args.workers}
     print(json.dumps({
-        "bench": "data_pipeline", "cpu": cpu_name(), "images_in_shards": args.images, "jpeg_short_side": SHORT_SIDE,
+        "bench": "data_pipeline", "cpu": cpu_name(), "images_in_shards": args.images, "jpeg_side": args.jpeg_side,
         "mean_jpeg_bytes": round(mean_jpeg_bytes), "crop": 224, "captions_per_image": 5, "context_length": 248,
         "batch": args.batch,
-        "images_per_s": {str(w): round(r, 1) for w, r in rates.items()},
-        # 0 workers: decoding in the main process, one core
-        "images_per_s_per_worker": {str(w): round(r / max(w, 1), 1) for w, r in rates.items()},
+        "images_per_s": {str(w): round(rate, 1) for w, (rate, _) in results.items()},
+        # 0 workers: examples made in the training process, in the threads Grain reads with
+        "images_per_s_per_worker": {str(w): round(rate / max(w, 1), 1) for w, (rate, _) in results.items()},
+        "training_process_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, cpu) in results.items()},
     }))
 
 

@@ -8,6 +8,10 @@ batch; with worker processes, all of that runs in the workers and each batch cro
 
 import bisect
 import collections
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grain
@@ -18,7 +22,7 @@ from etils import epath
 
 from rsclip_jax.captions import ALT_SLOT, caption_tokens, eligible_captions, pick_for_slots, slot_tokens
 from rsclip_jax.example_spec import DataError, ExampleSpec
-from rsclip_jax.preprocess import UnreadableImageError, decode_image, random_resized_crop, resize_center_crop
+from rsclip_jax.preprocess import UnreadableImageError, center_crop_box, decode_crop, open_image, random_crop_box
 from rsclip_jax.records import RecordError, decode_record
 from rsclip_jax.tokenizer import tokenize
 
@@ -154,14 +158,15 @@ class MakeExample(grain.transforms.RandomMap):
             if ALT_SLOT in spec.slot_kinds and not (record.alt_text or "").strip():
                 return {"skip": "no_alt_text"}
         try:
-            image = decode_image(record.image_jpeg)
+            image = open_image(record.image_jpeg)
+            if spec.random_resized_crop:
+                box = random_crop_box(*image.size, rng, scale=spec.crop_scale)
+            else:
+                box = center_crop_box(*image.size)
+            pixels = decode_crop(image, box, spec.image_size)
         except UnreadableImageError as e:
             logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
             return {"skip": "bad_image"}
-        if spec.random_resized_crop:
-            pixels = random_resized_crop(image, spec.image_size, rng, scale=spec.crop_scale)
-        else:
-            pixels = resize_center_crop(image, spec.image_size)
         text = dict(prefix=spec.prefix, sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens,
                     rng=rng)
         if spec.sampling == "rows":
@@ -215,6 +220,28 @@ class SkipCounter:
         return batch
 
 
+def _exit_with_the_training_process(worker_index: int, worker_count: int) -> None:
+    """In each worker: ends it when the training process ends, however that ends. Killed (SIGKILL, preemption,
+    out of memory), the training process cannot stop its workers, which would wait for ever, each holding its
+    memory, beside the run that restarts."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def exit_when_the_parent_has():
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(0)
+
+        threading.Thread(target=exit_when_the_parent_has, name="exit-with-the-training-process", daemon=True).start()
+
+
+def _read_options(paths: list[str], num_workers: int) -> grain.ReadOptions:
+    """Workers reading local shards make their examples without threads: the workers are the parallelism, and
+    threads contending for the GIL cost more than they overlap (bench/README.md). Otherwise Grain's threads, which
+    hide each read's round trip to a bucket."""
+    if num_workers and not any("://" in path for path in paths):
+        return grain.ReadOptions(num_threads=0)
+    return grain.ReadOptions()
+
+
 def train_dataset(
     paths: list[str], spec: ExampleSpec, *, batch_size: int, seed: int, process_index: int = 0,
     process_count: int = 1, num_workers: int = 0,
@@ -237,13 +264,14 @@ def train_dataset(
     # Workers make whole batches (decode, crop, tokenize, filter, batch) and hand each over in one piece, its arrays
     # in shared memory: a transfer per batch, not per example.
     skip_filter = SkipFilter()
-    dataset = (dataset[process_index::process_count].to_iter_dataset()
+    dataset = (dataset[process_index::process_count].to_iter_dataset(_read_options(paths, num_workers))
                .filter(skip_filter).batch(batch_size, drop_remainder=True).map(skip_filter.attach))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():
             # Grain reads its absl flags when the workers start; a program that absl's app.run did not start (a
             # notebook, a script) has parsed none, and their defaults are what it means.
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers))
+        dataset = dataset.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers),
+                                      worker_init_fn=_exit_with_the_training_process)
     skips = SkipCounter()
     return dataset.map(skips), skips

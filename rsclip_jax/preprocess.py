@@ -1,13 +1,16 @@
 """CLIP image preprocessing: decode, resize the short side, centre or random-resized crop, normalise.
 
-Crops stay uint8 on the host (a quarter of the bytes of float32 to move); `normalize_images` runs
-inside the jitted step.
+Evaluation uses open_clip's own transform (PIL's bicubic), so scores match its. Training crops, the input
+pipeline's largest cost, decode JPEGs at the smallest DCT scale that still covers the crop and resize with
+OpenCV, several times faster than PIL's resampling. Crops stay uint8 on the host (a quarter of the bytes of
+float32 to move); `normalize_images` runs inside the jitted step.
 """
 
 import contextlib
 import io
 import math
 
+import cv2
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -31,10 +34,16 @@ def decoding(what: str):
         raise UnreadableImageError(f"{what} does not decode ({type(e).__name__}: {e})") from e
 
 
+def open_image(data: bytes) -> Image.Image:
+    """JPEG (or any PIL format) bytes -> an image whose header is read and whose pixels are not yet decoded."""
+    with decoding("image bytes"):
+        return Image.open(io.BytesIO(data))
+
+
 def decode_image(data: bytes) -> Image.Image:
     """JPEG (or any PIL format) bytes -> RGB image; UnreadableImageError if they do not decode."""
+    image = open_image(data)
     with decoding("image bytes"):
-        image = Image.open(io.BytesIO(data))
         image.load()
         return image.convert("RGB")
 
@@ -54,20 +63,51 @@ def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(resized.crop((left, top, left + size, top + size)))
 
 
-def random_resized_crop(
-    image: Image.Image, size: int, rng: np.random.Generator, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)
-) -> np.ndarray:
-    """Inception-style crop (area fraction in `scale`, aspect in `ratio`) resized to uint8 [size, size, 3]."""
-    width, height = image.size
+Box = tuple[int, int, int, int]  # left, top, right, bottom, in pixels of the stored image
+
+
+def center_crop_box(width: int, height: int) -> Box:
+    """The centred square of the short side: what CLIP's resize-and-centre-crop keeps."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def random_crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> Box:
+    """torchvision's RandomResizedCrop box: area fraction in `scale`, aspect in `ratio`; 10 tries, then the
+    centre square, as torchvision falls back to a centre crop."""
     for _ in range(10):
         area = width * height * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         crop_w, crop_h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
         if 0 < crop_w <= width and 0 < crop_h <= height:
-            left, top = rng.integers(0, width - crop_w + 1), rng.integers(0, height - crop_h + 1)
-            box = (left, top, left + crop_w, top + crop_h)
-            return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
-    return resize_center_crop(image, size)  # torchvision's fallback is a centre crop too
+            left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+            return left, top, left + crop_w, top + crop_h
+    return center_crop_box(width, height)
+
+
+def decode_crop(image: Image.Image, box: Box, size: int) -> np.ndarray:
+    """`box` of an opened, not yet decoded image -> uint8 [size, size, 3] (UnreadableImageError if it does not
+    decode).
+
+    A JPEG decodes at the smallest of its DCT scales (1, 1/2, 1/4, 1/8) at which the box still spans `size`
+    pixels each way: a stored image larger than needed costs little more than one the crop's size. The rest of
+    the way is OpenCV's bicubic, or its area average when shrinking by 2x or more (bicubic alone would alias).
+    """
+    width, height = image.size
+    left, top, right, bottom = box
+    with decoding("image bytes"):
+        image.draft("RGB", (math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))))
+        pixels = np.asarray(image.convert("RGB"))
+    crop = pixels[_span(top, bottom, pixels.shape[0] / height), _span(left, right, pixels.shape[1] / width)]
+    shrink = min(crop.shape[0], crop.shape[1]) / size
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_CUBIC)
+
+
+def _span(start: int, stop: int, scale: float) -> slice:
+    """Pixels start..stop of the stored image in an image decoded at `scale`; at least one."""
+    first = round(start * scale)
+    return slice(first, max(round(stop * scale), first + 1))
 
 
 def normalize_images(images_uint8):

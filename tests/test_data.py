@@ -3,6 +3,7 @@ import dataclasses
 import subprocess
 import sys
 
+import grain
 import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -112,6 +113,34 @@ def test_corrupt_records_are_skipped_and_counted(demo_shards, tmp_path):
     dataset, skips = train_dataset([path], SPEC, batch_size=13, seed=0)
     (batch,), _ = batches(dataset, 1)  # the 13 good records of the first epoch
     assert sorted(batch["image_id"].tolist()) == [i for i in range(16) if i not in (3, 5, 7)]
+    assert skips.counts == {"bad_record": 1, "bad_image": 1, "no_captions": 1}
+
+
+@pytest.mark.slow
+def test_skips_in_workers_reach_the_counter_exactly(demo_shards, tmp_path):
+    """Each of 2 workers counts the records it skips and hands the counts over with its next batch. The records
+    are spoilt where each worker meets them before its last good record of the epoch, so one epoch of batches
+    must bring every skip of that epoch, none twice."""
+    good = list(read_shard(demo_shards["heldout"][0]))
+    order = list(grain.MapDataset.range(len(good)).seed(0).shuffle())  # the pipeline's epoch order, seed 0
+    # Worker w makes the examples at positions w, w + 2, ... of that order; none at the last two positions.
+    spoilt = {order[0]: "bad_record", order[1]: "bad_image", order[3]: "no_captions"}
+    path = str(tmp_path / "mixed.array_record")
+    writer = ArrayRecordWriter(path, "group_size:1")
+    for i, record in enumerate(good):
+        if spoilt.get(i) == "bad_record":
+            writer.write(encode_record(record)[:15])
+        elif spoilt.get(i) == "bad_image":
+            writer.write(encode_record(dataclasses.replace(record, image_jpeg=b"\xff\xd8 not a jpeg")))
+        elif spoilt.get(i) == "no_captions":
+            writer.write(encode_record(dataclasses.replace(record, captions=())))
+        else:
+            writer.write(encode_record(record))
+    writer.close()
+    dataset, skips = train_dataset([path], SPEC, batch_size=1, seed=0, num_workers=2)
+    epoch, iterator = batches(dataset, len(good) - len(spoilt))
+    iterator.close()
+    assert sorted(int(b["image_id"][0]) for b in epoch) == sorted(set(range(len(good))) - set(spoilt))
     assert skips.counts == {"bad_record": 1, "bad_image": 1, "no_captions": 1}
 
 

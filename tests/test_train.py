@@ -42,6 +42,14 @@ def losses(workdir):
         return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
+def process_group_alive(group):
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -110,20 +118,28 @@ def test_same_losses_on_one_device_a_mesh_and_two_processes(tmp_path, demo_shard
 
 
 @pytest.mark.slow
-def test_exact_resume_after_sigkill(tmp_path, demo_shards):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_exact_resume_after_sigkill(tmp_path, demo_shards, num_workers):
+    """Killed mid-run, the run restarts from its last checkpoint, the input pipeline's state with it (the workers'
+    too: their iterator state is in the checkpoint), and logs the same losses as a run never stopped."""
     shards = demo_shards["train"]
-    overrides = ("--config.total_steps=16", "--config.checkpoint_every_steps=4", "--config.data.random_resized_crop=True")
+    overrides = ("--config.total_steps=16", "--config.checkpoint_every_steps=4", "--config.data.random_resized_crop=True",
+                 f"--config.data.num_workers={num_workers}")
     train(tmp_path / "whole", shards, *overrides)
 
     killed = tmp_path / "killed"
     run = subprocess.Popen(train_command(killed, shards, *overrides), env=environment(1), cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not os.path.exists(killed / "checkpoints" / "8" / "commit_success.txt"):
         assert run.poll() is None and time.time() < deadline, "the run ended before its step-8 checkpoint"
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     run.wait()
+    deadline = time.time() + 30
+    while process_group_alive(run.pid):  # its workers, which must not outlive it
+        assert time.time() < deadline, "the killed run's worker processes are still running"
+        time.sleep(0.1)
     assert max(losses(killed)) < 16  # it really died mid-run
 
     train(killed, shards, *overrides)  # restarts from the latest checkpoint by itself

@@ -1,0 +1,93 @@
+"""Training crops (DCT-scaled decode, OpenCV resize) against open_clip's way (full decode, PIL's bicubic), on
+the kinds of files users' shards hold."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from rsclip_jax.demo.corpus import random_scene, render
+from rsclip_jax.preprocess import (
+    UnreadableImageError, center_crop_box, decode_crop, open_image, random_crop_box,
+)
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A rendered scene with some texture, at width x height."""
+    rng = np.random.default_rng(seed)
+    scene = render(random_scene(rng), max(width, height)).resize((width, height))
+    noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return Image.blend(scene, noise.filter(ImageFilter.GaussianBlur(1.5)), 0.3)
+
+
+def encoded(image: Image.Image, format: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def pil_crop(data: bytes, box, size: int) -> np.ndarray:
+    """open_clip's training crop: the whole image decoded, the box resized with PIL's bicubic."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC, box=box))
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int32) - b.astype(np.int32)).mean())
+
+
+def test_a_big_jpeg_decodes_at_a_smaller_dct_scale_and_crops_as_a_full_decode_would():
+    data = encoded(photo(1024, 768), quality=92)
+    image = open_image(data)
+    box = center_crop_box(*image.size)
+    crop = decode_crop(image, box, 224)
+    assert image.size == (512, 384)  # decoded at half scale: the 768-px box still spans 384 >= 224 pixels
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+    assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0
+
+
+@pytest.mark.parametrize("width,height,format,mode", [
+    (256, 256, "JPEG", "RGB"),  # the captioning pipeline's usual shard image: no smaller scale covers the crop
+    (300, 200, "PNG", "RGBA"),  # not a JPEG: decoded whole; the alpha channel dropped
+    (320, 240, "JPEG", "L"),  # greyscale
+    (320, 240, "JPEG", "CMYK"),
+    (2000, 40, "JPEG", "RGB"),  # a banner: the centre square is 40 px, scaled up
+])
+def test_crops_of_odd_files_match_open_clips(width, height, format, mode):
+    image = photo(width, height).convert(mode)
+    data = encoded(image, format, **({"quality": 92} if format == "JPEG" else {}))
+    rng = np.random.default_rng(1)
+    for box in (center_crop_box(width, height), random_crop_box(width, height, rng)):
+        crop = decode_crop(open_image(data), box, 224)
+        assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+        assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0, (format, mode, box)
+
+
+def test_progressive_jpeg_decodes_at_a_smaller_scale_too():
+    data = encoded(photo(900, 900), quality=90, progressive=True)
+    image = open_image(data)
+    box = (100, 100, 800, 800)
+    crop = decode_crop(image, box, 224)
+    assert image.size == (450, 450)
+    assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0
+
+
+def test_random_crop_boxes_keep_torchvisions_area_and_aspect_and_fall_back_to_the_centre():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top, right, bottom = random_crop_box(640, 480, rng, scale=(0.3, 1.0))
+        assert 0 <= left < right <= 640 and 0 <= top < bottom <= 480
+        assert 0.3 - 0.01 <= (right - left) * (bottom - top) / (640 * 480) <= 1.0
+        assert 3 / 4 - 0.02 <= (right - left) / (bottom - top) <= 4 / 3 + 0.02
+    # A 100:1 image fits no box of aspect 3/4..4/3 with 90% of its area: torchvision's centre crop instead.
+    assert random_crop_box(1000, 10, rng) == center_crop_box(1000, 10) == (495, 0, 505, 10)
+
+
+def test_a_truncated_jpeg_is_an_unreadable_image():
+    data = encoded(photo(256, 256), quality=90)
+    image = open_image(data[: len(data) // 2])  # the header is whole; the pixels are cut
+    with pytest.raises(UnreadableImageError, match="does not decode"):
+        decode_crop(image, center_crop_box(*image.size), 224)
+    with pytest.raises(UnreadableImageError, match="does not decode"):
+        open_image(b"<html>not an image</html>")
