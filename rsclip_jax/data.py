@@ -271,7 +271,11 @@ def train_dataset(
             # Grain reads its absl flags when the workers start; a program that absl's app.run did not start (a
             # notebook, a script) has parsed none, and their defaults are what it means.
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers),
-                                      worker_init_fn=_exit_with_the_training_process)
+        # Arrays under 64 KiB (image ids, skip counts) cross pickled: a shared-memory block each cost the training
+        # process more than the copy (bench/README.md).
+        options = grain.experimental.DatasetOptions(min_shm_size=1 << 16)
+        dataset = grain.experimental.WithOptionsIterDataset(dataset, options).mp_prefetch(
+            grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers),
+            worker_init_fn=_exit_with_the_training_process)
     skips = SkipCounter()
     return dataset.map(skips), skips

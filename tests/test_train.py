@@ -123,8 +123,8 @@ def test_exact_resume_after_sigkill(tmp_path, demo_shards, num_workers):
     """Killed mid-run, the run restarts from its last checkpoint, the input pipeline's state with it (the workers'
     too: their iterator state is in the checkpoint), and logs the same losses as a run never stopped."""
     shards = demo_shards["train"]
-    overrides = ("--config.total_steps=16", "--config.checkpoint_every_steps=4", "--config.data.random_resized_crop=True",
-                 f"--config.data.num_workers={num_workers}")
+    overrides = ("--config.total_steps=16", "--config.checkpoint_every_steps=4",
+                 "--config.data.random_resized_crop=True", f"--config.data.num_workers={num_workers}")
     train(tmp_path / "whole", shards, *overrides)
 
     killed = tmp_path / "killed"
