@@ -1,6 +1,7 @@
 """The input pipeline alone: caption shards -> batches (JPEG decode, resize + crop to 224, caption
 sampling, tokenization to 248): images/s with each number of worker processes, per worker (with one worker:
-what one core turns into batches), and the training process's own CPU time per image.
+what one core turns into batches), the training process's own CPU time per image, and the milliseconds each
+stage of an example takes on one thread, beside open_clip's way of making the same crop.
 
     .venv/bin/python bench/data_pipeline.py [--images 2000] [--batch 256] [--workers 0 2] [--jpeg-side 256]
 
@@ -19,10 +20,12 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
-from rsclip_jax.data import train_dataset
+from rsclip_jax.captions import eligible_captions, pick_for_slots, slot_tokens
+from rsclip_jax.data import MakeExample, train_dataset
 from rsclip_jax.example_spec import ExampleSpec
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
-from rsclip_jax.records import write_shard
+from rsclip_jax.preprocess import center_crop_box, decode_crop, open_image
+from rsclip_jax.records import decode_record, encode_record, write_shard
 from machine import cpu_name
 
 
@@ -64,6 +67,42 @@ def measure(paths, spec, batch: int, workers: int, batches: int) -> tuple[float,
     return images / elapsed, cpu / images * 1e6
 
 
+def stage_ms(records, spec) -> dict:
+    """Milliseconds per example of each stage on one thread, and of the whole example (MakeExample)."""
+    data = [encode_record(r) for r in records]
+    rng = np.random.default_rng(0)
+
+    def crop(record):
+        image = open_image(record.image_jpeg)
+        return decode_crop(image, center_crop_box(*image.size), spec.image_size)
+
+    def open_clip_crop(record):  # the whole image decoded, the same box resized with PIL's bicubic
+        with Image.open(io.BytesIO(record.image_jpeg)) as image:
+            image = image.convert("RGB")
+            return image.resize((spec.image_size,) * 2, Image.BICUBIC, box=center_crop_box(*image.size))
+
+    def captions(record):
+        chosen = pick_for_slots(eligible_captions(record.captions, spec.roles, spec.kinds), spec.slot_kinds, rng)
+        return slot_tokens(chosen, None, spec.slot_kinds, text_length=spec.text_length, prefix=spec.prefix,
+                           sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens, rng=rng)
+
+    make_example = MakeExample(spec, ["bench"], [len(data)])
+    stages = {
+        "parse_record": (decode_record, data), "crop": (crop, records), "crop_open_clip_pil": (open_clip_crop, records),
+        "captions_pick_and_tokenize": (captions, records),
+        "example": (lambda element: make_example.random_map(element, rng), [(i, 0, d) for i, d in enumerate(data)]),
+    }
+    times = {}
+    for name, (stage, items) in stages.items():
+        for item in items[:20]:  # warm: caches, the tokenizer's chunk table
+            stage(item)
+        start = time.perf_counter()
+        for item in items:
+            stage(item)
+        times[name] = round((time.perf_counter() - start) / len(items) * 1e3, 3)
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -76,6 +115,7 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         paths, mean_jpeg_bytes = write_shards(directory, args.images, args.jpeg_side)
         results = {workers: measure(paths, spec, args.batch, workers, args.batches) for workers in args.workers}
+    stages = stage_ms([photo_like_record(i, args.jpeg_side, np.random.default_rng(i)) for i in range(300)], spec)
     print(json.dumps({
         "bench": "data_pipeline", "cpu": cpu_name(), "images_in_shards": args.images, "jpeg_side": args.jpeg_side,
         "mean_jpeg_bytes": round(mean_jpeg_bytes), "crop": 224, "captions_per_image": 5, "context_length": 248,
@@ -84,6 +124,7 @@ def main():
         # 0 workers: examples made in the training process, in the threads Grain reads with
         "images_per_s_per_worker": {str(w): round(rate / max(w, 1), 1) for w, (rate, _) in results.items()},
         "training_process_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, cpu) in results.items()},
+        "stage_ms_one_thread": stages,
     }))
 
 

@@ -98,7 +98,8 @@ def decode_crop(image: Image.Image, box: Box, size: int) -> np.ndarray:
     left, top, right, bottom = box
     with decoding("image bytes"):
         image.draft("RGB", (math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))))
-        pixels = np.asarray(image.convert("RGB"))
+        image.load()
+        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # convert would copy an RGB one
     crop = pixels[_span(top, bottom, pixels.shape[0] / height), _span(left, right, pixels.shape[1] / width)]
     shrink = min(crop.shape[0], crop.shape[1]) / size
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_CUBIC)
