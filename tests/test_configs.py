@@ -120,5 +120,5 @@ def test_loading_a_recipe_imports_nothing_heavy():
         "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    heavy = {"jax", "jaxlib", "flax", "optax", "orbax", "grain", "PIL", "torch", "tensorflow", "array_record"}
+    heavy = {"jax", "jaxlib", "flax", "optax", "orbax", "grain", "PIL", "torch", "tensorflow", "array_record", "cv2"}
     assert len(recipes) == 5 and not heavy & set(result.stdout.split())
