@@ -1,6 +1,6 @@
 """`make demo`: build the procedural corpus, train demo/configs/demo.py on the CPU, report held-out recall@1.
 
-    python -m rsclip_jax.demo [--recipe rsclip|clips]
+    python -m rsclip_jax.demo [--recipe rsclip|clips] [--seed N]
 
 `--recipe clips` trains demo/configs/demo_clips.py instead: CLIPS' alt-text and sub-caption streams and its
 caption generator. Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and
@@ -66,7 +66,9 @@ def generator_losses(run_dir: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="rsclip")
-    recipe_file, description, workdir = RECIPES[parser.parse_args().recipe]
+    parser.add_argument("--seed", type=int, default=0, help="the training run's config.seed (the corpus stays)")
+    args = parser.parse_args()
+    recipe_file, description, workdir = RECIPES[args.recipe]
     start = time.perf_counter()
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh, reproducible run every time
     corpus = write_demo_corpus(os.path.join(workdir, "corpus"), num_train=NUM_TRAIN, num_heldout=NUM_HELDOUT, seed=0)
@@ -74,7 +76,7 @@ def main():
     run_dir = os.path.join(workdir, "run")
     subprocess.run(
         [sys.executable, "-m", "rsclip_jax.train", f"--config={recipe}", f"--workdir={run_dir}",
-         f"--config.data.train_shards={','.join(corpus['train'])}"],
+         f"--config.data.train_shards={','.join(corpus['train'])}", f"--config.seed={args.seed}"],
         check=True,
     )
     config = load_recipe(recipe)
