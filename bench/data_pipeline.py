@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 from rsclip_jax.captions import eligible_captions, pick_for_slots, slot_tokens
 from rsclip_jax.data import MakeExample, train_dataset
-from rsclip_jax.example_spec import ExampleSpec
+from rsclip_jax.example_spec import CROP_BACKENDS, ExampleSpec
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
 from rsclip_jax.preprocess import center_crop_box, decode_crop, open_image
 from rsclip_jax.records import decode_record, encode_record, write_shard
@@ -72,7 +72,7 @@ def stage_ms(records, spec) -> dict:
     data = [encode_record(r) for r in records]
     rng = np.random.default_rng(0)
 
-    def crop(record):
+    def crop(record):  # the "opencv" backend
         image = open_image(record.image_jpeg)
         return decode_crop(image, center_crop_box(*image.size), spec.image_size)
 
@@ -110,8 +110,10 @@ def main():
     parser.add_argument("--batches", type=int, default=12, help="batches timed, after the first ones")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--jpeg-side", type=int, default=256, help="the stored images' side, in pixels")
+    parser.add_argument("--crop-backend", choices=CROP_BACKENDS, default="opencv", help="config.data.crop_backend")
     args = parser.parse_args()
-    spec = ExampleSpec(image_size=224, context_length=248, sampling="grouped", slot_kinds=("any",) * 5)
+    spec = ExampleSpec(image_size=224, context_length=248, sampling="grouped", slot_kinds=("any",) * 5,
+                       crop_backend=args.crop_backend)
     with tempfile.TemporaryDirectory() as directory:
         paths, mean_jpeg_bytes = write_shards(directory, args.images, args.jpeg_side)
         results = {workers: measure(paths, spec, args.batch, workers, args.batches) for workers in args.workers}
@@ -119,7 +121,7 @@ def main():
     print(json.dumps({
         "bench": "data_pipeline", "cpu": cpu_name(), "images_in_shards": args.images, "jpeg_side": args.jpeg_side,
         "mean_jpeg_bytes": round(mean_jpeg_bytes), "crop": 224, "captions_per_image": 5, "context_length": 248,
-        "batch": args.batch,
+        "batch": args.batch, "crop_backend": args.crop_backend,
         "images_per_s": {str(w): round(rate, 1) for w, (rate, _) in results.items()},
         # 0 workers: examples made in the training process, in the threads Grain reads with
         "images_per_s_per_worker": {str(w): round(rate / max(w, 1), 1) for w, (rate, _) in results.items()},

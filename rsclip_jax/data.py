@@ -22,7 +22,9 @@ from etils import epath
 
 from rsclip_jax.captions import ALT_SLOT, caption_tokens, eligible_captions, pick_for_slots, slot_tokens
 from rsclip_jax.example_spec import DataError, ExampleSpec
-from rsclip_jax.preprocess import UnreadableImageError, center_crop_box, decode_crop, open_image, random_crop_box
+from rsclip_jax.preprocess import (
+    UnreadableImageError, center_crop_box, crop_like_open_clip, decode_crop, open_image, random_crop_box,
+)
 from rsclip_jax.records import RecordError, decode_record
 from rsclip_jax.tokenizer import tokenize
 
@@ -159,11 +161,11 @@ class MakeExample(grain.transforms.RandomMap):
                 return {"skip": "no_alt_text"}
         try:
             image = open_image(record.image_jpeg)
-            if spec.random_resized_crop:
-                box = random_crop_box(*image.size, rng, scale=spec.crop_scale)
+            box = random_crop_box(*image.size, rng, scale=spec.crop_scale) if spec.random_resized_crop else None
+            if spec.crop_backend == "opencv":
+                pixels = decode_crop(image, box or center_crop_box(*image.size), spec.image_size)
             else:
-                box = center_crop_box(*image.size)
-            pixels = decode_crop(image, box, spec.image_size)
+                pixels = crop_like_open_clip(image, box, spec.image_size)
         except UnreadableImageError as e:
             logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
             return {"skip": "bad_image"}

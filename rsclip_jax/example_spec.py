@@ -9,6 +9,9 @@ from rsclip_jax.captions import ALT_SLOT, SLOT_KINDS, SUB_CAPTION_MODES
 from rsclip_jax.records import CAPTION_KINDS
 
 SAMPLING_MODES = ("grouped", "rows")
+# "pil": open_clip's training transform exactly (the whole image decoded, PIL's bicubic); "opencv": a JPEG decoded
+# at the smallest DCT scale that covers the crop, then OpenCV's resize, 2-3x faster (rsclip_jax/preprocess.py).
+CROP_BACKENDS = ("pil", "opencv")
 
 
 class DataError(ValueError):
@@ -31,6 +34,7 @@ class ExampleSpec:
     sub_caption_tokens: int = 32  # the sub-caption's budget; text rows are this + 2 long (text_length)
     random_resized_crop: bool = False  # False: CLIP's resize and centre crop
     crop_scale: tuple[float, float] = (0.9, 1.0)  # random_resized_crop: the share of the image area kept
+    crop_backend: str = "pil"  # CROP_BACKENDS; evaluation always uses open_clip's (PIL's) transform
     generator_caption_tokens: int = 0  # > 0: "caption_tokens", the first synthetic slot's whole caption, this long
 
     def __post_init__(self):
@@ -41,6 +45,7 @@ class ExampleSpec:
             (all(k in CAPTION_KINDS for k in self.kinds), f"kinds {self.kinds!r} must be drawn from {CAPTION_KINDS}"),
             (self.sub_caption in SUB_CAPTION_MODES,
              f"sub_caption {self.sub_caption!r} must be one of {SUB_CAPTION_MODES}"),
+            (self.crop_backend in CROP_BACKENDS, f"crop_backend {self.crop_backend!r} must be one of {CROP_BACKENDS}"),
             (self.rows_per_image >= 1, f"rows_per_image must be >= 1, got {self.rows_per_image}"),
             (self.sub_caption == "none" or 1 <= self.sub_caption_tokens <= self.context_length - 2,
              f"sub_caption_tokens {self.sub_caption_tokens} must lie in [1, context_length - 2 = "
@@ -81,4 +86,4 @@ class ExampleSpec:
 
 # The fields of ExampleSpec that are `config.data` keys (the rest come from the model and the generator).
 SETTINGS = ("sampling", "slot_kinds", "rows_per_image", "roles", "kinds", "prefix", "sub_caption", "sub_caption_tokens",
-            "random_resized_crop", "crop_scale")
+            "random_resized_crop", "crop_scale", "crop_backend")

@@ -1,8 +1,8 @@
 """CLIP image preprocessing: decode, resize the short side, centre or random-resized crop, normalise.
 
-Evaluation uses open_clip's own transform (PIL's bicubic), so scores match its. Training crops, the input
-pipeline's largest cost, decode JPEGs at the smallest DCT scale that still covers the crop and resize with
-OpenCV, several times faster than PIL's resampling. Crops stay uint8 on the host (a quarter of the bytes of
+Evaluation uses open_clip's own transform (PIL's bicubic), so scores match its; so do training crops by default
+(`crop_like_open_clip`). `decode_crop`, the faster choice for training, decodes a JPEG at the smallest DCT scale
+that still covers the crop and resizes with OpenCV. Crops stay uint8 on the host (a quarter of the bytes of
 float32 to move); `normalize_images` runs inside the jitted step.
 """
 
@@ -84,6 +84,16 @@ def random_crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.
             left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
             return left, top, left + crop_w, top + crop_h
     return center_crop_box(width, height)
+
+
+def crop_like_open_clip(image: Image.Image, box: Box | None, size: int) -> np.ndarray:
+    """An opened image -> uint8 [size, size, 3] as open_clip's training transform makes it, the whole image
+    decoded: `box` resized with PIL's bicubic (RandomResizedCrop), or with no box, Resize and CenterCrop."""
+    with decoding("image bytes"):
+        image = image.convert("RGB")
+    if box is None:
+        return resize_center_crop(image, size)
+    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
 
 
 def decode_crop(image: Image.Image, box: Box, size: int) -> np.ndarray:

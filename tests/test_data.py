@@ -144,6 +144,17 @@ def test_skips_in_workers_reach_the_counter_exactly(demo_shards, tmp_path):
     assert skips.counts == {"bad_record": 1, "bad_image": 1, "no_captions": 1}
 
 
+def test_the_opencv_crop_backend_gives_the_same_examples_nearly_the_same_pixels(demo_shards):
+    spec = dataclasses.replace(SPEC, random_resized_crop=True)
+    (pil,), _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], 1)
+    fast_spec = dataclasses.replace(spec, crop_backend="opencv")
+    (fast,), _ = batches(train_dataset(demo_shards["train"], fast_spec, batch_size=8, seed=0)[0], 1)
+    np.testing.assert_array_equal(fast["image_id"], pil["image_id"])
+    np.testing.assert_array_equal(fast["tokens"], pil["tokens"])  # the crop box draws nothing else
+    assert fast["image"].shape == pil["image"].shape and fast["image"].dtype == np.uint8
+    assert np.abs(fast["image"].astype(int) - pil["image"].astype(int)).mean() < 4
+
+
 def test_shard_errors_name_the_key_and_path(tmp_path):
     with pytest.raises(DataError, match=r"config.data.train_shards: no caption shard matches '.*nothing-\*'"):
         resolve_shards(str(tmp_path / "nothing-*"), "config.data.train_shards")
