@@ -24,7 +24,7 @@ from rsclip_jax.captions import eligible_captions, pick_for_slots, slot_tokens
 from rsclip_jax.data import MakeExample, train_dataset
 from rsclip_jax.example_spec import CROP_BACKENDS, ExampleSpec
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
-from rsclip_jax.preprocess import center_crop_box, decode_crop, open_image
+from rsclip_jax.preprocess import center_crop_box, crop_like_open_clip, decode_crop, open_image
 from rsclip_jax.records import decode_record, encode_record, write_shard
 from machine import cpu_name
 
@@ -77,9 +77,8 @@ def stage_ms(records, spec) -> dict:
         return decode_crop(image, center_crop_box(*image.size), spec.image_size)
 
     def open_clip_crop(record):  # the whole image decoded, the same box resized with PIL's bicubic
-        with Image.open(io.BytesIO(record.image_jpeg)) as image:
-            image = image.convert("RGB")
-            return image.resize((spec.image_size,) * 2, Image.BICUBIC, box=center_crop_box(*image.size))
+        image = open_image(record.image_jpeg)
+        return crop_like_open_clip(image, center_crop_box(*image.size), spec.image_size)
 
     def captions(record):
         chosen = pick_for_slots(eligible_captions(record.captions, spec.roles, spec.kinds), spec.slot_kinds, rng)
