@@ -20,18 +20,20 @@ def eligible_captions(captions: tuple[Caption, ...], roles: tuple[str, ...], kin
 
 def pick_for_slots(captions: list[Caption], slot_kinds: tuple[str, ...], rng: np.random.Generator) -> list[Caption] | None:
     """One caption per synthetic slot ("alt" slots are passed over), each drawn from the captions of the slot's
-    kind; distinct while enough remain.
+    kind; distinct captions of the record while enough remain.
 
     None when some slot has no caption of its kind.
     """
-    chosen = []
+    chosen, taken = [], set()
     for kind in (k for k in slot_kinds if k != ALT_SLOT):
         pool = [c for c in captions if kind == "any" or c.kind == kind]
         if not pool:
             return None
-        unused = [c for c in pool if c not in chosen]
-        candidates = unused or pool
-        chosen.append(candidates[rng.integers(len(candidates))])
+        # By identity: a dataclass's == compares every field in Python, and was most of the time a pick took.
+        candidates = [c for c in pool if id(c) not in taken] or pool
+        pick = candidates[rng.integers(len(candidates))]
+        chosen.append(pick)
+        taken.add(id(pick))
     return chosen
 
 

@@ -1,8 +1,8 @@
 """CLIP image preprocessing: decode, resize the short side, centre or random-resized crop, normalise.
 
 Evaluation uses open_clip's own transform (PIL's bicubic), so scores match its; so do training crops by default
-(`crop_like_open_clip`). `decode_crop`, the faster choice for training, decodes a JPEG at the smallest DCT scale
-that still covers the crop and resizes with OpenCV. Crops stay uint8 on the host (a quarter of the bytes of
+(`crop_like_open_clip`). `decode_crop`, the faster choice for training, decodes a JPEG with libjpeg-turbo at the
+smallest DCT scale that still covers the crop and resizes with OpenCV. Crops stay uint8 on the host (a quarter of the bytes of
 float32 to move); `normalize_images` runs inside the jitted step.
 """
 
@@ -13,6 +13,7 @@ import math
 import cv2
 import jax.numpy as jnp
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -96,20 +97,46 @@ def crop_like_open_clip(image: Image.Image, box: Box | None, size: int) -> np.nd
     return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
 
 
-def decode_crop(image: Image.Image, box: Box, size: int) -> np.ndarray:
-    """`box` of an opened, not yet decoded image -> uint8 [size, size, 3] (UnreadableImageError if it does not
-    decode).
+class EncodedImage:
+    """Image bytes whose size is read from the header and whose pixels are not yet decoded. A YCbCr or greyscale
+    JPEG (nearly every photo) decodes through libjpeg-turbo straight to an RGB array; any other file (PNG, a CMYK
+    JPEG) through PIL, and so does one over PIL's decompression-bomb limit, which PIL refuses as it would
+    otherwise. UnreadableImageError if the header does not read."""
 
-    A JPEG decodes at the smallest of its DCT scales (1, 1/2, 1/4, 1/8) at which the box still spans `size`
-    pixels each way: a stored image larger than needed costs little more than one the crop's size. The rest of
-    the way is OpenCV's bicubic, or its area average when shrinking by 2x or more (bicubic alone would alias).
-    """
+    def __init__(self, data: bytes):
+        self.data = data
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:  # not a JPEG, or one libjpeg-turbo cannot read: PIL says which
+            colorspace = None
+        if colorspace in ("YCbCr", "Gray") and width * height <= (Image.MAX_IMAGE_PIXELS or math.inf):
+            self.pil, self.size = None, (width, height)
+        else:
+            self.pil = open_image(data)
+            self.size = self.pil.size
+
+
+def decode_covering(image: EncodedImage, box: Box, size: int) -> np.ndarray:
+    """The image as uint8 RGB [h, w, 3], a JPEG decoded at the smallest of its DCT scales (n/8) at which `box` still
+    spans `size` pixels each way: a stored image larger than needed costs little more than one the crop's size."""
     width, height = image.size
     left, top, right, bottom = box
+    least_width, least_height = math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))
     with decoding("image bytes"):
-        image.draft("RGB", (math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))))
-        image.load()
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # convert would copy an RGB one
+        if image.pil is None:
+            return simplejpeg.decode_jpeg(image.data, "RGB", min_width=least_width, min_height=least_height)
+        image.pil.draft("RGB", (least_width, least_height))
+        image.pil.load()
+        return np.asarray(image.pil if image.pil.mode == "RGB" else image.pil.convert("RGB"))
+
+
+def decode_crop(image: EncodedImage, box: Box, size: int) -> np.ndarray:
+    """`box` of an image -> uint8 [size, size, 3] (UnreadableImageError if it does not decode): decoded by
+    `decode_covering`, then OpenCV's bicubic, or its area average when shrinking by 2x or more (bicubic alone would
+    alias)."""
+    width, height = image.size
+    left, top, right, bottom = box
+    pixels = decode_covering(image, box, size)
     crop = pixels[_span(top, bottom, pixels.shape[0] / height), _span(left, right, pixels.shape[1] / width)]
     shrink = min(crop.shape[0], crop.shape[1]) / size
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_CUBIC)

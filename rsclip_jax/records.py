@@ -22,6 +22,8 @@ Schema version 1, a msgpack map:
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import os
 from collections.abc import Iterable, Iterator
 
@@ -55,24 +57,39 @@ class CaptionRecord:
     alt_text: str | None = None
 
 
-# Field name -> accepted types; None in the tuple means the field may be nil.
-_CAPTION_FIELDS = {
-    "role": (str,),
-    "kind": (str,),
-    "text": (str,),
-    "model": (str,),
-    "prompt_version": (str,),
-    "judge_score": (int, float, type(None)),
-    "judge_rationale": (str, type(None)),
-}
-_RECORD_FIELDS = {
-    "schema_version": (int,),
-    "image_id": (str,),
-    "image_jpeg": (bytes,),
-    "original_size": (list,),
-    "alt_text": (str, type(None)),
-    "captions": (list,),
-}
+class _Fields:
+    """The fields a map must have and the types each accepts (type(None): the field may be nil)."""
+
+    def __init__(self, **types: tuple[type, ...]):
+        self.types = types
+        self.values = operator.itemgetter(*types)  # the fields' values, in order: a KeyError if one is missing
+        # Every accepted combination of the values' exact types, as msgpack decodes them (a bool is no int here):
+        # one set lookup checks a whole map.
+        self._accepted = set(itertools.product(*types.values()))
+
+    def check(self, obj: object, what: str, where: str) -> None:
+        """RecordError naming `what` and `where` unless `obj` is a map holding every field with a type it accepts."""
+        try:
+            if tuple(map(type, self.values(obj))) in self._accepted:
+                return
+        except (KeyError, TypeError):  # TypeError: not a map
+            pass
+        if not isinstance(obj, dict):
+            raise RecordError(f"{where}: {what} is a {type(obj).__name__}, expected a map")
+        for name, types in self.types.items():
+            if name not in obj:
+                raise RecordError(f"{where}: {what} is missing field {name!r}")
+            if type(obj[name]) not in types:
+                raise RecordError(f"{where}: {what} field {name!r} is {type(obj[name]).__name__}, expected "
+                                  + " or ".join(t.__name__ for t in types))
+
+
+_NIL = type(None)
+# In the order of Caption's fields, which are built from the values positionally.
+_CAPTION_FIELDS = _Fields(role=(str,), kind=(str,), text=(str,), model=(str,), prompt_version=(str,),
+                          judge_score=(int, float, _NIL), judge_rationale=(str, _NIL))
+_RECORD_FIELDS = _Fields(schema_version=(int,), image_id=(str,), image_jpeg=(bytes,), original_size=(list,),
+                         alt_text=(str, _NIL), captions=(list,))
 
 
 def encode_record(record: CaptionRecord) -> bytes:
@@ -93,19 +110,6 @@ def encode_record(record: CaptionRecord) -> bytes:
     return msgpack.packb(payload, use_bin_type=True)
 
 
-def _check_fields(obj: object, fields: dict, what: str, where: str) -> None:
-    if not isinstance(obj, dict):
-        raise RecordError(f"{where}: {what} is a {type(obj).__name__}, expected a map")
-    for name, types in fields.items():
-        if name not in obj:
-            raise RecordError(f"{where}: {what} is missing field {name!r}")
-        if not isinstance(obj[name], types) or isinstance(obj[name], bool):
-            raise RecordError(
-                f"{where}: {what} field {name!r} is {type(obj[name]).__name__}, expected "
-                + " or ".join(t.__name__ for t in types)
-            )
-
-
 def decode_record(data: bytes, *, shard: str = "<bytes>", index: int = 0) -> CaptionRecord:
     """Parses one record; raises RecordError naming `shard` and `index` on any defect."""
     where = f"shard {shard}, record {index}"
@@ -119,16 +123,16 @@ def decode_record(data: bytes, *, shard: str = "<bytes>", index: int = 0) -> Cap
                 f"{where}: written with schema version {obj['schema_version']}, this reader knows up to "
                 f"{SCHEMA_VERSION}; upgrade rsclip-jax to read it"
             )
-    _check_fields(obj, _RECORD_FIELDS, "record", where)
+    _RECORD_FIELDS.check(obj, "record", where)
     size = obj["original_size"]
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
         raise RecordError(f"{where}: original_size must be [width, height] > 0, got {size!r}")
     captions = []
     for i, c in enumerate(obj["captions"]):
-        _check_fields(c, _CAPTION_FIELDS, f"caption {i}", where)
+        _CAPTION_FIELDS.check(c, f"caption {i}", where)
         if c["kind"] not in CAPTION_KINDS:
             raise RecordError(f"{where}: caption {i} has kind {c['kind']!r}, expected one of {CAPTION_KINDS}")
-        captions.append(Caption(**{k: c[k] for k in _CAPTION_FIELDS}))
+        captions.append(Caption(*_CAPTION_FIELDS.values(c)))
     return CaptionRecord(
         image_id=obj["image_id"],
         image_jpeg=obj["image_jpeg"],

@@ -1,5 +1,5 @@
-"""Training crops (DCT-scaled decode, OpenCV resize) against open_clip's way (full decode, PIL's bicubic), on
-the kinds of files users' shards hold."""
+"""Training crops (DCT-scaled decode through libjpeg-turbo or PIL, OpenCV resize) against open_clip's way (full
+decode, PIL's bicubic), on the kinds of files users' shards hold."""
 
 import io
 
@@ -9,7 +9,7 @@ from PIL import Image, ImageFilter
 
 from rsclip_jax.demo.corpus import random_scene, render
 from rsclip_jax.preprocess import (
-    UnreadableImageError, center_crop_box, decode_crop, open_image, random_crop_box,
+    EncodedImage, UnreadableImageError, center_crop_box, decode_covering, decode_crop, random_crop_box,
 )
 
 
@@ -39,38 +39,58 @@ def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_a_big_jpeg_decodes_at_a_smaller_dct_scale_and_crops_as_a_full_decode_would():
     data = encoded(photo(1024, 768), quality=92)
-    image = open_image(data)
+    image = EncodedImage(data)
     box = center_crop_box(*image.size)
+    assert image.pil is None  # libjpeg-turbo's
+    # 3/8: the 768-px box still spans 288 >= 224 pixels; at 2/8 it would span 192.
+    assert decode_covering(image, box, 224).shape == (288, 384, 3)
+    assert decode_covering(image, (0, 0, 1024, 768), 96).shape == (96, 128, 3)  # 1/8: the whole image, 96 high
     crop = decode_crop(image, box, 224)
-    assert image.size == (512, 384)  # decoded at half scale: the 768-px box still spans 384 >= 224 pixels
     assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
     assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0
 
 
-@pytest.mark.parametrize("width,height,format,mode", [
-    (256, 256, "JPEG", "RGB"),  # the captioning pipeline's usual shard image: no smaller scale covers the crop
-    (300, 200, "PNG", "RGBA"),  # not a JPEG: decoded whole; the alpha channel dropped
-    (320, 240, "JPEG", "L"),  # greyscale
-    (320, 240, "JPEG", "CMYK"),
-    (2000, 40, "JPEG", "RGB"),  # a banner: the centre square is 40 px, scaled up
+@pytest.mark.parametrize("width,height,format,mode,options,decoder", [
+    # the captioning pipeline's usual shard image: no smaller scale covers the crop
+    (256, 256, "JPEG", "RGB", {}, "libjpeg-turbo"),
+    (256, 256, "JPEG", "RGB", {"subsampling": 0}, "libjpeg-turbo"),  # chroma at full resolution (4:4:4)
+    (256, 256, "JPEG", "RGB", {"subsampling": 1}, "libjpeg-turbo"),  # 4:2:2
+    (300, 200, "PNG", "RGBA", {}, "pil"),  # not a JPEG: decoded whole; the alpha channel dropped
+    (320, 240, "JPEG", "L", {}, "libjpeg-turbo"),  # greyscale
+    (320, 240, "JPEG", "CMYK", {}, "pil"),  # libjpeg-turbo has no CMYK -> RGB of its own
+    (2000, 40, "JPEG", "RGB", {}, "libjpeg-turbo"),  # a banner: the centre square is 40 px, scaled up
 ])
-def test_crops_of_odd_files_match_open_clips(width, height, format, mode):
+def test_crops_of_odd_files_match_open_clips(width, height, format, mode, options, decoder):
     image = photo(width, height).convert(mode)
-    data = encoded(image, format, **({"quality": 92} if format == "JPEG" else {}))
+    data = encoded(image, format, **({"quality": 92, **options} if format == "JPEG" else {}))
+    assert (EncodedImage(data).pil is None) == (decoder == "libjpeg-turbo")
     rng = np.random.default_rng(1)
     for box in (center_crop_box(width, height), random_crop_box(width, height, rng)):
-        crop = decode_crop(open_image(data), box, 224)
+        crop = decode_crop(EncodedImage(data), box, 224)
         assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
         assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0, (format, mode, box)
 
 
+def test_a_jpeg_whose_box_needs_every_pixel_decodes_as_pils_does():
+    data = encoded(photo(256, 256), quality=95)
+    pixels = decode_covering(EncodedImage(data), (0, 0, 256, 256), 256)
+    with Image.open(io.BytesIO(data)) as image:
+        assert mean_difference(pixels, np.asarray(image.convert("RGB"))) < 0.5  # both libjpeg-turbo, maybe versions apart
+
+
 def test_progressive_jpeg_decodes_at_a_smaller_scale_too():
     data = encoded(photo(900, 900), quality=90, progressive=True)
-    image = open_image(data)
+    image = EncodedImage(data)
     box = (100, 100, 800, 800)
-    crop = decode_crop(image, box, 224)
-    assert image.size == (450, 450)
-    assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0
+    assert decode_covering(image, box, 224).shape == (338, 338, 3)  # 3/8: the 700-px box spans 263 >= 224
+    assert mean_difference(decode_crop(image, box, 224), pil_crop(data, box, 224)) < 2.0
+
+
+def test_an_image_over_pils_pixel_limit_goes_to_pil_which_refuses_it(monkeypatch):
+    data = encoded(photo(256, 256), quality=90)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 256 * 256 // 3)  # over twice the limit: PIL's error, not a warning
+    with pytest.raises(UnreadableImageError, match="DecompressionBomb"):
+        EncodedImage(data)
 
 
 def test_random_crop_boxes_keep_torchvisions_area_and_aspect_and_fall_back_to_the_centre():
@@ -84,10 +104,19 @@ def test_random_crop_boxes_keep_torchvisions_area_and_aspect_and_fall_back_to_th
     assert random_crop_box(1000, 10, rng) == center_crop_box(1000, 10) == (495, 0, 505, 10)
 
 
-def test_a_truncated_jpeg_is_an_unreadable_image():
+@pytest.mark.parametrize("cut", ["pixels", "header"])
+def test_a_truncated_jpeg_is_an_unreadable_image(cut):
     data = encoded(photo(256, 256), quality=90)
-    image = open_image(data[: len(data) // 2])  # the header is whole; the pixels are cut
     with pytest.raises(UnreadableImageError, match="does not decode"):
-        decode_crop(image, center_crop_box(*image.size), 224)
-    with pytest.raises(UnreadableImageError, match="does not decode"):
-        open_image(b"<html>not an image</html>")
+        if cut == "pixels":  # the header is whole: the size reads, the pixels do not
+            image = EncodedImage(data[: len(data) // 2])
+            assert image.size == (256, 256)
+            decode_crop(image, center_crop_box(*image.size), 224)
+        else:
+            EncodedImage(data[:40])
+
+
+def test_bytes_that_are_no_image_are_an_unreadable_image():
+    for data in (b"<html>not an image</html>", b"\xff\xd8\xff\xe0 a JPEG's first bytes, then nothing", b""):
+        with pytest.raises(UnreadableImageError, match="does not decode"):
+            EncodedImage(data)

@@ -49,10 +49,16 @@ def test_decode_rejects_each_kind_of_defect():
         (encoded(captions=[{**good["captions"][0], "kind": "medium"}]), "caption 0 has kind 'medium'"),
         (encoded(captions=[{k: v for k, v in good["captions"][1].items() if k != "role"}]), "caption 0 is missing field 'role'"),
         (encoded(captions=[{**good["captions"][1], "judge_score": "high"}]), "field 'judge_score' is str"),
+        (encoded(captions=[{**good["captions"][1], "judge_score": True}]), "field 'judge_score' is bool"),
+        (encoded(captions=["a dog on a beach"]), "caption 0 is a str, expected a map"),
+        (encoded(schema_version=True), "field 'schema_version' is bool, expected int"),
     ]
     for data, message in cases:
         with pytest.raises(RecordError, match=f"shard s.array_record, record 7: .*{message}"):
             decode_record(data, shard="s.array_record", index=7)
+    # A later writer's extra fields are passed over.
+    later = encoded(camera="x100", captions=[{**good["captions"][0], "language": "en"}])
+    assert decode_record(later).captions == (make_record().captions[0],)
 
 
 def test_read_shard_names_the_corrupt_record(tmp_path):
