@@ -8,6 +8,7 @@ batch; with worker processes, all of that runs in the workers and each batch cro
 
 import bisect
 import collections
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -189,11 +190,10 @@ SKIP_REASONS = ("bad_record", "no_captions", "no_alt_text", "bad_image")
 
 class SkipFilter:
     """Where the examples are made (a worker, or the training process when there are none): drops skip markers,
-    counting them by reason, and gives each batch the counts of the records skipped while it was made."""
+    counting them by reason."""
 
     def __init__(self):
         self.counts = np.zeros(len(SKIP_REASONS), np.int64)
-        self.reported = self.counts.copy()
 
     def __call__(self, element) -> bool:
         reason = element.get("skip")
@@ -203,10 +203,35 @@ class SkipFilter:
             self.counts[SKIP_REASONS.index(reason)] += 1
         return False
 
-    def attach(self, batch: dict) -> dict:
-        batch["skipped"] = self.counts - self.reported
-        self.reported = self.counts.copy()
+
+# Arrays under this size (image ids, skip counts) cross from a worker pickled: a shared-memory block each cost the
+# training process more than the copy (bench/README.md).
+_SHARED_MEMORY_MIN_BYTES = 1 << 16
+
+
+class BatchWithSkips:
+    """Grain's batch_fn: stacks examples into a batch and gives it the counts of the records skipped while it was
+    made. In a worker, Grain asks for shared-memory output, and arrays of _SHARED_MEMORY_MIN_BYTES or more are
+    stacked straight into it: Grain hands those over as they are, with no second copy."""
+
+    def __init__(self, skip_filter: SkipFilter):
+        self.skip_filter = skip_filter
+        self.reported = skip_filter.counts.copy()
+        self.shared_memory = False
+
+    def enable_shared_memory_output(self) -> None:
+        self.shared_memory = True
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = {key: self._stack([example[key] for example in examples]) for key in examples[0]}
+        batch["skipped"] = self.skip_filter.counts - self.reported
+        self.reported = self.skip_filter.counts.copy()
         return batch
+
+    def _stack(self, arrays: list[np.ndarray]) -> np.ndarray:
+        shape, dtype = (len(arrays), *arrays[0].shape), arrays[0].dtype
+        shared = self.shared_memory and math.prod(shape) * dtype.itemsize >= _SHARED_MEMORY_MIN_BYTES
+        return np.stack(arrays, out=grain.multiprocessing.SharedMemoryArray(shape, dtype) if shared else None)
 
 
 class SkipCounter:
@@ -265,19 +290,19 @@ def train_dataset(
         .random_map(MakeExample(spec, paths, records_per_shard))
     )
     # Workers make whole batches (decode, crop, tokenize, filter, batch) and hand each over in one piece, its arrays
-    # in shared memory: a transfer per batch, not per example.
+    # in shared memory: a transfer per batch, not per example. The batch is the last step, so that Grain has it
+    # stacked into shared memory (BatchWithSkips).
     skip_filter = SkipFilter()
-    dataset = (dataset[process_index::process_count].to_iter_dataset(_read_options(paths, num_workers))
-               .filter(skip_filter).batch(batch_size, drop_remainder=True).map(skip_filter.attach))
+    dataset = grain.experimental.WithOptionsIterDataset(
+        dataset[process_index::process_count].to_iter_dataset(_read_options(paths, num_workers)),
+        grain.experimental.DatasetOptions(min_shm_size=_SHARED_MEMORY_MIN_BYTES))
+    dataset = dataset.filter(skip_filter).batch(batch_size, drop_remainder=True, batch_fn=BatchWithSkips(skip_filter))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():
             # Grain reads its absl flags when the workers start; a program that absl's app.run did not start (a
             # notebook, a script) has parsed none, and their defaults are what it means.
             flags.FLAGS.mark_as_parsed()
-        # Arrays under 64 KiB (image ids, skip counts) cross pickled: a shared-memory block each cost the training
-        # process more than the copy (bench/README.md).
-        options = grain.experimental.DatasetOptions(min_shm_size=1 << 16)
-        dataset = grain.experimental.WithOptionsIterDataset(dataset, options).mp_prefetch(
+        dataset = dataset.mp_prefetch(
             grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers),
             worker_init_fn=_exit_with_the_training_process)
     skips = SkipCounter()
