@@ -8,7 +8,6 @@ batch; with worker processes, all of that runs in the workers and each batch cro
 
 import bisect
 import collections
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -27,6 +26,7 @@ from rsclip_jax.preprocess import (
     EncodedImage, UnreadableImageError, center_crop_box, crop_like_open_clip, decode_crop, open_image, random_crop_box,
 )
 from rsclip_jax.records import RecordError, decode_record
+from rsclip_jax.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemoryStacker
 from rsclip_jax.tokenizer import tokenize
 
 def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[list[str], list[str]]:
@@ -204,34 +204,24 @@ class SkipFilter:
         return False
 
 
-# Arrays under this size (image ids, skip counts) cross from a worker pickled: a shared-memory block each cost the
-# training process more than the copy (bench/README.md).
-_SHARED_MEMORY_MIN_BYTES = 1 << 16
-
-
 class BatchWithSkips:
     """Grain's batch_fn: stacks examples into a batch and gives it the counts of the records skipped while it was
-    made. In a worker, Grain asks for shared-memory output, and arrays of _SHARED_MEMORY_MIN_BYTES or more are
-    stacked straight into it: Grain hands those over as they are, with no second copy."""
+    made. In a worker, the big arrays are stacked straight into shared memory, which Grain hands over as it is, with
+    no second copy (rsclip_jax/shared_batches.py)."""
 
     def __init__(self, skip_filter: SkipFilter):
         self.skip_filter = skip_filter
         self.reported = skip_filter.counts.copy()
-        self.shared_memory = False
+        self.stacker = SharedMemoryStacker()
 
     def enable_shared_memory_output(self) -> None:
-        self.shared_memory = True
+        self.stacker.enable()
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = {key: self._stack([example[key] for example in examples]) for key in examples[0]}
+        batch = {key: self.stacker.stack([example[key] for example in examples]) for key in examples[0]}
         batch["skipped"] = self.skip_filter.counts - self.reported
         self.reported = self.skip_filter.counts.copy()
         return batch
-
-    def _stack(self, arrays: list[np.ndarray]) -> np.ndarray:
-        shape, dtype = (len(arrays), *arrays[0].shape), arrays[0].dtype
-        shared = self.shared_memory and math.prod(shape) * dtype.itemsize >= _SHARED_MEMORY_MIN_BYTES
-        return np.stack(arrays, out=grain.multiprocessing.SharedMemoryArray(shape, dtype) if shared else None)
 
 
 class SkipCounter:
@@ -295,13 +285,14 @@ def train_dataset(
     skip_filter = SkipFilter()
     dataset = grain.experimental.WithOptionsIterDataset(
         dataset[process_index::process_count].to_iter_dataset(_read_options(paths, num_workers)),
-        grain.experimental.DatasetOptions(min_shm_size=_SHARED_MEMORY_MIN_BYTES))
+        grain.experimental.DatasetOptions(min_shm_size=SHARED_MEMORY_MIN_BYTES))
     dataset = dataset.filter(skip_filter).batch(batch_size, drop_remainder=True, batch_fn=BatchWithSkips(skip_filter))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():
             # Grain reads its absl flags when the workers start; a program that absl's app.run did not start (a
             # notebook, a script) has parsed none, and their defaults are what it means.
             flags.FLAGS.mark_as_parsed()
+        dataset.enable_shared_memory_output()  # Grain does so itself for 2 workers or more, not for 1
         dataset = dataset.mp_prefetch(
             grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers),
             worker_init_fn=_exit_with_the_training_process)

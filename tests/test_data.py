@@ -1,7 +1,10 @@
 import collections
 import dataclasses
+import gc
+import os
 import subprocess
 import sys
+import time
 
 import grain
 import numpy as np
@@ -142,6 +145,42 @@ def test_skips_in_workers_reach_the_counter_exactly(demo_shards, tmp_path):
     iterator.close()
     assert sorted(int(b["image_id"][0]) for b in epoch) == sorted(set(range(len(good))) - set(spoilt))
     assert skips.counts == {"bad_record": 1, "bad_image": 1, "no_captions": 1}
+
+
+def assert_same_crops(received, expected):
+    """Each received image is the image of its record in `expected`."""
+    crops = {int(i): image for batch in expected for i, image in zip(batch["image_id"], batch["image"])}
+    for batch in received:
+        for image_id, image in zip(batch["image_id"], batch["image"]):
+            np.testing.assert_array_equal(image, crops[int(image_id)])
+
+
+def shared_memory_blocks() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_batches_from_workers_in_shared_memory_hold_the_training_processes_examples_and_none_is_left(demo_shards,
+                                                                                                   num_workers):
+    spec = dataclasses.replace(SPEC, image_size=96)  # 8 x 96 x 96 x 3 bytes: in a shared-memory block
+    before = shared_memory_blocks()
+    epoch = sum(1 for path in demo_shards["train"] for _ in read_shard(path)) // 8
+    expected, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], epoch)
+    received, iterator = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0,
+                                               num_workers=num_workers)[0], 4)
+    iterator.close()
+    assert isinstance(received[0]["image"], grain.multiprocessing.SharedMemoryArray)
+    if num_workers == 1:  # one worker makes the whole slice: the very same batches
+        assert_same_batches(received, expected[:4])
+    else:  # each of 2 makes every other example; an image is its record's centre crop, whoever makes it
+        assert_same_crops(received, expected)
+    del received, iterator
+    gc.collect()
+    deadline = time.monotonic() + 30  # the training process unlinks dropped blocks in a thread
+    while shared_memory_blocks() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not shared_memory_blocks() - before
 
 
 def test_the_opencv_crop_backend_gives_the_same_examples_nearly_the_same_pixels(demo_shards):
