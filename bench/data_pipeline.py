@@ -1,7 +1,7 @@
 """The input pipeline alone: caption shards -> batches (JPEG decode, resize + crop to 224, caption
 sampling, tokenization to 248): images/s with each number of worker processes, per worker (with one worker:
-what one core turns into batches), the training process's own CPU time per image, and the milliseconds each
-stage of an example takes on one thread, beside open_clip's way of making the same crop.
+what one core turns into batches), the CPU time per image of the training process and of the workers, and the
+milliseconds each stage of an example takes on one thread, beside open_clip's way of making the same crop.
 
     .venv/bin/python bench/data_pipeline.py [--images 2000] [--batch 256] [--workers 0 2] [--jpeg-side 256]
 
@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import io
 import json
+import multiprocessing
 import os
 import tempfile
 import time
@@ -49,22 +50,37 @@ def write_shards(directory: str, count: int, side: int, per_shard: int = 500) ->
     return paths, float(np.mean(sizes))
 
 
-def measure(paths, spec, batch: int, workers: int, batches: int) -> tuple[float, float]:
-    """(images/s, microseconds of the training process's own CPU per image; its threads count, workers not)."""
+def workers_cpu_s() -> float:
+    """CPU seconds the worker processes have used so far (Linux's /proc; 0 elsewhere)."""
+    total = 0
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime and stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure(paths, spec, batch: int, workers: int, batches: int) -> tuple[float, float, float]:
+    """(images/s, microseconds of the training process's own CPU per image, its threads included, and of the
+    workers' together)."""
     dataset, _ = train_dataset(paths, spec, batch_size=batch, seed=0, num_workers=workers)
     iterator = iter(dataset)
     try:
         # Not throughput: worker start-up, and the batches the workers made meanwhile (up to two each).
         for _ in range(2 * max(workers, 1)):
             next(iterator)
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start, start_cpu, start_workers = time.perf_counter(), time.process_time(), workers_cpu_s()
         for _ in range(batches):
             next(iterator)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        workers_cpu = workers_cpu_s() - start_workers
     finally:
         iterator.close()  # stops its workers, which would otherwise go on decoding beside the next measurement
     images = batches * batch
-    return images / elapsed, cpu / images * 1e6
+    return images / elapsed, cpu / images * 1e6, workers_cpu / images * 1e6
 
 
 def stage_ms(records, spec) -> dict:
@@ -121,10 +137,12 @@ def main():
         "bench": "data_pipeline", "cpu": cpu_name(), "images_in_shards": args.images, "jpeg_side": args.jpeg_side,
         "mean_jpeg_bytes": round(mean_jpeg_bytes), "crop": 224, "captions_per_image": 5, "context_length": 248,
         "batch": args.batch, "crop_backend": args.crop_backend,
-        "images_per_s": {str(w): round(rate, 1) for w, (rate, _) in results.items()},
+        "images_per_s": {str(w): round(rate, 1) for w, (rate, _, _) in results.items()},
         # 0 workers: examples made in the training process, in the threads Grain reads with
-        "images_per_s_per_worker": {str(w): round(rate / max(w, 1), 1) for w, (rate, _) in results.items()},
-        "training_process_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, cpu) in results.items()},
+        "images_per_s_per_worker": {str(w): round(rate / max(w, 1), 1) for w, (rate, _, _) in results.items()},
+        "training_process_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, cpu, _) in results.items()},
+        # What an image costs a worker's core, whatever else the machine is doing: 1e6 / this is one core's rate.
+        "workers_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, _, cpu) in results.items() if w},
         "stage_ms_one_thread": stages,
     }))
 
