@@ -2,8 +2,8 @@
 
 Evaluation uses open_clip's own transform (PIL's bicubic), so scores match its; so do training crops by default
 (`crop_like_open_clip`). `decode_crop`, the faster choice for training, decodes a JPEG with libjpeg-turbo at the
-smallest DCT scale that still covers the crop and resizes with OpenCV. Crops stay uint8 on the host (a quarter of the bytes of
-float32 to move); `normalize_images` runs inside the jitted step.
+smallest DCT scale that still covers the crop and resizes with OpenCV. Crops stay uint8 on the host (a quarter of
+the bytes of float32 to move); `normalize_images` runs inside the jitted step.
 """
 
 import contextlib
