@@ -25,7 +25,7 @@ from rsclip_jax.captions import eligible_captions, pick_for_slots, slot_tokens
 from rsclip_jax.data import MakeExample, train_dataset
 from rsclip_jax.example_spec import CROP_BACKENDS, ExampleSpec
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
-from rsclip_jax.preprocess import EncodedImage, center_crop_box, crop_like_open_clip, decode_crop, open_image
+from rsclip_jax.preprocess import EncodedImage, center_crop_box, crop_like_open_clip, decode_crop
 from rsclip_jax.records import decode_record, encode_record, write_shard
 from machine import cpu_name
 
@@ -89,11 +89,10 @@ def stage_ms(records, spec) -> dict:
     rng = np.random.default_rng(0)
 
     def crop(record):  # the "opencv" backend
-        image = EncodedImage(record.image_jpeg)
-        return decode_crop(image, center_crop_box(*image.size), spec.image_size)
+        return decode_crop(EncodedImage(record.image_jpeg), None, spec.image_size)
 
     def open_clip_crop(record):  # the whole image decoded, the same box resized with PIL's bicubic
-        image = open_image(record.image_jpeg)
+        image = EncodedImage(record.image_jpeg)
         return crop_like_open_clip(image, center_crop_box(*image.size), spec.image_size)
 
     def captions(record):

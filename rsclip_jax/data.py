@@ -23,7 +23,7 @@ from etils import epath
 from rsclip_jax.captions import ALT_SLOT, caption_tokens, eligible_captions, pick_for_slots, slot_tokens
 from rsclip_jax.example_spec import DataError, ExampleSpec
 from rsclip_jax.preprocess import (
-    EncodedImage, UnreadableImageError, center_crop_box, crop_like_open_clip, decode_crop, open_image, random_crop_box,
+    EncodedImage, UnreadableImageError, crop_like_open_clip, decode_crop, random_crop_box,
 )
 from rsclip_jax.records import RecordError, decode_record
 from rsclip_jax.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemoryStacker
@@ -161,13 +161,10 @@ class MakeExample(grain.transforms.RandomMap):
             if ALT_SLOT in spec.slot_kinds and not (record.alt_text or "").strip():
                 return {"skip": "no_alt_text"}
         try:
-            opencv = spec.crop_backend == "opencv"
-            image = EncodedImage(record.image_jpeg) if opencv else open_image(record.image_jpeg)
+            image = EncodedImage(record.image_jpeg)
             box = random_crop_box(*image.size, rng, scale=spec.crop_scale) if spec.random_resized_crop else None
-            if opencv:
-                pixels = decode_crop(image, box or center_crop_box(*image.size), spec.image_size)
-            else:
-                pixels = crop_like_open_clip(image, box, spec.image_size)
+            crop = decode_crop if spec.crop_backend == "opencv" else crop_like_open_clip
+            pixels = crop(image, box, spec.image_size)
         except UnreadableImageError as e:
             logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
             return {"skip": "bad_image"}

@@ -9,8 +9,8 @@ from rsclip_jax.captions import ALT_SLOT, SLOT_KINDS, SUB_CAPTION_MODES
 from rsclip_jax.records import CAPTION_KINDS
 
 SAMPLING_MODES = ("grouped", "rows")
-# "pil": open_clip's training transform exactly (the whole image decoded, PIL's bicubic); "opencv": a JPEG decoded
-# at the smallest DCT scale that covers the crop, then OpenCV's resize, 2-3x faster (rsclip_jax/preprocess.py).
+# "pil": open_clip's training transform exactly (the whole image decoded, PIL's bicubic); "opencv": a JPEG decoded by
+# libjpeg-turbo at the smallest DCT scale that covers the crop, then OpenCV's resize, 3-4x faster (preprocess.py).
 CROP_BACKENDS = ("pil", "opencv")
 
 

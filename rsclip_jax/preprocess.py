@@ -87,16 +87,6 @@ def random_crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.
     return center_crop_box(width, height)
 
 
-def crop_like_open_clip(image: Image.Image, box: Box | None, size: int) -> np.ndarray:
-    """An opened image -> uint8 [size, size, 3] as open_clip's training transform makes it, the whole image
-    decoded: `box` resized with PIL's bicubic (RandomResizedCrop), or with no box, Resize and CenterCrop."""
-    with decoding("image bytes"):
-        image = image.convert("RGB")
-    if box is None:
-        return resize_center_crop(image, size)
-    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box))
-
-
 class EncodedImage:
     """Image bytes whose size is read from the header and whose pixels are not yet decoded. A YCbCr or greyscale
     JPEG (nearly every photo) decodes through libjpeg-turbo straight to an RGB array; any other file (PNG, a CMYK
@@ -130,11 +120,22 @@ def decode_covering(image: EncodedImage, box: Box, size: int) -> np.ndarray:
         return np.asarray(image.pil if image.pil.mode == "RGB" else image.pil.convert("RGB"))
 
 
-def decode_crop(image: EncodedImage, box: Box, size: int) -> np.ndarray:
-    """`box` of an image -> uint8 [size, size, 3] (UnreadableImageError if it does not decode): decoded by
-    `decode_covering`, then OpenCV's bicubic, or its area average when shrinking by 2x or more (bicubic alone would
-    alias)."""
+def crop_like_open_clip(image: EncodedImage, box: Box | None, size: int) -> np.ndarray:
+    """An image -> uint8 [size, size, 3] as open_clip's training transform makes it, the whole image decoded by
+    PIL: `box` resized with PIL's bicubic (RandomResizedCrop), or with no box, Resize and CenterCrop."""
+    with decoding("image bytes"):
+        pixels = (image.pil or open_image(image.data)).convert("RGB")
+    if box is None:
+        return resize_center_crop(pixels, size)
+    return np.asarray(pixels.resize((size, size), Image.BICUBIC, box=box))
+
+
+def decode_crop(image: EncodedImage, box: Box | None, size: int) -> np.ndarray:
+    """`box` of an image (no box: the centre square) -> uint8 [size, size, 3] (UnreadableImageError if it does not
+    decode): decoded by `decode_covering`, then OpenCV's bicubic, or its area average when shrinking by 2x or more
+    (bicubic alone would alias)."""
     width, height = image.size
+    box = box or center_crop_box(width, height)
     left, top, right, bottom = box
     pixels = decode_covering(image, box, size)
     crop = pixels[_span(top, bottom, pixels.shape[0] / height), _span(left, right, pixels.shape[1] / width)]
