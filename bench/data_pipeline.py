@@ -1,7 +1,8 @@
 """The input pipeline alone: caption shards -> batches (JPEG decode, resize + crop to 224, caption
 sampling, tokenization to 248): images/s with each number of worker processes, per worker (with one worker:
 what one core turns into batches), the CPU time per image of the training process and of the workers, and the
-milliseconds each stage of an example takes on one thread, beside open_clip's way of making the same crop.
+milliseconds each stage of an example takes on one thread, beside open_clip's way of making the same crop, and
+what stacking a batch into a new shared-memory block costs a worker per image.
 
     .venv/bin/python bench/data_pipeline.py [--images 2000] [--batch 256] [--workers 0 2] [--jpeg-side 256]
 
@@ -27,6 +28,7 @@ from rsclip_jax.example_spec import CROP_BACKENDS, ExampleSpec
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
 from rsclip_jax.preprocess import EncodedImage, center_crop_box, crop_like_open_clip, decode_crop
 from rsclip_jax.records import decode_record, encode_record, write_shard
+from rsclip_jax.shared_batches import SharedMemoryStacker
 from machine import cpu_name
 
 
@@ -117,6 +119,31 @@ def stage_ms(records, spec) -> dict:
     return times
 
 
+def stacking_ms(batch: int, size: int, repeats: int = 30) -> dict:
+    """Milliseconds per image to stack a batch of crops as a worker does, into a new shared-memory block (the training
+    process then drops its name), against stacking into memory already in use: the difference is the kernel's
+    faulting in and zeroing of a new block's pages, which depends on the machine (a virtual machine's faults cost
+    more)."""
+    crops = [np.full((size, size, 3), i, np.uint8) for i in range(batch)]
+    reused = np.empty((batch, size, size, 3), np.uint8)
+    stacker = SharedMemoryStacker()
+    stacker.enable()
+
+    def into_a_new_block():
+        stacker.stack(crops).shm.unlink()  # what the training process does when it drops the batch
+
+    times = {}
+    for name, stack in {"into_a_new_shared_memory_block": into_a_new_block,
+                        "into_memory_in_use": lambda: np.stack(crops, out=reused)}.items():
+        stack()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            stack()
+        times[name] = round((time.perf_counter() - start) / (repeats * batch) * 1e3, 3)
+    stacker.kept.clear()
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -143,6 +170,7 @@ def main():
         # What an image costs a worker's core, whatever else the machine is doing: 1e6 / this is one core's rate.
         "workers_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, _, cpu) in results.items() if w},
         "stage_ms_one_thread": stages,
+        "stack_batch_ms_per_image": stacking_ms(args.batch, spec.image_size),
     }))
 
 
