@@ -1,9 +1,9 @@
 """CLIP image preprocessing: decode, resize the short side, centre or random-resized crop, normalise.
 
 Evaluation uses open_clip's own transform (PIL's bicubic), so scores match its; so do training crops by default
-(`crop_like_open_clip`). `decode_crop`, the faster choice for training, decodes a JPEG with libjpeg-turbo at the
-smallest DCT scale that still covers the crop and resizes with OpenCV. Crops stay uint8 on the host (a quarter of
-the bytes of float32 to move); `normalize_images` runs inside the jitted step.
+(`crop_like_open_clip`). `decode_crop`, the faster choice for training, decodes a JPEG with libjpeg-turbo at a
+DCT scale that covers the crop and resizes with OpenCV. Crops stay uint8 on the host (a quarter of the bytes of
+float32 to move); `normalize_images` runs inside the jitted step.
 """
 
 import contextlib
@@ -107,17 +107,36 @@ class EncodedImage:
 
 
 def decode_covering(image: EncodedImage, box: Box, size: int) -> np.ndarray:
-    """The image as uint8 RGB [h, w, 3], a JPEG decoded at the smallest of its DCT scales (n/8) at which `box` still
-    spans `size` pixels each way: a stored image larger than needed costs little more than one the crop's size."""
+    """The image as uint8 RGB [h, w, 3], a JPEG decoded at the DCT scale `_dct_eighths` picks, so that a stored
+    image larger than needed costs little more than one the crop's size."""
     width, height = image.size
     left, top, right, bottom = box
-    least_width, least_height = math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))
     with decoding("image bytes"):
         if image.pil is None:
-            return simplejpeg.decode_jpeg(image.data, "RGB", min_width=least_width, min_height=least_height)
-        image.pil.draft("RGB", (least_width, least_height))
+            eighths = _dct_eighths(width, height, box, size)
+            return simplejpeg.decode_jpeg(image.data, "RGB", min_width=-(-width * eighths // 8),
+                                          min_height=-(-height * eighths // 8))
+        # PIL's draft picks the smallest of 1/8, 1/4, 1/2 and 1 that covers the size asked for.
+        image.pil.draft("RGB", (math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))))
         image.pil.load()
         return np.asarray(image.pil if image.pil.mode == "RGB" else image.pil.convert("RGB"))
+
+
+def _dct_eighths(width: int, height: int, box: Box, size: int) -> int:
+    """n of the n/8 scale to decode a JPEG at: one at which `box` comes out at exactly `size` pixels, so no resize
+    follows, or else the smallest of 1/8, 1/4, 1/2 and 1 at which it spans `size` each way. libjpeg-turbo runs
+    its other scales without SIMD: 5/8 to 7/8 take longer than a whole decode, and 3/8 as long as 1/2; only
+    sparing the resize makes up for that (bench/jpeg_scales.py)."""
+    left, top, right, bottom = box
+    exact = round(8 * size / (right - left))  # the only scale that can make the box `size` wide
+    if 0 < exact < 8:
+        rows = _span(top, bottom, -(-height * exact // 8) / height)
+        columns = _span(left, right, -(-width * exact // 8) / width)
+        if rows.stop - rows.start == columns.stop - columns.start == size:
+            return exact
+    least_width, least_height = math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))
+    return next((eighths for eighths in (1, 2, 4)
+                 if -(-width * eighths // 8) >= least_width and -(-height * eighths // 8) >= least_height), 8)
 
 
 def crop_like_open_clip(image: EncodedImage, box: Box | None, size: int) -> np.ndarray:
@@ -139,6 +158,8 @@ def decode_crop(image: EncodedImage, box: Box | None, size: int) -> np.ndarray:
     left, top, right, bottom = box
     pixels = decode_covering(image, box, size)
     crop = pixels[_span(top, bottom, pixels.shape[0] / height), _span(left, right, pixels.shape[1] / width)]
+    if crop.shape[:2] == (size, size):  # decoded at the crop's size
+        return crop
     shrink = min(crop.shape[0], crop.shape[1]) / size
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_CUBIC)
 

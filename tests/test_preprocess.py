@@ -42,8 +42,8 @@ def test_a_big_jpeg_decodes_at_a_smaller_dct_scale_and_crops_as_a_full_decode_wo
     image = EncodedImage(data)
     box = center_crop_box(*image.size)
     assert image.pil is None  # libjpeg-turbo's
-    # 3/8: the 768-px box still spans 288 >= 224 pixels; at 2/8 it would span 192.
-    assert decode_covering(image, box, 224).shape == (288, 384, 3)
+    # 1/2: the 768-px box still spans 384 >= 224 pixels; at 1/4 it would span 192 (3/8 costs what 1/2 does).
+    assert decode_covering(image, box, 224).shape == (384, 512, 3)
     assert decode_covering(image, (0, 0, 1024, 768), 96).shape == (96, 128, 3)  # 1/8: the whole image, 96 high
     crop = decode_crop(image, box, 224)
     assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
@@ -71,6 +71,23 @@ def test_crops_of_odd_files_match_open_clips(width, height, format, mode, option
         assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0, (format, mode, box)
 
 
+@pytest.mark.parametrize("side,box,decoded", [
+    (256, None, 224),  # 7/8 decodes slower than the whole image, but gives the crop's size: no resize after
+    (358, None, 224),  # 5/8, likewise
+    (256, (10, 10, 250, 250), 256),  # 7/8 would make 224 of 210: the whole decode, then the resize
+    (300, None, 300),  # 7/8 would make 263, to be resized as the whole image is, and decode slower
+    (448, None, 224),  # 1/2
+    (1000, None, 250),  # 1/4; 3/8 would make 375 for the time 1/2 takes
+    (1800, None, 225),  # 1/8
+])
+def test_jpegs_decode_at_the_crops_size_or_the_smallest_simd_scale_that_covers_it(side, box, decoded):
+    data = encoded(photo(side, side), quality=90)
+    box = box or center_crop_box(side, side)
+    assert decode_covering(EncodedImage(data), box, 224).shape == (decoded, decoded, 3)
+    crop = decode_crop(EncodedImage(data), box, 224)
+    assert crop.shape == (224, 224, 3) and mean_difference(crop, pil_crop(data, box, 224)) < 2.0
+
+
 def test_a_jpeg_whose_box_needs_every_pixel_decodes_as_pils_does():
     data = encoded(photo(256, 256), quality=95)
     pixels = decode_covering(EncodedImage(data), (0, 0, 256, 256), 256)
@@ -82,7 +99,7 @@ def test_progressive_jpeg_decodes_at_a_smaller_scale_too():
     data = encoded(photo(900, 900), quality=90, progressive=True)
     image = EncodedImage(data)
     box = (100, 100, 800, 800)
-    assert decode_covering(image, box, 224).shape == (338, 338, 3)  # 3/8: the 700-px box spans 263 >= 224
+    assert decode_covering(image, box, 224).shape == (450, 450, 3)  # 1/2: the 700-px box spans 350 >= 224
     assert mean_difference(decode_crop(image, box, 224), pil_crop(data, box, 224)) < 2.0
 
 
