@@ -74,7 +74,7 @@ def test_crops_of_odd_files_match_open_clips(width, height, format, mode, option
 @pytest.mark.parametrize("side,box,decoded", [
     (256, None, 224),  # 7/8 decodes slower than the whole image, but gives the crop's size: no resize after
     (358, None, 224),  # 5/8, likewise
-    (256, (10, 10, 250, 250), 256),  # 7/8 would make 224 of 210: the whole decode, then the resize
+    (256, (10, 10, 250, 250), 256),  # a 240-px box: at 7/8 it spans 210, so the whole decode, then the resize
     (300, None, 300),  # 7/8 would make 263, to be resized as the whole image is, and decode slower
     (448, None, 224),  # 1/2
     (1000, None, 250),  # 1/4; 3/8 would make 375 for the time 1/2 takes
