@@ -1,6 +1,8 @@
 import numpy as np
 
-from rsclip_jax.demo.corpus import CAPTION_MODEL, COLOURS, ROLES, random_scene, role_captions, web_alt_text
+from rsclip_jax.demo.corpus import (
+    CAPTION_MODEL, COLOURS, ROLES, random_scene, role_captions, web_alt_text, write_demo_corpus,
+)
 from rsclip_jax.records import read_shard
 from rsclip_jax.preprocess import decode_image
 
@@ -41,3 +43,14 @@ def test_web_alt_text_is_short_noisy_and_sometimes_missing(demo_shards):
     right = sum(bool(t) and t.split()[0] == s.objects[0].colour for s, t in texts)
     wrong = sum(bool(t) and t.split()[0] in COLOURS and t.split()[0] != s.objects[0].colour for s, t in texts)
     assert right > 100 and wrong > 5  # mostly the first object's colour, now and then another
+
+
+def test_a_corpus_of_another_image_side_holds_the_same_scenes_and_captions(demo_shards, tmp_path):
+    smaller = write_demo_corpus(str(tmp_path), num_train=40, num_heldout=16, records_per_shard=25, image_size=36)
+    pairs = [(record, other) for split in ("train", "heldout")
+             for ours, theirs in zip(smaller[split], demo_shards[split])
+             for record, other in zip(read_shard(ours), read_shard(theirs))]
+    assert len(pairs) == 56
+    for record, other in pairs:
+        assert decode_image(record.image_jpeg).size == record.original_size == (36, 36)
+        assert (record.captions, record.alt_text) == (other.captions, other.alt_text)

@@ -1,6 +1,6 @@
 """`make demo`: build the procedural corpus, train demo/configs/demo.py on the CPU, report held-out recall@1.
 
-    python -m rsclip_jax.demo [--recipe rsclip|clips] [--seed N]
+    python -m rsclip_jax.demo [--recipe rsclip|clips] [--seed N] [--image-side PX] [--crop-backend pil|opencv]
 
 `--recipe clips` trains demo/configs/demo_clips.py instead: CLIPS' alt-text and sub-caption streams and its
 caption generator. Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and
@@ -21,6 +21,7 @@ from rsclip_jax.checkpoint import restore_params
 from rsclip_jax.config import load_recipe
 from rsclip_jax.demo.corpus import write_demo_corpus
 from rsclip_jax.evals.embedding import Embedder
+from rsclip_jax.example_spec import CROP_BACKENDS
 from rsclip_jax.preprocess import decode_image
 from rsclip_jax.records import read_shard
 from rsclip_jax.evals.retrieval import retrieval_recall
@@ -67,16 +68,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="rsclip")
     parser.add_argument("--seed", type=int, default=0, help="the training run's config.seed (the corpus stays)")
+    parser.add_argument("--image-side", type=int, default=64, help="the corpus images' side in pixels (the model's "
+                        "crops stay its image_size)")
+    parser.add_argument("--crop-backend", choices=CROP_BACKENDS, help="config.data.crop_backend for training; "
+                        "evaluation always uses open_clip's crops")
     args = parser.parse_args()
     recipe_file, description, workdir = RECIPES[args.recipe]
     start = time.perf_counter()
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh, reproducible run every time
-    corpus = write_demo_corpus(os.path.join(workdir, "corpus"), num_train=NUM_TRAIN, num_heldout=NUM_HELDOUT, seed=0)
+    corpus = write_demo_corpus(os.path.join(workdir, "corpus"), num_train=NUM_TRAIN, num_heldout=NUM_HELDOUT, seed=0,
+                               image_size=args.image_side)
     recipe = os.path.join(RECIPE_DIR, recipe_file)
     run_dir = os.path.join(workdir, "run")
     subprocess.run(
         [sys.executable, "-m", "rsclip_jax.train", f"--config={recipe}", f"--workdir={run_dir}",
-         f"--config.data.train_shards={','.join(corpus['train'])}", f"--config.seed={args.seed}"],
+         f"--config.data.train_shards={','.join(corpus['train'])}", f"--config.seed={args.seed}",
+         *([f"--config.data.crop_backend={args.crop_backend}"] if args.crop_backend else [])],
         check=True,
     )
     config = load_recipe(recipe)

@@ -167,8 +167,9 @@ def scene_record(index: int, scene: Scene, image_size: int = 64, alt_text: str |
 
 
 def write_demo_corpus(directory: str, *, num_train: int, num_heldout: int, seed: int = 0,
-                      records_per_shard: int = 500) -> dict[str, list[str]]:
-    """Writes train and held-out shards under `directory`; returns their paths per split."""
+                      records_per_shard: int = 500, image_size: int = 64) -> dict[str, list[str]]:
+    """Writes train and held-out shards of `image_size`-px images under `directory`; returns their paths per
+    split."""
     rng = np.random.default_rng(seed)
     alt_rng = np.random.default_rng([seed, 1])  # its own stream: the scenes and captions are as without alt text
     os.makedirs(directory, exist_ok=True)
@@ -180,7 +181,7 @@ def write_demo_corpus(directory: str, *, num_train: int, num_heldout: int, seed:
             records = []
             for i in range(min(records_per_shard, count - start)):
                 scene = random_scene(rng)
-                records.append(scene_record(index + i, scene, alt_text=web_alt_text(scene, alt_rng)))
+                records.append(scene_record(index + i, scene, image_size, alt_text=web_alt_text(scene, alt_rng)))
             index += len(records)
             path = os.path.join(directory, f"{split}-{shard:05d}.array_record")
             write_shard(path, records)
