@@ -10,7 +10,7 @@ from rsclip_jax.records import CAPTION_KINDS
 
 SAMPLING_MODES = ("grouped", "rows")
 # "pil": open_clip's training transform exactly (the whole image decoded, PIL's bicubic); "opencv": a JPEG decoded by
-# libjpeg-turbo at the smallest DCT scale that covers the crop, then OpenCV's resize, 3-4x faster (preprocess.py).
+# libjpeg-turbo at a DCT scale that covers the crop, then OpenCV's resize, 3-4x faster (preprocess.py).
 CROP_BACKENDS = ("pil", "opencv")
 
 

@@ -110,16 +110,26 @@ def decode_covering(image: EncodedImage, box: Box, size: int) -> np.ndarray:
     """The image as uint8 RGB [h, w, 3], a JPEG decoded at the DCT scale `_dct_eighths` picks, so that a stored
     image larger than needed costs little more than one the crop's size."""
     width, height = image.size
-    left, top, right, bottom = box
     with decoding("image bytes"):
         if image.pil is None:
             eighths = _dct_eighths(width, height, box, size)
-            return simplejpeg.decode_jpeg(image.data, "RGB", min_width=-(-width * eighths // 8),
-                                          min_height=-(-height * eighths // 8))
+            return simplejpeg.decode_jpeg(image.data, "RGB", min_width=_scaled(width, eighths),
+                                          min_height=_scaled(height, eighths))
         # PIL's draft picks the smallest of 1/8, 1/4, 1/2 and 1 that covers the size asked for.
-        image.pil.draft("RGB", (math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))))
+        image.pil.draft("RGB", _least_decoded_size(width, height, box, size))
         image.pil.load()
         return np.asarray(image.pil if image.pil.mode == "RGB" else image.pil.convert("RGB"))
+
+
+def _scaled(length: int, eighths: int) -> int:
+    """A side of `length` pixels decoded at the scale eighths/8, as libjpeg-turbo rounds it (up)."""
+    return -(-length * eighths // 8)
+
+
+def _least_decoded_size(width: int, height: int, box: Box, size: int) -> tuple[int, int]:
+    """The smallest (width, height) to decode the image at for `box` to still span `size` pixels each way."""
+    left, top, right, bottom = box
+    return math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))
 
 
 def _dct_eighths(width: int, height: int, box: Box, size: int) -> int:
@@ -130,13 +140,13 @@ def _dct_eighths(width: int, height: int, box: Box, size: int) -> int:
     left, top, right, bottom = box
     exact = round(8 * size / (right - left))  # the only scale that can make the box `size` wide
     if 0 < exact < 8:
-        rows = _span(top, bottom, -(-height * exact // 8) / height)
-        columns = _span(left, right, -(-width * exact // 8) / width)
+        rows = _span(top, bottom, _scaled(height, exact) / height)
+        columns = _span(left, right, _scaled(width, exact) / width)
         if rows.stop - rows.start == columns.stop - columns.start == size:
             return exact
-    least_width, least_height = math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top))
+    least_width, least_height = _least_decoded_size(width, height, box, size)
     return next((eighths for eighths in (1, 2, 4)
-                 if -(-width * eighths // 8) >= least_width and -(-height * eighths // 8) >= least_height), 8)
+                 if _scaled(width, eighths) >= least_width and _scaled(height, eighths) >= least_height), 8)
 
 
 def crop_like_open_clip(image: EncodedImage, box: Box | None, size: int) -> np.ndarray:
