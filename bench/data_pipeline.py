@@ -85,6 +85,16 @@ def measure(paths, spec, batch: int, workers: int, batches: int) -> tuple[float,
     return images / elapsed, cpu / images * 1e6, workers_cpu / images * 1e6
 
 
+def ms_each(function, items, warm: int) -> float:
+    """Milliseconds `function` takes per item on one thread, after `warm` calls not timed."""
+    for item in items[:warm]:
+        function(item)
+    start = time.perf_counter()
+    for item in items:
+        function(item)
+    return round((time.perf_counter() - start) / len(items) * 1e3, 3)
+
+
 def stage_ms(records, spec) -> dict:
     """Milliseconds per example of each stage on one thread, and of the whole example (MakeExample)."""
     data = [encode_record(r) for r in records]
@@ -108,15 +118,8 @@ def stage_ms(records, spec) -> dict:
         "captions_pick_and_tokenize": (captions, records),
         "example": (lambda element: make_example.random_map(element, rng), [(i, 0, d) for i, d in enumerate(data)]),
     }
-    times = {}
-    for name, (stage, items) in stages.items():
-        for item in items[:20]:  # warm: caches, the tokenizer's chunk table
-            stage(item)
-        start = time.perf_counter()
-        for item in items:
-            stage(item)
-        times[name] = round((time.perf_counter() - start) / len(items) * 1e3, 3)
-    return times
+    # warm with 20: caches, the tokenizer's chunk table
+    return {name: ms_each(stage, items, warm=20) for name, (stage, items) in stages.items()}
 
 
 def stacking_ms(batch: int, size: int, repeats: int = 30) -> dict:
