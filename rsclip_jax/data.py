@@ -134,6 +134,7 @@ class MakeExample(grain.transforms.RandomMap):
     def __init__(self, spec: ExampleSpec, paths: list[str], records_per_shard: list[int]):
         self.spec = spec
         self.paths = paths
+        self.crop = decode_crop if spec.crop_backend == "opencv" else crop_like_open_clip
         self.shard_starts = np.cumsum([0, *records_per_shard[:-1]]).tolist()
 
     def _where(self, record_index: int) -> tuple[str, int]:
@@ -163,8 +164,7 @@ class MakeExample(grain.transforms.RandomMap):
         try:
             image = EncodedImage(record.image_jpeg)
             box = random_crop_box(*image.size, rng, scale=spec.crop_scale) if spec.random_resized_crop else None
-            crop = decode_crop if spec.crop_backend == "opencv" else crop_like_open_clip
-            pixels = crop(image, box, spec.image_size)
+            pixels = self.crop(image, box, spec.image_size)
         except UnreadableImageError as e:
             logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
             return {"skip": "bad_image"}
