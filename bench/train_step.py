@@ -23,7 +23,7 @@ import numpy as np
 from rsclip_jax.config import base_config
 from rsclip_jax.fit import largest_batch, pick_for_local_devices
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
-from rsclip_jax.host_memory import computes_on_cpu, keep_freed_memory_in_heap
+from rsclip_jax.host_memory import keep_freed_memory_in_heap
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import TrainSetup
 from rsclip_jax.train_step import batch_sharding, make_train_step
@@ -151,7 +151,7 @@ def main():
     if args.open_clip and args.captions != 1:
         parser.error("--open-clip compares one caption per image (open_clip's ClipLoss): use --captions 1")
     # As training does, before JAX starts its threads; open_clip's step, in this process, runs under it too.
-    kept_heap = not args.default_malloc and computes_on_cpu() and keep_freed_memory_in_heap()
+    kept_heap = not args.default_malloc and keep_freed_memory_in_heap()
     model_config, result = ours(args)
     report = {"bench": "train_step", "cpu": cpu_name(), "variant": args.variant, "batch": args.batch, "context_length": args.context,
               "captions_per_image": args.captions, "freed_memory_kept_in_heap": kept_heap, "rsclip_jax": result}

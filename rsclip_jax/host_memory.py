@@ -30,8 +30,9 @@ def computes_on_cpu() -> bool:
 
 
 def keep_freed_memory_in_heap() -> bool:
-    """Sets glibc's allocator to reuse freed buffers (module docstring); False where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
+    """Sets glibc's allocator to reuse freed buffers (module docstring) where JAX computes on the CPU; False where
+    it does not, or where the C library is not glibc."""
+    if not (sys.platform.startswith("linux") and computes_on_cpu()):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

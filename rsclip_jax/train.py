@@ -30,8 +30,8 @@ from rsclip_jax.distributed import initialize_distributed
 from rsclip_jax.example_spec import DataError, ExampleSpec
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.fit import pick_for_local_devices
-from rsclip_jax.host_memory import computes_on_cpu, keep_freed_memory_in_heap
 from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
+from rsclip_jax.host_memory import keep_freed_memory_in_heap
 from rsclip_jax.metrics import MetricWriter, log_console
 from rsclip_jax.sharding import mesh_from_config
 from rsclip_jax.train_state import TrainSetup
@@ -70,8 +70,7 @@ def main(argv):
     if config is None or not _WORKDIR.value:
         raise app.UsageError("give --config=configs/<recipe>.py and --workdir=DIR")
     workdir = _WORKDIR.value
-    if computes_on_cpu():
-        keep_freed_memory_in_heap()  # before JAX starts its threads
+    keep_freed_memory_in_heap()  # on a CPU; before JAX starts its threads
     initialize_distributed()
     is_chief = jax.process_index() == 0
     try:
