@@ -25,14 +25,15 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "captioning")]
+from machine import cpu_name  # noqa: E402
+from tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
+
 from captioning.engines import Sampling, make_engine  # noqa: E402
 from captioning.images import list_inputs, load_image  # noqa: E402
 from captioning.prompts import caption_messages  # noqa: E402
 from captioning.roles import load_roles  # noqa: E402
 from captioning.run import run  # noqa: E402
-from machine import cpu_name  # noqa: E402
-from rsclip_jax.records import CAPTION_KINDS  # noqa: E402
-from tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
+from rsclip_jax.data.records import CAPTION_KINDS  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -45,7 +46,8 @@ def write_photos(folder: str, count: int, side: int) -> None:
         ramp = np.linspace(0, 1, side)[None, :, None] * rng.uniform(0, 255, 3)
         noise = rng.normal(0, 25, (height, side, 3))
         Image.fromarray(np.clip(ramp + noise, 0, 255).astype(np.uint8)).save(
-            os.path.join(folder, f"photo{i:04d}.jpg"), quality=90)
+            os.path.join(folder, f"photo{i:04d}.jpg"), quality=90
+        )
 
 
 def host_ms_per_image(paths, processor, roles, *, short_side, max_pixels) -> dict:
@@ -60,8 +62,11 @@ def host_ms_per_image(paths, processor, roles, *, short_side, max_pixels) -> dic
             for kind in CAPTION_KINDS:
                 processor.apply_chat_template(caption_messages(role, kind), add_generation_prompt=True, tokenize=False)
         prompts.append(time.perf_counter() - start)
-    return {"load_ms": round(1e3 * statistics.median(load), 2), "prompts_ms": round(1e3 * statistics.median(prompts), 2),
-            "total_ms": round(1e3 * (statistics.median(load) + statistics.median(prompts)), 2)}
+    return {
+        "load_ms": round(1e3 * statistics.median(load), 2),
+        "prompts_ms": round(1e3 * statistics.median(prompts), 2),
+        "total_ms": round(1e3 * (statistics.median(load) + statistics.median(prompts)), 2),
+    }
 
 
 def main():
@@ -79,28 +84,65 @@ def main():
         os.makedirs(photos)
         write_photos(photos, args.images, args.side)
         inputs = list_inputs(photos)
-        engine_for_run = functools.partial(make_engine, "vllm", model, sampling=Sampling(args.max_tokens),
-                                           dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=32)
+        engine_for_run = functools.partial(
+            make_engine,
+            "vllm",
+            model,
+            sampling=Sampling(args.max_tokens),
+            dtype="float32",
+            enforce_eager=True,
+            max_model_len=512,
+            max_num_seqs=32,
+        )
         processor = transformers.AutoProcessor.from_pretrained(model)
         host = host_ms_per_image([p for _, p in inputs], processor, roles, short_side=short_side, max_pixels=max_pixels)
         load = functools.partial(load_image, short_side=short_side, max_pixels=max_pixels)
         runs = []
         for threads in args.threads:  # a new engine each: no run finds another's prompts cached
             out = os.path.join(scratch, f"out-{threads}")
-            summary = run(inputs, out, engine_for_run, roles, settings={"threads": threads}, images_per_shard=32,
-                          num_workers=1, worker_index=0, load=load, seed=0, host_threads=threads, readahead=64)
-            runs.append({"host_threads": threads, "images_per_s": round(args.images / summary["seconds"], 2),
-                         "read_wait_share": summary["read_wait_share"],
-                         "prefix_cache_hit_rate": summary["prefix_cache_hit_rate"]})
+            summary = run(
+                inputs,
+                out,
+                engine_for_run,
+                roles,
+                settings={"threads": threads},
+                images_per_shard=32,
+                num_workers=1,
+                worker_index=0,
+                load=load,
+                seed=0,
+                host_threads=threads,
+                readahead=64,
+            )
+            runs.append(
+                {
+                    "host_threads": threads,
+                    "images_per_s": round(args.images / summary["seconds"], 2),
+                    "read_wait_share": summary["read_wait_share"],
+                    "prefix_cache_hit_rate": summary["prefix_cache_hit_rate"],
+                }
+            )
             gc.collect()  # the run's engine, before the next starts
     import vllm
 
-    print(json.dumps({
-        "bench": "caption_host", "cpu": cpu_name(), "vllm": vllm.__version__, "images": args.images,
-        "photo_size": [args.side, args.side * 3 // 4], "max_pixels": max_pixels, "short_side": short_side,
-        "host_per_image_one_thread": host, "engine": "tiny random Qwen2-VL (tests/captioning), vLLM on this CPU",
-        "max_tokens": args.max_tokens, "runs": runs,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "caption_host",
+                "cpu": cpu_name(),
+                "vllm": vllm.__version__,
+                "images": args.images,
+                "photo_size": [args.side, args.side * 3 // 4],
+                "max_pixels": max_pixels,
+                "short_side": short_side,
+                "host_per_image_one_thread": host,
+                "engine": "tiny random Qwen2-VL (tests/captioning), vLLM on this CPU",
+                "max_tokens": args.max_tokens,
+                "runs": runs,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ import time
 
 import jax
 import numpy as np
-
-from rsclip_jax.checkpoint import Checkpointer
-from rsclip_jax.config import base_config
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.train_step import batch_sharding, make_train_step
 from machine import cpu_name
 from train_step import random_batch
+
+from rsclip_jax.accelerators.sharding import make_mesh
+from rsclip_jax.config import base_config
+from rsclip_jax.training.checkpoints import Checkpointer
+from rsclip_jax.training.step import batch_sharding, make_train_step
+from rsclip_jax.training.train_setup import TrainSetup
 
 
 def run(state, train_step, batch, steps: int, checkpointer=None, every: int = 0):
@@ -64,14 +64,23 @@ def main():
         checkpointer.close()  # the last save's background write
         last_write_s = time.perf_counter() - wait_start
     state_bytes = sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree.leaves(state))
-    print(json.dumps({
-        "bench": "checkpoint_overhead", "cpu": cpu_name(), "variant": args.variant, "state_gib": round(state_bytes / 2**30, 3),
-        "steps": args.steps, "save_every": args.every, "step_s_without_saves": round(plain_step_s, 4),
-        "step_s_with_saves": round(saving_step_s, 4),
-        "overhead_per_step_fraction": round(saving_step_s / plain_step_s - 1, 4),
-        "save_blocking_s": {"mean": round(float(np.mean(blocked)), 4), "max": round(float(np.max(blocked)), 4)},
-        "last_background_write_s": round(last_write_s, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "checkpoint_overhead",
+                "cpu": cpu_name(),
+                "variant": args.variant,
+                "state_gib": round(state_bytes / 2**30, 3),
+                "steps": args.steps,
+                "save_every": args.every,
+                "step_s_without_saves": round(plain_step_s, 4),
+                "step_s_with_saves": round(saving_step_s, 4),
+                "overhead_per_step_fraction": round(saving_step_s / plain_step_s - 1, 4),
+                "save_blocking_s": {"mean": round(float(np.mean(blocked)), 4), "max": round(float(np.max(blocked)), 4)},
+                "last_background_write_s": round(last_write_s, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,16 +20,16 @@ import tempfile
 import time
 
 import numpy as np
+from machine import cpu_name
 from PIL import Image, ImageFilter
 
-from rsclip_jax.captions import eligible_captions, pick_for_slots, slot_tokens
-from rsclip_jax.data import MakeExample, train_dataset
-from rsclip_jax.example_spec import CROP_BACKENDS, ExampleSpec
+from rsclip_jax.data.caption_sampling import eligible_captions, pick_for_slots, slot_tokens
+from rsclip_jax.data.example_spec import CROP_BACKENDS, ExampleSpec
+from rsclip_jax.data.pipeline import MakeExample, train_dataset
+from rsclip_jax.data.preprocess import EncodedImage, center_crop_box, crop_like_open_clip, decode_crop
+from rsclip_jax.data.records import decode_record, encode_record, write_shard
+from rsclip_jax.data.shared_batches import SharedMemoryStacker
 from rsclip_jax.demo.corpus import random_scene, render, scene_record
-from rsclip_jax.preprocess import EncodedImage, center_crop_box, crop_like_open_clip, decode_crop
-from rsclip_jax.records import decode_record, encode_record, write_shard
-from rsclip_jax.shared_batches import SharedMemoryStacker
-from machine import cpu_name
 
 
 def photo_like_record(index: int, side: int, rng: np.random.Generator):
@@ -109,12 +109,22 @@ def stage_ms(records, spec) -> dict:
 
     def captions(record):
         chosen = pick_for_slots(eligible_captions(record.captions, spec.roles, spec.kinds), spec.slot_kinds, rng)
-        return slot_tokens(chosen, None, spec.slot_kinds, text_length=spec.text_length, prefix=spec.prefix,
-                           sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens, rng=rng)
+        return slot_tokens(
+            chosen,
+            None,
+            spec.slot_kinds,
+            text_length=spec.text_length,
+            prefix=spec.prefix,
+            sub_caption=spec.sub_caption,
+            sub_caption_tokens=spec.sub_caption_tokens,
+            rng=rng,
+        )
 
     make_example = MakeExample(spec, ["bench"], [len(data)])
     stages = {
-        "parse_record": (decode_record, data), "crop": (crop, records), "crop_open_clip_pil": (open_clip_crop, records),
+        "parse_record": (decode_record, data),
+        "crop": (crop, records),
+        "crop_open_clip_pil": (open_clip_crop, records),
         "captions_pick_and_tokenize": (captions, records),
         "example": (lambda element: make_example.random_map(element, rng), [(i, 0, d) for i, d in enumerate(data)]),
     }
@@ -136,8 +146,10 @@ def stacking_ms(batch: int, size: int, repeats: int = 30) -> dict:
         stacker.stack(crops).shm.unlink()  # what the training process does when it drops the batch
 
     times = {}
-    for name, stack in {"into_a_new_shared_memory_block": into_a_new_block,
-                        "into_memory_in_use": lambda: np.stack(crops, out=reused)}.items():
+    for name, stack in {
+        "into_a_new_shared_memory_block": into_a_new_block,
+        "into_memory_in_use": lambda: np.stack(crops, out=reused),
+    }.items():
         stack()
         start = time.perf_counter()
         for _ in range(repeats):
@@ -156,25 +168,37 @@ def main():
     parser.add_argument("--jpeg-side", type=int, default=256, help="the stored images' side, in pixels")
     parser.add_argument("--crop-backend", choices=CROP_BACKENDS, default="opencv", help="config.data.crop_backend")
     args = parser.parse_args()
-    spec = ExampleSpec(image_size=224, context_length=248, sampling="grouped", slot_kinds=("any",) * 5,
-                       crop_backend=args.crop_backend)
+    spec = ExampleSpec(
+        image_size=224, context_length=248, sampling="grouped", slot_kinds=("any",) * 5, crop_backend=args.crop_backend
+    )
     with tempfile.TemporaryDirectory() as directory:
         paths, mean_jpeg_bytes = write_shards(directory, args.images, args.jpeg_side)
         results = {workers: measure(paths, spec, args.batch, workers, args.batches) for workers in args.workers}
     stages = stage_ms([photo_like_record(i, args.jpeg_side, np.random.default_rng(i)) for i in range(300)], spec)
-    print(json.dumps({
-        "bench": "data_pipeline", "cpu": cpu_name(), "images_in_shards": args.images, "jpeg_side": args.jpeg_side,
-        "mean_jpeg_bytes": round(mean_jpeg_bytes), "crop": 224, "captions_per_image": 5, "context_length": 248,
-        "batch": args.batch, "crop_backend": args.crop_backend,
-        "images_per_s": {str(w): round(rate, 1) for w, (rate, _, _) in results.items()},
-        # 0 workers: examples made in the training process, in the threads Grain reads with
-        "images_per_s_per_worker": {str(w): round(rate / max(w, 1), 1) for w, (rate, _, _) in results.items()},
-        "training_process_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, cpu, _) in results.items()},
-        # What an image costs a worker's core, whatever else the machine is doing: 1e6 / this is one core's rate.
-        "workers_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, _, cpu) in results.items() if w},
-        "stage_ms_one_thread": stages,
-        "stack_batch_ms_per_image": stacking_ms(args.batch, spec.image_size),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "data_pipeline",
+                "cpu": cpu_name(),
+                "images_in_shards": args.images,
+                "jpeg_side": args.jpeg_side,
+                "mean_jpeg_bytes": round(mean_jpeg_bytes),
+                "crop": 224,
+                "captions_per_image": 5,
+                "context_length": 248,
+                "batch": args.batch,
+                "crop_backend": args.crop_backend,
+                "images_per_s": {str(w): round(rate, 1) for w, (rate, _, _) in results.items()},
+                # 0 workers: examples made in the training process, in the threads Grain reads with
+                "images_per_s_per_worker": {str(w): round(rate / max(w, 1), 1) for w, (rate, _, _) in results.items()},
+                "training_process_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, cpu, _) in results.items()},
+                # What an image costs a worker's core, whatever else the machine does: 1e6 / this is one core's rate.
+                "workers_cpu_us_per_image": {str(w): round(cpu, 1) for w, (_, _, cpu) in results.items() if w},
+                "stage_ms_one_thread": stages,
+                "stack_batch_ms_per_image": stacking_ms(args.batch, spec.image_size),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

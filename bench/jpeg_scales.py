@@ -1,5 +1,5 @@
 """What each of libjpeg-turbo's n/8 DCT scales costs, beside the resize a scale leaves to do: the figures behind
-`rsclip_jax.preprocess.decode_covering`'s choice of scale.
+`rsclip_jax.data.preprocess.decode_covering`'s choice of scale.
 
     .venv/bin/python bench/jpeg_scales.py [--sides 256 320 448 512 1024] [--images 60]
 
@@ -14,10 +14,10 @@ import json
 import cv2
 import numpy as np
 import simplejpeg
-
 from data_pipeline import ms_each, photo_like_record
 from machine import cpu_name
-from rsclip_jax.preprocess import EncodedImage, decode_crop, random_crop_box
+
+from rsclip_jax.data.preprocess import EncodedImage, decode_crop, random_crop_box
 
 CROP = 224
 
@@ -28,17 +28,24 @@ def side_figures(side: int, images: int) -> dict:
     rng = np.random.default_rng(0)
     boxed = [(data, random_crop_box(side, side, rng)) for data in jpegs]  # RandomResizedCrop's, 90-100% of the area
     decode_ms = {
-        f"{eighths}/8": ms_each(lambda data, least=-(-side * eighths // 8): simplejpeg.decode_jpeg(
-            data, "RGB", min_width=least, min_height=least), jpegs, warm=5)
+        f"{eighths}/8": ms_each(
+            lambda data, least=-(-side * eighths // 8): simplejpeg.decode_jpeg(
+                data, "RGB", min_width=least, min_height=least
+            ),
+            jpegs,
+            warm=5,
+        )
         for eighths in range(1, 9)
     }
     return {
         "decode_ms_at_scale": decode_ms,
         "bicubic_resize_of_the_whole_to_224_ms": ms_each(
-            lambda pixels: cv2.resize(pixels, (CROP, CROP), interpolation=cv2.INTER_CUBIC), whole, warm=5),
+            lambda pixels: cv2.resize(pixels, (CROP, CROP), interpolation=cv2.INTER_CUBIC), whole, warm=5
+        ),
         "decode_crop_centre_224_ms": ms_each(lambda data: decode_crop(EncodedImage(data), None, CROP), jpegs, warm=5),
-        "decode_crop_random_box_224_ms": ms_each(lambda item: decode_crop(EncodedImage(item[0]), item[1], CROP), boxed,
-                                                  warm=5),
+        "decode_crop_random_box_224_ms": ms_each(
+            lambda item: decode_crop(EncodedImage(item[0]), item[1], CROP), boxed, warm=5
+        ),
     }
 
 
@@ -47,8 +54,16 @@ def main():
     parser.add_argument("--sides", type=int, nargs="+", default=[256, 320, 448, 512, 1024])
     parser.add_argument("--images", type=int, default=60)
     args = parser.parse_args()
-    print(json.dumps({"bench": "jpeg_scales", "cpu": cpu_name(), "crop": CROP,
-                      "sides": {str(side): side_figures(side, args.images) for side in args.sides}}))
+    print(
+        json.dumps(
+            {
+                "bench": "jpeg_scales",
+                "cpu": cpu_name(),
+                "crop": CROP,
+                "sides": {str(side): side_figures(side, args.images) for side in args.sides},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
     .venv/bin/python bench/train_step.py ... --peak-tflops 0.332   # a CPU: give its peak for MFU
     python bench/train_step.py --variant B/16 --context 248 --max-batch --open-clip   # a GPU or TPU host
 
-On a GPU or TPU the memory settings left unset are picked as training picks them (rsclip_jax.fit);
-`--max-batch` first finds the largest batch that fits this host's devices, by compiling.
+On a GPU or TPU the memory settings left unset are picked as training picks them
+(rsclip_jax.accelerators.memory_settings); `--max-batch` first finds the largest batch that fits this host's devices,
+by compiling.
 
 Inputs are random (images, token ids ending in end-of-text): compute does not depend on their values.
 Prints one JSON line.
@@ -19,15 +20,15 @@ import time
 
 import jax
 import numpy as np
-
-from rsclip_jax.config import base_config
-from rsclip_jax.fit import largest_batch, pick_for_local_devices
-from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
-from rsclip_jax.host_memory import keep_freed_memory_in_heap
-from rsclip_jax.sharding import mesh_from_config
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.train_step import batch_sharding, make_train_step
 from machine import cpu_name
+
+from rsclip_jax.accelerators.flops import clip_training_flops_per_example, peak_tflops_per_device, utilization
+from rsclip_jax.accelerators.host_memory import keep_freed_memory_in_heap
+from rsclip_jax.accelerators.memory_settings import largest_batch, pick_for_local_devices
+from rsclip_jax.accelerators.sharding import mesh_from_config
+from rsclip_jax.config import base_config
+from rsclip_jax.training.step import batch_sharding, make_train_step
+from rsclip_jax.training.train_setup import TrainSetup
 
 END_OF_TEXT = 49407
 
@@ -52,8 +53,9 @@ def time_steps(step_fn, warmup: int, steps: int) -> float:
 
 def ours(args):
     config = base_config()
-    config.model.update(variant=args.variant, context_length=args.context, dtype=args.dtype,
-                        remat_policy=args.remat_policy)
+    config.model.update(
+        variant=args.variant, context_length=args.context, dtype=args.dtype, remat_policy=args.remat_policy
+    )
     config.batch_size = args.batch
     config.optim.update(lr=1e-5, warmup_steps=0)
     config.data.slot_kinds = ("any",) * args.captions
@@ -81,12 +83,19 @@ def ours(args):
     peak = args.peak_tflops or peak_tflops_per_device(jax.devices()[0].device_kind)
     achieved = utilization(flops, seconds, jax.device_count(), peak)
     return model_config, {
-        "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "batch": args.batch,
-        "remat_policy": model_config.remat_policy, "scan_layers": model_config.scan_layers,
-        "attention": model_config.attention, "picked": picked,
-        "compute_dtype": str(np.dtype(model_config.compute_dtype)), "step_s": round(seconds, 4),
-        "examples_per_s": round(args.batch / seconds, 1), "gflops_per_example": round(flops / args.batch / 1e9, 2),
-        "tflops_per_device": round(achieved["tflops_per_device"], 3), "peak_tflops_per_device": peak,
+        "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "batch": args.batch,
+        "remat_policy": model_config.remat_policy,
+        "scan_layers": model_config.scan_layers,
+        "attention": model_config.attention,
+        "picked": picked,
+        "compute_dtype": str(np.dtype(model_config.compute_dtype)),
+        "step_s": round(seconds, 4),
+        "examples_per_s": round(args.batch / seconds, 1),
+        "gflops_per_example": round(flops / args.batch / 1e9, 2),
+        "tflops_per_device": round(achieved["tflops_per_device"], 3),
+        "peak_tflops_per_device": peak,
         "mfu": round(achieved["mfu"], 4) if peak else None,
     }
 
@@ -101,10 +110,21 @@ def theirs(args, model_config):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = open_clip.CLIP(
         c.embed_dim,
-        CLIPVisionCfg(layers=c.vision_layers, width=c.vision_width, head_width=c.vision_width // c.vision_heads,
-                      patch_size=c.patch_size, image_size=c.image_size, mlp_ratio=c.mlp_ratio),
-        CLIPTextCfg(context_length=c.context_length, width=c.text_width, heads=c.text_heads, layers=c.text_layers,
-                    mlp_ratio=c.mlp_ratio),
+        CLIPVisionCfg(
+            layers=c.vision_layers,
+            width=c.vision_width,
+            head_width=c.vision_width // c.vision_heads,
+            patch_size=c.patch_size,
+            image_size=c.image_size,
+            mlp_ratio=c.mlp_ratio,
+        ),
+        CLIPTextCfg(
+            context_length=c.context_length,
+            width=c.text_width,
+            heads=c.text_heads,
+            layers=c.text_layers,
+            mlp_ratio=c.mlp_ratio,
+        ),
         quick_gelu=c.activation == "quick_gelu",
     ).to(device)
     model.set_grad_checkpointing(model_config.remat_policy != "off")
@@ -126,8 +146,12 @@ def theirs(args, model_config):
             torch.cuda.synchronize()
 
     seconds = time_steps(step, args.warmup, args.steps)
-    return {"device": device, "torch_threads": torch.get_num_threads(), "step_s": round(seconds, 4),
-            "examples_per_s": round(args.batch / seconds, 1)}
+    return {
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "step_s": round(seconds, 4),
+        "examples_per_s": round(args.batch / seconds, 1),
+    }
 
 
 def main():
@@ -137,24 +161,42 @@ def main():
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--captions", type=int, default=1, help="K captions per image (open_clip: 1 only)")
     parser.add_argument("--dtype", default=None, help="compute dtype; default bfloat16 on accelerators, float32 on CPU")
-    parser.add_argument("--remat-policy", default=None,
-                        help="off, nothing, dots, dots_no_batch; default: picked on accelerators, off on a CPU")
+    parser.add_argument(
+        "--remat-policy",
+        default=None,
+        help="off, nothing, dots, dots_no_batch; default: picked on accelerators, off on a CPU",
+    )
     parser.add_argument("--max-batch", action="store_true", help="find and use the largest batch that fits")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--open-clip", action="store_true", help="also time open_clip's step (needs --captions 1)")
-    parser.add_argument("--peak-tflops", type=float, default=0.0,
-                        help="peak TFLOP/s per device for MFU; default: looked up for TPUs and NVIDIA GPUs")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="on a CPU, leave glibc's allocator as it is (rsclip_jax/host_memory.py), as before")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="peak TFLOP/s per device for MFU; default: looked up for TPUs and NVIDIA GPUs",
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="on a CPU, leave glibc's allocator as it is (rsclip_jax/accelerators/host_memory.py), as before",
+    )
     args = parser.parse_args()
     if args.open_clip and args.captions != 1:
         parser.error("--open-clip compares one caption per image (open_clip's ClipLoss): use --captions 1")
     # As training does, before JAX starts its threads; open_clip's step, in this process, runs under it too.
     kept_heap = not args.default_malloc and keep_freed_memory_in_heap()
     model_config, result = ours(args)
-    report = {"bench": "train_step", "cpu": cpu_name(), "variant": args.variant, "batch": args.batch, "context_length": args.context,
-              "captions_per_image": args.captions, "freed_memory_kept_in_heap": kept_heap, "rsclip_jax": result}
+    report = {
+        "bench": "train_step",
+        "cpu": cpu_name(),
+        "variant": args.variant,
+        "batch": args.batch,
+        "context_length": args.context,
+        "captions_per_image": args.captions,
+        "freed_memory_kept_in_heap": kept_heap,
+        "rsclip_jax": result,
+    }
     if args.open_clip:
         report["open_clip"] = theirs(args, model_config)
         report["speedup_vs_open_clip"] = round(report["open_clip"]["step_s"] / result["step_s"], 2)

@@ -68,9 +68,9 @@ def _entry(line: str, where: str) -> tuple[str, str | None]:
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: a JSON {type(entry).__name__}, not an object; {_LINE_FORMAT}")
     if not isinstance(entry.get("image"), str) or not entry["image"]:
-        raise ValueError(f"{where}: \"image\" is missing or not a non-empty string; {_LINE_FORMAT}")
+        raise ValueError(f'{where}: "image" is missing or not a non-empty string; {_LINE_FORMAT}')
     if "alt_text" not in entry or not isinstance(entry["alt_text"], (str, type(None))):
-        raise ValueError(f"{where}: \"alt_text\" is missing or not a string or null; {_LINE_FORMAT}")
+        raise ValueError(f'{where}: "alt_text" is missing or not a string or null; {_LINE_FORMAT}')
     return entry["image"], entry["alt_text"]
 
 
@@ -90,8 +90,10 @@ def read_alt_text_file(path: str, inputs: list[tuple[str, str]]) -> tuple[dict[s
             continue
         image_id, text = _entry(line, f"--alt-text {path} line {number}")
         if image_id in first_line:
-            raise ValueError(f"--alt-text {path} line {number}: image {image_id!r} again (first on line "
-                             f"{first_line[image_id]}); give each image once")
+            raise ValueError(
+                f"--alt-text {path} line {number}: image {image_id!r} again (first on line "
+                f"{first_line[image_id]}); give each image once"
+            )
         first_line[image_id] = number
         text = clean_alt_text(text or "")
         if image_id not in known:
@@ -100,9 +102,11 @@ def read_alt_text_file(path: str, inputs: list[tuple[str, str]]) -> tuple[dict[s
             texts[image_id] = text
     if unmatched and len(unmatched) == len(first_line):
         example = inputs[0][0] if inputs else None
-        raise ValueError(f"--alt-text {path}: none of its {len(first_line)} images is an input of this run (its "
-                         f"first: {unmatched[0]!r}; this run's first: {example!r}); \"image\" must be the id the run "
-                         "gives an image: its path relative to --images, or its line of --list")
+        raise ValueError(
+            f"--alt-text {path}: none of its {len(first_line)} images is an input of this run (its "
+            f'first: {unmatched[0]!r}; this run\'s first: {example!r}); "image" must be the id the run '
+            "gives an image: its path relative to --images, or its line of --list"
+        )
     return texts, len(unmatched)
 
 

@@ -20,17 +20,24 @@ from captioning.status import run_status, status_table
 
 # vLLM engine arguments passed through when given; on a CPU: --dtype float32 --enforce-eager.
 _ENGINE_FLAGS = {
-    "tensor_parallel_size": int, "data_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int,
-    "max_num_seqs": int, "max_num_batched_tokens": int, "dtype": str,
+    "tensor_parallel_size": int,
+    "data_parallel_size": int,
+    "gpu_memory_utilization": float,
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "max_num_batched_tokens": int,
+    "dtype": str,
 }
 
 
 def _add_engine_flags(parser, prefix="", temperature=Sampling.temperature):
     parser.add_argument(f"--{prefix}engine", choices=ENGINES, default="vllm")
-    parser.add_argument(f"--{prefix}model", required=not prefix,
-                        help="local model folder (e.g. Qwen2.5-VL-7B-Instruct)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="pixel cap of the image the model sees")
+    parser.add_argument(
+        f"--{prefix}model", required=not prefix, help="local model folder (e.g. Qwen2.5-VL-7B-Instruct)"
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel cap of the image the model sees"
+    )
     parser.add_argument("--max-tokens", type=int, default=Sampling.max_tokens)
     parser.add_argument("--temperature", type=float, default=temperature)
     parser.add_argument("--top-p", type=float, default=Sampling.top_p)
@@ -58,19 +65,36 @@ def _run(args) -> dict:
     if unmatched:
         print(f"note: --alt-text {args.alt_text}: {unmatched} of its lines name no input of this run", file=sys.stderr)
     settings = {
-        "engine": args.engine, "model": args.model, "roles": [vars(r) for r in roles.roles],
-        "roles_version": roles.version, "prompt_version": PROMPT_VERSION, "short_side": args.short_side,
-        "max_pixels": args.max_pixels, "max_image_pixels": args.max_image_pixels,
-        "images_per_shard": args.images_per_shard, "seed": args.seed,
+        "engine": args.engine,
+        "model": args.model,
+        "roles": [vars(r) for r in roles.roles],
+        "roles_version": roles.version,
+        "prompt_version": PROMPT_VERSION,
+        "short_side": args.short_side,
+        "max_pixels": args.max_pixels,
+        "max_image_pixels": args.max_image_pixels,
+        "images_per_shard": args.images_per_shard,
+        "seed": args.seed,
         "sampling": [args.max_tokens, args.temperature, args.top_p],
     }
     Image.MAX_IMAGE_PIXELS = None  # load_image refuses above --max-image-pixels itself, whatever its value
-    load = functools.partial(load_image, short_side=args.short_side, max_pixels=args.max_pixels,
-                             max_image_pixels=args.max_image_pixels)
+    load = functools.partial(
+        load_image, short_side=args.short_side, max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels
+    )
     return run(
-        inputs, args.out, _engine_factory(args, args.engine, args.model), roles, settings=settings,
-        images_per_shard=args.images_per_shard, num_workers=args.num_workers, worker_index=args.worker_index,
-        load=load, seed=args.seed, host_threads=args.host_threads, readahead=args.readahead, alt_texts=alt_texts,
+        inputs,
+        args.out,
+        _engine_factory(args, args.engine, args.model),
+        roles,
+        settings=settings,
+        images_per_shard=args.images_per_shard,
+        num_workers=args.num_workers,
+        worker_index=args.worker_index,
+        load=load,
+        seed=args.seed,
+        host_threads=args.host_threads,
+        readahead=args.readahead,
+        alt_texts=alt_texts,
     )
 
 
@@ -80,8 +104,15 @@ def _filter(args) -> dict:
         raise ValueError("--drop-fraction needs a judge: give --judge-model")
     judge = _engine_factory(args, args.judge_engine, args.judge_model)() if args.judge_model else None
     return filter_shards(
-        args.in_dir, args.out, roles, min_long_words=args.min_long_words, min_short_words=args.min_short_words,
-        judge=judge, drop_fraction=args.drop_fraction, export_path=args.export_judgements, seed=args.seed,
+        args.in_dir,
+        args.out,
+        roles,
+        min_long_words=args.min_long_words,
+        min_short_words=args.min_short_words,
+        judge=judge,
+        drop_fraction=args.drop_fraction,
+        export_path=args.export_judgements,
+        seed=args.seed,
         max_pixels=args.max_pixels,
     )
 
@@ -98,10 +129,19 @@ def _distill(args) -> dict:
     from captioning.distill import distill
 
     return distill(
-        args.judgements, args.student, args.out, lora=args.lora, lora_rank=args.lora_rank, epochs=args.epochs,
-        max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, max_pixels=args.max_pixels,
-        dtype=args.dtype, seed=args.seed,
+        args.judgements,
+        args.student,
+        args.out,
+        lora=args.lora,
+        lora_rank=args.lora_rank,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_pixels=args.max_pixels,
+        dtype=args.dtype,
+        seed=args.seed,
     )
 
 
@@ -117,17 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--images", help="folder of images (ids are relative paths)")
     inputs.add_argument("--list", help="file with one image path per line")
     run_parser.add_argument("--out", required=True)
-    run_parser.add_argument("--alt-text", help='JSONL of {"image": ID, "alt_text": TEXT} lines, the web alt text kept '
-                            "in each record; without it, photo.txt beside photo.jpg is photo.jpg's alt text")
+    run_parser.add_argument(
+        "--alt-text",
+        help='JSONL of {"image": ID, "alt_text": TEXT} lines, the web alt text kept '
+        "in each record; without it, photo.txt beside photo.jpg is photo.jpg's alt text",
+    )
     run_parser.add_argument("--roles", help="role file (JSON); default: the five roles of captioning/role_files")
     run_parser.add_argument("--images-per-shard", type=int, default=1000)
     run_parser.add_argument("--num-workers", type=int, default=1)
     run_parser.add_argument("--worker-index", type=int, default=0)
     run_parser.add_argument("--short-side", type=int, default=256, help="short side of the JPEG kept for training")
-    run_parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                            help="larger images are refused (decompression-bomb guard)")
-    run_parser.add_argument("--host-threads", type=int, default=min(8, os.cpu_count() or 1),
-                            help="threads decoding and resizing images while the engine generates")
+    run_parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="larger images are refused (decompression-bomb guard)",
+    )
+    run_parser.add_argument(
+        "--host-threads",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="threads decoding and resizing images while the engine generates",
+    )
     run_parser.add_argument("--readahead", type=int, default=64, help="images decoded ahead of the engine")
     _add_engine_flags(run_parser)
 
@@ -156,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.add_argument("--learning-rate", type=float, default=1e-5)
     distill_parser.add_argument("--batch-size", type=int, default=4)
     distill_parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    distill_parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                                help="pixel cap of the training images")
+    distill_parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel cap of the training images"
+    )
     distill_parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     distill_parser.add_argument("--seed", type=int, default=0)
 

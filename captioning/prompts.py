@@ -30,9 +30,7 @@ JUDGE_SCHEMA = {
 
 def caption_messages(role: Role, kind: str) -> list[dict]:
     """Chat messages asking `role` for a caption of `kind`; the image is the first part of the user turn."""
-    instruction = (
-        f"You are the {role.name}, an expert in {role.expertise}. {role.responsibilities} {_LENGTH[kind]}"
-    )
+    instruction = f"You are the {role.name}, an expert in {role.expertise}. {role.responsibilities} {_LENGTH[kind]}"
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]},

@@ -20,8 +20,7 @@ from captioning.images import shard_slices
 from captioning.prompts import PROMPT_VERSION, caption_messages
 from captioning.readahead import ReadAhead
 from captioning.tally import CaptionTally
-from rsclip_jax.records import CAPTION_KINDS, Caption, CaptionRecord, write_shard
-
+from rsclip_jax.data.records import CAPTION_KINDS, Caption, CaptionRecord, write_shard
 
 _MANIFEST_ENTRY = re.compile(r"captions-(\d+)\.json")  # shard_name(k) + ".json"
 
@@ -127,8 +126,9 @@ def _finish(shard: _Shard, slots, inputs, model_name, alt_texts):
             if error is None:
                 captions.append(Caption(role.name, kind, text.strip(), model_name, PROMPT_VERSION))
             else:
-                errors.append({"image_id": image_id, "path": inputs[i][1], "role": role.name, "kind": kind,
-                               "reason": error})
+                errors.append(
+                    {"image_id": image_id, "path": inputs[i][1], "role": role.name, "kind": kind, "reason": error}
+                )
         if captions:
             records.append(CaptionRecord(image_id, jpeg, size, tuple(captions), alt_texts.get(image_id)))
     return records, errors
@@ -151,15 +151,18 @@ def caption_shards(engine, inputs, shards, roles, images, *, seed, alt_texts=Non
             shard.seen += 1
             touched.add(k)
             if isinstance(loaded, Exception):
-                shard.errors.append({"image_id": image_id, "path": path,
-                                     "reason": f"{type(loaded).__name__}: {loaded}"})
+                shard.errors.append(
+                    {"image_id": image_id, "path": path, "reason": f"{type(loaded).__name__}: {loaded}"}
+                )
                 continue
             image, jpeg, size = loaded
             shard.loaded.append((i, image_id, jpeg, size))
             shard.asked += len(slots)  # all at once: the shard is not complete while any of them is unanswered
             for s, (role, kind) in enumerate(slots):
-                yield (k, i, s), Request(image, caption_messages(role, kind),
-                                         request_seed(seed, image_id, role.name, kind))
+                yield (
+                    (k, i, s),
+                    Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind)),
+                )
 
     def completed():
         for k in [k for k in touched if flight[k].complete()]:
@@ -185,13 +188,29 @@ def _unfinished_shards(out_dir, shards, config_hash, *, num_workers, worker_inde
         else:
             hashes.add(entry["config_hash"])
     if hashes - {config_hash}:
-        raise ValueError(f"{out_dir} holds shards of another run (config hash {(hashes - {config_hash}).pop()}, this "
-                         f"run {config_hash}: other inputs, alt text, model, roles or settings); use another --out")
+        raise ValueError(
+            f"{out_dir} holds shards of another run (config hash {(hashes - {config_hash}).pop()}, this "
+            f"run {config_hash}: other inputs, alt text, model, roles or settings); use another --out"
+        )
     return todo
 
 
-def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard: int, num_workers: int,
-        worker_index: int, load, seed: int, host_threads: int, readahead: int, alt_texts: dict | None = None) -> dict:
+def run(
+    inputs,
+    out_dir,
+    make_engine,
+    roles,
+    *,
+    settings: dict,
+    images_per_shard: int,
+    num_workers: int,
+    worker_index: int,
+    load,
+    seed: int,
+    host_threads: int,
+    readahead: int,
+    alt_texts: dict | None = None,
+) -> dict:
     """Captions this worker's unfinished shards; returns the summary of what it wrote. `load(path)` reads an
     input (load_image with the run's sizes); `host_threads` threads run it `readahead` images ahead;
     `alt_texts` (image id -> text, captioning/alt_text.py) goes into the records as it is."""
@@ -201,17 +220,38 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
     os.makedirs(manifest_dir(out_dir), exist_ok=True)
     shards = shard_slices(len(inputs), images_per_shard)
     todo = _unfinished_shards(out_dir, shards, config_hash, num_workers=num_workers, worker_index=worker_index)
-    _write_run_info(out_dir, worker_index, {"config_hash": config_hash, "num_shards": len(shards), "images_total":
-                                            len(inputs), "images_with_alt_text": len(alt_texts or {})})
+    _write_run_info(
+        out_dir,
+        worker_index,
+        {
+            "config_hash": config_hash,
+            "num_shards": len(shards),
+            "images_total": len(inputs),
+            "images_with_alt_text": len(alt_texts or {}),
+        },
+    )
     totals, tally = collections.Counter(), CaptionTally()
-    summary = {"shards_written": len(todo), "images": 0, "decode_errors": 0, "caption_errors": 0, "captions": {},
-               "mean_words": {}, "alt_texts": 0, "seconds": 0.0, "read_wait_share": None,
-               "prefix_cache_hit_rate": None}
+    summary = {
+        "shards_written": len(todo),
+        "images": 0,
+        "decode_errors": 0,
+        "caption_errors": 0,
+        "captions": {},
+        "mean_words": {},
+        "alt_texts": 0,
+        "seconds": 0.0,
+        "read_wait_share": None,
+        "prefix_cache_hit_rate": None,
+    }
     if not todo:
         return summary
     engine = make_engine()
-    images = ReadAhead(lambda item: load(inputs[item[1]][1]), ((k, i) for k, indices in todo.items() for i in indices),
-                       threads=host_threads, depth=readahead)
+    images = ReadAhead(
+        lambda item: load(inputs[item[1]][1]),
+        ((k, i) for k, indices in todo.items() for i in indices),
+        threads=host_threads,
+        depth=readahead,
+    )
     start = time.perf_counter()
     with tqdm(total=sum(map(len, todo.values())), unit="img", desc=f"worker {worker_index}") as bar:
         for k, records, errors in caption_shards(engine, inputs, todo, roles, images, seed=seed, alt_texts=alt_texts):
@@ -220,9 +260,13 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
             _write_jsonl(os.path.join(out_dir, shard_name(k) + ".errors.jsonl"), errors)
             shard_tally = CaptionTally().add(c for r in records for c in r.captions)
             entry = {
-                "shard": os.path.basename(shard_path), "config_hash": config_hash, "images": len(shards[k]),
-                "records": len(records), "decode_errors": sum("role" not in e for e in errors),
-                "caption_errors": sum("role" in e for e in errors), "captions": shard_tally.counts(),
+                "shard": os.path.basename(shard_path),
+                "config_hash": config_hash,
+                "images": len(shards[k]),
+                "records": len(records),
+                "decode_errors": sum("role" not in e for e in errors),
+                "caption_errors": sum("role" in e for e in errors),
+                "captions": shard_tally.counts(),
             }
             _write_json(manifest_path(out_dir, k), entry)
             totals.update({key: entry[key] for key in ("records", "decode_errors", "caption_errors")})
@@ -231,9 +275,14 @@ def run(inputs, out_dir, make_engine, roles, *, settings: dict, images_per_shard
             bar.update(len(shards[k]))
     seconds = time.perf_counter() - start
     return {
-        **summary, "images": totals["records"], "decode_errors": totals["decode_errors"],
-        "caption_errors": totals["caption_errors"], "captions": tally.counts(), "mean_words": tally.mean_words(),
-        "alt_texts": totals["alt_texts"], "seconds": round(seconds, 1),
+        **summary,
+        "images": totals["records"],
+        "decode_errors": totals["decode_errors"],
+        "caption_errors": totals["caption_errors"],
+        "captions": tally.counts(),
+        "mean_words": tally.mean_words(),
+        "alt_texts": totals["alt_texts"],
+        "seconds": round(seconds, 1),
         # Time the feed blocked on an image still being read: the most the engine can have waited for the host,
         # less where it still had queued requests to run.
         "read_wait_share": round(images.wait_seconds / seconds, 4),

@@ -34,9 +34,16 @@ def run_status(out_dir: str, num_workers: int | None = None) -> dict:
     total = info.get("num_shards")
     missing = None if total is None else sorted(set(range(total)) - set(done))
     status = {
-        "out": out_dir, "config_hash": info.get("config_hash"), "shards_done": len(done), "shards_total": total,
-        "images": counts["images"], "images_total": info.get("images_total"), "records": counts["records"],
-        "errors": dict(sorted(errors.items())), "captions": dict(sorted(captions.items())), "missing": missing,
+        "out": out_dir,
+        "config_hash": info.get("config_hash"),
+        "shards_done": len(done),
+        "shards_total": total,
+        "images": counts["images"],
+        "images_total": info.get("images_total"),
+        "records": counts["records"],
+        "errors": dict(sorted(errors.items())),
+        "captions": dict(sorted(captions.items())),
+        "missing": missing,
     }
     if num_workers and missing is not None:
         by_worker = collections.defaultdict(list)
@@ -61,8 +68,10 @@ def status_table(status: dict) -> str:
     def known(n):
         return "unknown (no run.json)" if n is None else n
 
-    lines = [f"shards    {status['shards_done']} of {known(status['shards_total'])} done",
-             f"images    {status['images']} of {known(status['images_total'])}, {status['records']} records"]
+    lines = [
+        f"shards    {status['shards_done']} of {known(status['shards_total'])} done",
+        f"images    {status['images']} of {known(status['images_total'])}, {status['records']} records",
+    ]
     lines += [f"errors    {key} {n}" for key, n in status["errors"].items()]
     lines += [f"captions  {key} {n}" for key, n in status["captions"].items()]
     if status["missing"]:

@@ -5,7 +5,7 @@ import collections
 import dataclasses
 from collections.abc import Iterable
 
-from rsclip_jax.records import Caption
+from rsclip_jax.data.records import Caption
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Long-CLIP, ViT-B/16 (METHOD.md sections 2-4).
+"""Long-CLIP, ViT-B/16 (docs/method.md sections 2-4).
 
 Source numbers: the same optimizer as Role-SynthCLIP (AdamW 0.9/0.999/1e-8, lr 1e-6, weight decay 1e-2 on
 every parameter as Long-CLIP's train.py decays all of them, 200 warmup steps then cosine, global batch

@@ -1,23 +1,23 @@
 """rsclip-jax: long-text CLIP trained on role-play synthetic captions, in JAX/Flax.
 
-The public names below load on first use, so `import rsclip_jax.records` (the caption shard schema,
+The public names below load on first use, so `import rsclip_jax.data.records` (the caption shard schema,
 shared with `captioning/`) pulls in neither JAX nor any other heavy dependency.
 """
 
 import importlib
 
 _PUBLIC = {
-    "CLIP": "rsclip_jax.model",
-    "ModelConfig": "rsclip_jax.variants",
-    "VARIANTS": "rsclip_jax.variants",
-    "model_config": "rsclip_jax.variants",
-    "tokenize": "rsclip_jax.tokenizer",
+    "CLIP": "rsclip_jax.model.clip",
+    "ModelConfig": "rsclip_jax.model.config",
+    "VARIANTS": "rsclip_jax.model.config",
+    "model_config": "rsclip_jax.model.config",
+    "tokenize": "rsclip_jax.data.tokenizer",
     "stretch_positions": "rsclip_jax.weights.positions",
-    "contrastive_loss": "rsclip_jax.losses",
-    "LOSS_KINDS": "rsclip_jax.losses",
-    "Caption": "rsclip_jax.records",
-    "CaptionRecord": "rsclip_jax.records",
-    "RecordError": "rsclip_jax.records",
+    "contrastive_loss": "rsclip_jax.training.losses",
+    "LOSS_KINDS": "rsclip_jax.training.losses",
+    "Caption": "rsclip_jax.data.records",
+    "CaptionRecord": "rsclip_jax.data.records",
+    "RecordError": "rsclip_jax.data.records",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -6,8 +6,9 @@ report its memory per chip.
 
 Topologies: Cloud TPU accelerator types (v4-8 ... v4-512, v5e-1 ... v5e-256, v5p-8 ... v5p-256, v6e-1 ...
 v6e-256; libtpu: `pip install -e '.[tpu]'`) and NVIDIA GPUs (a100-8, h100-8, h200-8 for a node, h100-16 for
-two; the CUDA plugin: `pip install -e '.[gpu]'`). Memory settings the config leaves unset are picked as training picks them
-(rsclip_jax.fit) and named in `picked`. Prints one JSON line; a step that does not fit adds one line on
+two; the CUDA plugin: `pip install -e '.[gpu]'`). Memory settings the config leaves unset are picked as training
+picks them (rsclip_jax.accelerators.memory_settings) and named in `picked`. Prints one JSON line; a step that does
+not fit adds one line on
 stderr saying what needs how much, and the exit status is 1.
 """
 
@@ -21,14 +22,14 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from rsclip_jax.captions import ALT_SLOT
+from rsclip_jax.accelerators.flops import clip_training_flops_per_example
+from rsclip_jax.accelerators.memory_settings import largest_batch, pick_memory_settings
+from rsclip_jax.accelerators.topology import GPU_TARGETS, target
 from rsclip_jax.config import parse_flags
-from rsclip_jax.example_spec import ExampleSpec
-from rsclip_jax.fit import largest_batch, pick_memory_settings
-from rsclip_jax.flops import clip_training_flops_per_example
-from rsclip_jax.topology import GPU_TARGETS, target
-from rsclip_jax.train_step import check_loss_settings
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.data.caption_sampling import ALT_SLOT
+from rsclip_jax.data.example_spec import ExampleSpec
+from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.training.step import check_loss_settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "v5e-8, v4-32, v5p-128, v6e-256, h100-8, ...")
@@ -53,27 +54,43 @@ def _report(config, topology, result, picked) -> dict:
     chips = len(topology.devices)
     spec = ExampleSpec.from_config(config, model)
     flops = config.batch_size * clip_training_flops_per_example(
-        model, spec.captions_per_example, config.batch_size, text_length=spec.text_length,
+        model,
+        spec.captions_per_example,
+        config.batch_size,
+        text_length=spec.text_length,
         web_caption=ALT_SLOT in spec.slot_kinds,
     )
     memory = result.memory
     report = {
-        "config": config_flags.get_config_filename(flags.FLAGS["config"]), "topology": topology.name,
-        "slices": topology.slices, "chips": chips,
-        "device_kind": topology.devices[0].device_kind, "batch_size": config.batch_size,
+        "config": config_flags.get_config_filename(flags.FLAGS["config"]),
+        "topology": topology.name,
+        "slices": topology.slices,
+        "chips": chips,
+        "device_kind": topology.devices[0].device_kind,
+        "batch_size": config.batch_size,
         "batch_per_chip": config.batch_size / chips,
-        "settings": {"mesh.shape": tuple(config.mesh.shape), "mesh.dcn_shape": tuple(config.mesh.dcn_shape),
-                     "model.dtype": config.model.dtype,
-                     "model.remat_policy": config.model.remat_policy,
-                     "model.scan_layers": config.model.scan_layers, "model.attention": config.model.attention,
-                     "optim.mu_dtype": config.optim.mu_dtype, "optim.grad_cache_chunks": config.optim.grad_cache_chunks,
-                     "loss.sharded": config.loss.sharded},
+        "settings": {
+            "mesh.shape": tuple(config.mesh.shape),
+            "mesh.dcn_shape": tuple(config.mesh.dcn_shape),
+            "model.dtype": config.model.dtype,
+            "model.remat_policy": config.model.remat_policy,
+            "model.scan_layers": config.model.scan_layers,
+            "model.attention": config.model.attention,
+            "optim.mu_dtype": config.optim.mu_dtype,
+            "optim.grad_cache_chunks": config.optim.grad_cache_chunks,
+            "loss.sharded": config.loss.sharded,
+        },
         "picked": picked,
-        "argument_bytes": memory and memory.argument_bytes, "temp_bytes": memory and memory.temp_bytes,
-        "total_bytes": memory and memory.total_bytes, "hbm_bytes": topology.hbm_bytes,
-        "headroom_pct": memory and round(100 * memory.headroom, 1), "fits": bool(memory and memory.fits),
-        "compile_s": round(result.seconds, 1), "tflops_per_step": round(flops / 1e12, 2),
-        "tflops_per_chip": round(flops / 1e12 / chips, 3), **_versions(),
+        "argument_bytes": memory and memory.argument_bytes,
+        "temp_bytes": memory and memory.temp_bytes,
+        "total_bytes": memory and memory.total_bytes,
+        "hbm_bytes": topology.hbm_bytes,
+        "headroom_pct": memory and round(100 * memory.headroom, 1),
+        "fits": bool(memory and memory.fits),
+        "compile_s": round(result.seconds, 1),
+        "tflops_per_step": round(flops / 1e12, 2),
+        "tflops_per_chip": round(flops / 1e12 / chips, 3),
+        **_versions(),
     }
     if result.error:
         report["compiler_error"] = result.error
@@ -104,8 +121,10 @@ def main(argv):
 
 def _does_not_fit(config, topology, result) -> str:
     if result.memory:
-        needs = (f"{result.memory.total_bytes / GIB:.2f} GiB (arguments {result.memory.argument_bytes / GIB:.2f}, "
-                 f"temporaries {result.memory.temp_bytes / GIB:.2f})")
+        needs = (
+            f"{result.memory.total_bytes / GIB:.2f} GiB (arguments {result.memory.argument_bytes / GIB:.2f}, "
+            f"temporaries {result.memory.temp_bytes / GIB:.2f})"
+        )
     else:  # the TPU compiler refused it and says what it needed
         match = re.search(r"required for (.+?) \(([\d.]+)G\)", result.error)
         needs = f"{match.group(2)} GiB of {match.group(1)}" if match else f"more than it has ({result.error})"
@@ -114,8 +133,10 @@ def _does_not_fit(config, topology, result) -> str:
         remedies.append("set config.model.remat_policy=nothing")
     if config.mesh.shape[0] != 1:
         remedies.append("shard the state with config.mesh.shape='(1,-1,1)'")
-    return (f"does not fit: the training step at batch {config.batch_size} on {topology.name} needs {needs} per chip, "
-            f"of {topology.hbm_bytes / GIB:.2f} GiB; {', or '.join(remedies)}")
+    return (
+        f"does not fit: the training step at batch {config.batch_size} on {topology.name} needs {needs} per chip, "
+        f"of {topology.hbm_bytes / GIB:.2f} GiB; {', or '.join(remedies)}"
+    )
 
 
 def _cross_compile_environment(argv):
@@ -124,8 +145,9 @@ def _cross_compile_environment(argv):
     jax.config.update("jax_platforms", "cpu")
     if any(arg.split("=")[-1].split("-")[0] in GPU_TARGETS for arg in argv if arg.startswith("--topology")):
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false "
-                                   "--xla_gpu_autotune_level=0").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false --xla_gpu_autotune_level=0"
+        ).strip()
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import ml_collections
 from absl import flags
 from ml_collections.config_dict import placeholder
 
-from rsclip_jax.example_spec import SETTINGS as DATA_SETTINGS
-from rsclip_jax.example_spec import ExampleSpec
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.data.example_spec import SETTINGS as DATA_SETTINGS
+from rsclip_jax.data.example_spec import ExampleSpec
+from rsclip_jax.model.config import ModelConfig
 
 
 def _defaults(cls) -> dict:
@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     # MFU's denominator, dense bf16 TFLOP/s per device; 0: looked up from the device kind (flops.py).
     config.peak_tflops_per_device = 0.0
 
-    model = _defaults(ModelConfig)  # what each key means: ModelConfig (rsclip_jax/variants.py)
+    model = _defaults(ModelConfig)  # what each key means: ModelConfig (rsclip_jax/model/config.py)
     config.model = ml_collections.ConfigDict()
     config.model.variant = "B/16"
     config.model.context_length = model["context_length"]
@@ -42,17 +42,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = placeholder(str)  # None: bfloat16 on accelerators, float32 on CPU
     config.model.frozen_text_positions = model["frozen_text_positions"]
     config.model.logit_bias_init = placeholder(float)
-    # Memory settings left unset (None) are picked per accelerator by `rsclip_jax.fit` when training starts
-    # (and by `rsclip_jax.aot`): the fastest that fits in the device's memory. Where they stay unset (a CPU),
-    # ModelConfig's defaults hold.
-    config.model.remat_policy = placeholder(str)  # off | nothing | dots | dots_no_batch (variants.REMAT_POLICIES)
+    # Memory settings left unset (None) are picked per accelerator by `rsclip_jax.accelerators.memory_settings` when
+    # training starts (and by `rsclip_jax.aot`): the fastest that fits in the device's memory. Where they stay unset
+    # (a CPU), ModelConfig's defaults hold.
+    config.model.remat_policy = placeholder(str)  # off | nothing | dots | dots_no_batch (model.config.REMAT_POLICIES)
     config.model.scan_layers = placeholder(bool)
     config.model.attention = placeholder(str)  # xla | cudnn (NVIDIA GPUs) | flash (TPUs)
     # A reference, so that the command line can give a number where a recipe set None (no clamp; on the command
     # line, where None is not a float, inf).
     config.model.max_logit_scale = ml_collections.FieldReference(model["max_logit_scale"], field_type=float)
 
-    # What each key means: ExampleSpec (rsclip_jax/example_spec.py); grouped sampling gives one image and
+    # What each key means: ExampleSpec (rsclip_jax/data/example_spec.py); grouped sampling gives one image and
     # len(slot_kinds) captions per example, rows sampling each caption its own example.
     data = _defaults(ExampleSpec)
     config.data = ml_collections.ConfigDict({key: data[key] for key in DATA_SETTINGS})
@@ -88,25 +88,25 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.accum_steps = 1  # micro-batches per step; gradients averaged, negatives per micro-batch
     # Gradient caching: the batch's embeddings in this many chunks, the loss over all of them (the same loss and
     # gradients as one pass, one chunk's activations in memory, one more forward pass). None: picked per
-    # accelerator (rsclip_jax.fit), 1 (off) where it stays unset.
+    # accelerator (rsclip_jax.accelerators.memory_settings), 1 (off) where it stays unset.
     config.optim.grad_cache_chunks = placeholder(int)
     config.optim.mu_dtype = placeholder(str)  # AdamW's first moment, e.g. "bfloat16"; None: the parameters' float32
     config.optim.freeze = ()  # regexes over parameter paths, e.g. r"visual\..*" (lock the image tower)
 
-    # CLIPS' caption generator (generator.py, METHOD.md section 6): a decoder over the image tokens, the web
-    # caption (the "alt" slot, when there is one) and `queries` learnable queries, predicting the full caption of
-    # the first other slot; its next-token loss is added at `weight` (CLIPS: 2). 0: no generator.
+    # CLIPS' caption generator (model/caption_generator.py, docs/method.md section 6): a decoder over the image
+    # tokens, the web caption (the "alt" slot, when there is one) and `queries` learnable queries, predicting the
+    # full caption of the first other slot; its next-token loss is added at `weight` (CLIPS: 2). 0: no generator.
     config.generator = ml_collections.ConfigDict()
     config.generator.weight = 0.0
     config.generator.layers = 0  # 0: as many as the text tower; likewise width and heads
     config.generator.width = 0
     config.generator.heads = 0
     config.generator.queries = 128  # the caption tokens it predicts (CLIPS: 128)
-    config.generator.loss_chunk = 32  # query positions per block of vocabulary logits (generator.py)
+    config.generator.loss_chunk = 32  # query positions per block of vocabulary logits (model/caption_generator.py)
 
     config.mesh = ml_collections.ConfigDict()
     # (data, fsdp, tensor) within a slice; -1 takes the devices left over. None: picked per accelerator
-    # (rsclip_jax.fit; (-1, 1, 1) on a CPU).
+    # (rsclip_jax.accelerators.memory_settings; (-1, 1, 1) on a CPU).
     config.mesh.shape = placeholder(tuple)
     config.mesh.dcn_shape = (1, 1, 1)  # the same axes across slices (docs/scaling.md): usually (slices, 1, 1)
     # Logical axis -> mesh axis: parameters by `rules` (fully sharded data parallel over `fsdp`, Megatron-style
@@ -130,7 +130,7 @@ def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def paper_evals(root: str, every_steps: int = 1000) -> ml_collections.ConfigDict:
-    """METHOD.md section 5 and the Role-SynthCLIP README's table, from one folder ROOT:
+    """docs/method.md section 5 and the Role-SynthCLIP README's table, from one folder ROOT:
 
     - ROOT/coco: COCO val2017 (annotations/captions_val2017.json, val2017/), 5000 images x first 5 captions;
     - ROOT/flickr30k: Karpathy's dataset_flickr30k.json and flickr30k-images/ (the 1000 test images);
@@ -144,15 +144,22 @@ def paper_evals(root: str, every_steps: int = 1000) -> ml_collections.ConfigDict
     clip_benchmark's). ImageNet-1k runs every 5x as many steps (50k images and 80k prompts)."""
     retrieval = dict(kind="retrieval", every_steps=every_steps)
     zeroshot = dict(kind="zeroshot", every_steps=every_steps)
-    return ml_collections.ConfigDict({
-        "coco": dict(retrieval, dataset="coco", root=f"{root}/coco"),
-        "flickr30k": dict(retrieval, dataset="flickr30k", root=f"{root}/flickr30k"),
-        "urban1k": dict(retrieval, dataset="urban1k", root=f"{root}/Urban1k"),
-        "imagenet": dict(zeroshot, source="tfds:imagenet2012", split="validation", data_dir=f"{root}/tfds",
-                         every_steps=5 * every_steps),
-        "imagenet_o": dict(zeroshot, source=f"folder:{root}/imagenet-o"),
-        "cifar100": dict(zeroshot, source="tfds:cifar100", split="test", data_dir=f"{root}/tfds"),
-    })
+    return ml_collections.ConfigDict(
+        {
+            "coco": dict(retrieval, dataset="coco", root=f"{root}/coco"),
+            "flickr30k": dict(retrieval, dataset="flickr30k", root=f"{root}/flickr30k"),
+            "urban1k": dict(retrieval, dataset="urban1k", root=f"{root}/Urban1k"),
+            "imagenet": dict(
+                zeroshot,
+                source="tfds:imagenet2012",
+                split="validation",
+                data_dir=f"{root}/tfds",
+                every_steps=5 * every_steps,
+            ),
+            "imagenet_o": dict(zeroshot, source=f"folder:{root}/imagenet-o"),
+            "cifar100": dict(zeroshot, source="tfds:cifar100", split="test", data_dir=f"{root}/tfds"),
+        }
+    )
 
 
 # What the paper recipes take (`--config=configs/rsclip_b16.py:epochs=6,examples=1000000,eval_root=DIR`): epochs,
@@ -162,7 +169,7 @@ PAPER_ARGUMENTS = {"epochs": 6, "examples": 1_000_000, "eval_root": ""}
 
 
 def paper_b16_config(epochs: int, examples: int, eval_root: str) -> ml_collections.ConfigDict:
-    """METHOD.md section 4, shared by the paper recipes (their PAPER_ARGUMENTS): OpenAI ViT-B/16 fine-tuned
+    """docs/method.md section 4, shared by the paper recipes (their PAPER_ARGUMENTS): OpenAI ViT-B/16 fine-tuned
     with 248 text positions; AdamW (0.9, 0.999, eps 1e-8), lr 1e-6, weight decay 1e-2, 200 warmup steps then
     cosine, weight decay on every parameter, global batch 2048, CLIP preprocessing without augmentation, bf16 on
     accelerators; the logit scale
@@ -200,7 +207,9 @@ def recipe_arguments(arg: str | None, defaults: dict, recipe: str) -> dict:
         try:
             values[key] = kind(text)
         except ValueError:
-            raise ValueError(f"{recipe}: argument {item!r}: {text!r} is not of type {kind.__name__}; it {takes}") from None
+            raise ValueError(
+                f"{recipe}: argument {item!r}: {text!r} is not of type {kind.__name__}; it {takes}"
+            ) from None
     return values
 
 

@@ -14,9 +14,9 @@ checkpoint of a workdir as an open_clip folder (`open_clip.create_model("local-d
 from absl import app, flags
 from ml_collections import config_flags
 
-from rsclip_jax.checkpoint import load_trained_model
 from rsclip_jax.config import parse_flags
-from rsclip_jax.weights.convert import export_hf, export_open_clip, import_weights
+from rsclip_jax.training.checkpoints import load_trained_model
+from rsclip_jax.weights.import_export import export_hf, export_open_clip, import_weights
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The recipe the workdir trains with.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/ folder).")
@@ -42,8 +42,10 @@ def main(argv):
             model_config, model = load_trained_model(_CONFIG.value, _WORKDIR.value)
             (export_open_clip if _TO.value == "open_clip" else export_hf)(model_config, model, _OUT.value)
             if model_config.generator:
-                print(f"note: {_OUT.value} holds the CLIP towers only; the caption generator is not exported, as "
-                      f"open_clip's and HF's CLIP have no place for it (it stays in {_WORKDIR.value}/checkpoints)")
+                print(
+                    f"note: {_OUT.value} holds the CLIP towers only; the caption generator is not exported, as "
+                    f"open_clip's and HF's CLIP have no place for it (it stays in {_WORKDIR.value}/checkpoints)"
+                )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 

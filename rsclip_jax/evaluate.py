@@ -17,14 +17,16 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from rsclip_jax.checkpoint import restore_params
+from rsclip_jax.accelerators.distributed import initialize_distributed
+from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.config import parse_flags
-from rsclip_jax.distributed import initialize_distributed
 from rsclip_jax.evals.evaluators import build_evaluators, run_evaluators
-from rsclip_jax.sharding import mesh_from_config
-from rsclip_jax.train_state import TrainSetup
+from rsclip_jax.training.checkpoints import restore_params
+from rsclip_jax.training.train_setup import TrainSetup
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe; default: the workdir's config.json.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe; default: the workdir's config.json.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A step folder DIR/checkpoints/STEP; default: the latest.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the results; default DIR/eval/step_STEP.json.")
@@ -57,7 +59,9 @@ def main(argv):
     initialize_distributed()
     config = _config(workdir)
     if not config.get("evals"):
-        raise app.UsageError("the config has no evals: add entries to config.evals (see rsclip_jax/evals/evaluators.py)")
+        raise app.UsageError(
+            "the config has no evals: add entries to config.evals (see rsclip_jax/evals/evaluators.py)"
+        )
     folder, step = _checkpoint(workdir)
     try:
         setup = TrainSetup.build(config, mesh_from_config(config.mesh))

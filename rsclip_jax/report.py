@@ -17,24 +17,33 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from etils import epath  # noqa: E402
 
-TRAINING_CURVES = (("loss", "loss"), ("learning_rate", "learning rate"), ("logit_scale", "logit scale"),
-                   ("examples_per_sec", "examples/s"))
+TRAINING_CURVES = (
+    ("loss", "loss"),
+    ("learning_rate", "learning rate"),
+    ("logit_scale", "logit scale"),
+    ("examples_per_sec", "examples/s"),
+)
 # Plotted too where the run logged them: the parts of a CLIPS run's loss.
 LOSS_PARTS = (("contrastive_loss", "contrastive loss"), ("generator_loss", "caption generator loss"))
 SCORES = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "top1", "top5")  # plotted; counts are not
 # The Role-SynthCLIP README's two tables side by side: (header, the (eval as `rsclip_jax.config.paper_evals` names
-# it, metric) pairs whose mean the column shows). Its retrieval Avg is METHOD.md's "6-number avg": R@1 both ways on
+# it, metric) pairs whose mean the column shows). Its retrieval Avg is docs/method.md's "6-number avg": R@1 both ways on
 # COCO, Flickr30k and Urban-1k. Its zero-shot Avg also covers sets its table does not name (OpenAI CLIP's 70.30
 # is above the mean of its three, 58.47); here it is the mean of the three.
 _RETRIEVAL_SIX = tuple((name, metric) for name in ("coco", "flickr30k", "urban1k") for metric in ("i2t_r1", "t2i_r1"))
 _ZEROSHOT_THREE = (("imagenet", "top1"), ("imagenet_o", "top1"), ("cifar100", "top1"))
-PAPER_COLUMNS = (("COCO I->T", (("coco", "i2t_r1"),)), ("COCO T->I", (("coco", "t2i_r1"),)),
-                 ("Retrieval Avg", _RETRIEVAL_SIX), *((header, (source,)) for header, source in
-                                                     zip(("ImageNet-1k", "ImageNet-O", "CIFAR-100"), _ZEROSHOT_THREE)),
-                 ("Zero-shot Avg", _ZEROSHOT_THREE))
-# Its two published rows (ViT-B/16, METHOD.md section 5), their Avg columns as published.
-PAPER_ROWS = (("OpenAI CLIP B/16 (paper)", (53.1, 32.7, 58.87, 68.3, 40.4, 66.7, 70.30)),
-              ("Role-SynthCLIP B/16 (paper)", (64.1, 43.2, 77.01, 64.8, 44.5, 68.2, 69.62)))
+PAPER_COLUMNS = (
+    ("COCO I->T", (("coco", "i2t_r1"),)),
+    ("COCO T->I", (("coco", "t2i_r1"),)),
+    ("Retrieval Avg", _RETRIEVAL_SIX),
+    *((header, (source,)) for header, source in zip(("ImageNet-1k", "ImageNet-O", "CIFAR-100"), _ZEROSHOT_THREE)),
+    ("Zero-shot Avg", _ZEROSHOT_THREE),
+)
+# Its two published rows (ViT-B/16, docs/method.md section 5), their Avg columns as published.
+PAPER_ROWS = (
+    ("OpenAI CLIP B/16 (paper)", (53.1, 32.7, 58.87, 68.3, 40.4, 66.7, 70.30)),
+    ("Role-SynthCLIP B/16 (paper)", (64.1, 43.2, 77.01, 64.8, 44.5, 68.2, 69.62)),
+)
 
 
 def read_metrics(workdir: str) -> tuple[dict, dict]:
@@ -61,7 +70,9 @@ def read_metrics(workdir: str) -> tuple[dict, dict]:
         result = json.loads(result_path.read_text())
         for name, metrics in result["evals"].items():
             add_eval(result["step"], name, metrics)
-    evals = {name: {metric: sorted(points.items()) for metric, points in metrics.items()} for name, metrics in evals.items()}
+    evals = {
+        name: {metric: sorted(points.items()) for metric, points in metrics.items()} for name, metrics in evals.items()
+    }
     return training, evals
 
 
@@ -112,10 +123,16 @@ def paper_table(evals: dict) -> list[str]:
         return f"| {label} | " + " | ".join("-" if x is None else f"{x:.2f}" for x in cells) + " |"
 
     headers = [header for header, _ in PAPER_COLUMNS]
-    measured = [row(f"step {step}", [cell(at_step, sources) for _, sources in PAPER_COLUMNS])
-                for step, at_step in sorted(values.items())]
-    return [f"| model | {' | '.join(headers)} |", "|---" * (len(headers) + 1) + "|", *measured,
-            *(row(label, numbers) for label, numbers in PAPER_ROWS)]
+    measured = [
+        row(f"step {step}", [cell(at_step, sources) for _, sources in PAPER_COLUMNS])
+        for step, at_step in sorted(values.items())
+    ]
+    return [
+        f"| model | {' | '.join(headers)} |",
+        "|---" * (len(headers) + 1) + "|",
+        *measured,
+        *(row(label, numbers) for label, numbers in PAPER_ROWS),
+    ]
 
 
 def summary_markdown(workdir: str, training: dict, evals: dict) -> str:
@@ -127,11 +144,19 @@ def summary_markdown(workdir: str, training: dict, evals: dict) -> str:
         throughput = [value for _, value in training.get("examples_per_sec", [])]
         lines += [f"- steps logged: up to {last_step}; last loss {last_loss:.4f}"]
         if throughput:
-            lines += [f"- examples/s: median {sorted(throughput)[len(throughput) // 2]:.1f} over {len(throughput)} log lines"]
+            lines += [
+                f"- examples/s: median {sorted(throughput)[len(throughput) // 2]:.1f} over {len(throughput)} log lines"
+            ]
         lines.append("")
     if evals:
-        lines += ["## Evaluations", "", "![eval metrics](eval.png)", "", "| eval | step | metric | value | best (step) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Evaluations",
+            "",
+            "![eval metrics](eval.png)",
+            "",
+            "| eval | step | metric | value | best (step) |",
+            "|---|---|---|---|---|",
+        ]
         for name, metrics in sorted(evals.items()):
             for metric in (m for m in SCORES if m in metrics):
                 step, value = metrics[metric][-1]
@@ -140,9 +165,15 @@ def summary_markdown(workdir: str, training: dict, evals: dict) -> str:
         lines.append("")
     table = paper_table(evals)
     if table:
-        lines += ["## The paper's table", "", "Recall@1 and zero-shot top-1 (%); Retrieval Avg: R@1 both ways on COCO, "
-                  "Flickr30k and Urban-1k; Zero-shot Avg: the three zero-shot sets (the paper's covers more).",
-                  "", *table, ""]
+        lines += [
+            "## The paper's table",
+            "",
+            "Recall@1 and zero-shot top-1 (%); Retrieval Avg: R@1 both ways on COCO, "
+            "Flickr30k and Urban-1k; Zero-shot Avg: the three zero-shot sets (the paper's covers more).",
+            "",
+            *table,
+            "",
+        ]
     return "\n".join(lines)
 
 

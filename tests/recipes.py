@@ -19,6 +19,12 @@ def get_config(arg=None):
 
 
 def write_recipe(path, *, train_shards: list[str], evals: dict, **top_level) -> str:
-    path.write_text(TEMPLATE.format(demo=os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py"), top_level=top_level,
-                                    shards=",".join(train_shards), evals=evals))
+    path.write_text(
+        TEMPLATE.format(
+            demo=os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py"),
+            top_level=top_level,
+            shards=",".join(train_shards),
+            evals=evals,
+        )
+    )
     return str(path)

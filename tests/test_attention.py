@@ -11,7 +11,7 @@ from flax import nnx
 from jax.experimental.pallas import tpu as pltpu
 
 from rsclip_jax import CLIP, model_config, tokenize
-from rsclip_jax.attention import CUDNN_MULTIPLE, attend, padded_attention
+from rsclip_jax.model.attention import CUDNN_MULTIPLE, attend, padded_attention
 
 
 @pytest.mark.parametrize("causal,tokens", [(False, 17), (True, 20)])  # neither a multiple of the 128-token block
@@ -38,8 +38,11 @@ def test_flash_attention_equals_xla_attention_with_gradients(causal, tokens):
 def test_padding_for_cudnn_masks_the_padding(causal):
     rng = np.random.default_rng(1)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 197, 2, 8)), jnp.float32) for _ in range(3))
-    np.testing.assert_allclose(padded_attention(q, k, v, causal, CUDNN_MULTIPLE, "xla"),
-                               attend(q, k, v, causal=causal, implementation="xla"), atol=1e-5)
+    np.testing.assert_allclose(
+        padded_attention(q, k, v, causal, CUDNN_MULTIPLE, "xla"),
+        attend(q, k, v, causal=causal, implementation="xla"),
+        atol=1e-5,
+    )
 
 
 @pytest.mark.slow
@@ -48,7 +51,9 @@ def test_the_model_with_flash_attention_gives_the_same_embeddings():
     tokens = jnp.asarray(tokenize(["a red cube", "two blue rings on a table"], 8))
     outputs = []
     for attention in ("xla", "flash"):
-        graphdef, params = nnx.split(CLIP(model_config("tiny", context_length=8, attention=attention), rngs=nnx.Rngs(0)))
+        graphdef, params = nnx.split(
+            CLIP(model_config("tiny", context_length=8, attention=attention), rngs=nnx.Rngs(0))
+        )
         with pltpu.force_tpu_interpret_mode():
             outputs.append(jax.jit(lambda params: nnx.merge(graphdef, params)(images, tokens))(params))
     for a, b in zip(*outputs):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rsclip_jax import tokenize
-from rsclip_jax.data import resolve_shards, train_dataset
-from rsclip_jax.example_spec import ExampleSpec
+from rsclip_jax.data.example_spec import ExampleSpec
+from rsclip_jax.data.pipeline import resolve_shards, train_dataset
 
 CAPTIONING_PYTHON = os.environ.get("CAPTIONING_PYTHON")
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -26,9 +26,18 @@ def test_trainer_reads_what_captioning_writes(tmp_path):
         " '--max-tokens', '8', '--images-per-shard', '4'])"
     )
     subprocess.run(
-        [CAPTIONING_PYTHON, "-c", script, os.path.join(TESTS, "captioning"), str(tmp_path / "model"),
-         str(tmp_path / "images"), str(tmp_path / "shards")],
-        check=True, capture_output=True, timeout=600,
+        [
+            CAPTIONING_PYTHON,
+            "-c",
+            script,
+            os.path.join(TESTS, "captioning"),
+            str(tmp_path / "model"),
+            str(tmp_path / "images"),
+            str(tmp_path / "shards"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     paths, _ = resolve_shards(str(tmp_path / "shards" / "*.array_record"), "config.data.train_shards")
     spec = ExampleSpec(image_size=32, context_length=16, slot_kinds=("long", "short"))

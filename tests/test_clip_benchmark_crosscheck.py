@@ -9,9 +9,9 @@ import sys
 
 import pytest
 from PIL import Image
-
-from rsclip_jax.records import read_shard
 from recipes import REPO, write_recipe
+
+from rsclip_jax.data.records import read_shard
 
 open_clip = pytest.importorskip("open_clip")  # the torch extra
 torch = pytest.importorskip("torch")
@@ -34,8 +34,14 @@ def write_set(records, root):
 
 
 def run(*args):
-    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -45,12 +51,24 @@ def test_recalls_equal_clip_benchmark_on_the_exported_model(tmp_path, demo_shard
     root = str(tmp_path / "heldout")
     entries = write_set(records, root)
     recipe = write_recipe(
-        tmp_path / "recipe.py", train_shards=demo_shards["train"], total_steps=30, batch_size=16, log_every_steps=10,
-        checkpoint_every_steps=30, evals={"heldout": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8)},
+        tmp_path / "recipe.py",
+        train_shards=demo_shards["train"],
+        total_steps=30,
+        batch_size=16,
+        log_every_steps=10,
+        checkpoint_every_steps=30,
+        evals={"heldout": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8)},
     )
     workdir, exported = str(tmp_path / "run"), str(tmp_path / "open_clip")
     run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
-    run("rsclip_jax.convert", "export", f"--config={recipe}", f"--workdir={workdir}", "--to=open_clip", f"--out={exported}")
+    run(
+        "rsclip_jax.convert",
+        "export",
+        f"--config={recipe}",
+        f"--workdir={workdir}",
+        "--to=open_clip",
+        f"--out={exported}",
+    )
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         ours = {k.split("/")[-1]: v for line in f for k, v in json.loads(line).items() if k.startswith("eval/heldout/")}
 

@@ -7,12 +7,12 @@ import sys
 import jax
 import pytest
 
+from rsclip_jax.accelerators.sharding import make_mesh
 from rsclip_jax.config import base_config, load_recipe
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.train_step import check_batch_settings, check_loss_settings
-from rsclip_jax.variants import ModelConfig
-from rsclip_jax.example_spec import ExampleSpec
+from rsclip_jax.data.example_spec import ExampleSpec
+from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.training.step import check_batch_settings, check_loss_settings
+from rsclip_jax.training.train_setup import TrainSetup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,12 +34,21 @@ def test_recipe_sets_up(name):
 
 def test_paper_numbers():
     rsclip = load("rsclip_b16")
-    assert (rsclip.optim.lr, rsclip.optim.weight_decay, rsclip.optim.warmup_steps, rsclip.batch_size) == (1e-6, 1e-2, 200, 2048)
+    assert (rsclip.optim.lr, rsclip.optim.weight_decay, rsclip.optim.warmup_steps, rsclip.batch_size) == (
+        1e-6,
+        1e-2,
+        200,
+        2048,
+    )
     assert (rsclip.model.variant, rsclip.model.context_length, rsclip.model.frozen_text_positions) == ("B/16", 248, 0)
     assert rsclip.total_steps == 6 * 1_000_000 // 2048  # 1M image-text pairs
     assert load("rsclip_b16", "epochs=2,examples=2048000").total_steps == 2000
     longclip = load("longclip_b16")
-    assert (longclip.model.frozen_text_positions, longclip.loss.label_smoothing, longclip.loss.short_caption_components) == (20, 0.1, 32)
+    assert (
+        longclip.model.frozen_text_positions,
+        longclip.loss.label_smoothing,
+        longclip.loss.short_caption_components,
+    ) == (20, 0.1, 32)
     assert longclip.loss.short_caption_pca == "local"  # each device's rows, as Long-CLIP's code
     # Both codes decay every parameter and do not clamp the logit scale; training from scratch clamps it.
     assert rsclip.optim.decay_vectors and longclip.optim.decay_vectors and not base_config().optim.decay_vectors
@@ -52,8 +61,11 @@ def test_paper_recipes_take_epochs_examples_and_eval_root(name):
     config = load(name, "epochs=3,examples=4096,eval_root=/data/eval")
     assert config.total_steps == 6 and "coco" in config.evals
     takes = "it takes epochs= (int, default 6), examples= (int, default 1000000), eval_root= (str, default '')"
-    for arg, problem in [("epoch=3", "'epoch=3' is not one it takes"), ("epochs", "'epochs' is not key=value"),
-                         ("examples=1e6", "'examples=1e6': '1e6' is not of type int")]:
+    for arg, problem in [
+        ("epoch=3", "'epoch=3' is not one it takes"),
+        ("epochs", "'epochs' is not key=value"),
+        ("examples=1e6", "'examples=1e6': '1e6' is not of type int"),
+    ]:
         with pytest.raises(ValueError) as error:
             load(name, arg)
         assert str(error.value) == f"configs/{name}.py: argument {problem}; {takes}"
@@ -62,14 +74,24 @@ def test_paper_recipes_take_epochs_examples_and_eval_root(name):
 def test_demo_takes_no_arguments():
     with pytest.raises(ValueError) as error:
         load("demo", "steps=5")
-    assert str(error.value) == "rsclip_jax/demo/configs/demo.py: argument 'steps=5' is not one it takes; it takes no arguments"
+    assert (
+        str(error.value)
+        == "rsclip_jax/demo/configs/demo.py: argument 'steps=5' is not one it takes; it takes no arguments"
+    )
 
 
 def test_a_wrong_recipe_argument_is_one_line_on_the_command_line():
-    code = ("import sys; from ml_collections import config_flags; from rsclip_jax.config import parse_flags; "
-            "config_flags.DEFINE_config_file('config'); parse_flags(sys.argv)")
-    result = subprocess.run([sys.executable, "-c", code, "--config=configs/longclip_b16.py:eval_rot=/data"],
-                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    code = (
+        "import sys; from ml_collections import config_flags; from rsclip_jax.config import parse_flags; "
+        "config_flags.DEFINE_config_file('config'); parse_flags(sys.argv)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--config=configs/longclip_b16.py:eval_rot=/data"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "error in --config: configs/longclip_b16.py: argument 'eval_rot=/data' is not one it takes; it takes "
@@ -94,7 +116,10 @@ def test_paper_evals_follow_eval_root():
     assert not load("rsclip_b16").evals
     evals = load("rsclip_b16", "epochs=1,eval_root=/data/eval").evals
     assert sorted(evals) == ["cifar100", "coco", "flickr30k", "imagenet", "imagenet_o", "urban1k"]
-    assert (evals.coco.dataset, evals.coco.root) == ("coco", "/data/eval/coco") and "prefix" not in evals.coco  # verbatim
+    assert (evals.coco.dataset, evals.coco.root) == (
+        "coco",
+        "/data/eval/coco",
+    ) and "prefix" not in evals.coco  # verbatim
     assert (evals.imagenet.source, evals.imagenet.data_dir) == ("tfds:imagenet2012", "/data/eval/tfds")
     assert (evals.imagenet_o.source, evals.cifar100.source) == ("folder:/data/eval/imagenet-o", "tfds:cifar100")
 
@@ -111,9 +136,9 @@ def test_local_principal_components_need_more_rows_a_device_than_components():
 
 
 def test_loading_a_recipe_imports_nothing_heavy():
-    recipes = [os.path.join(REPO, "configs", f) for f in sorted(os.listdir(os.path.join(REPO, "configs")))
-               if f.endswith(".py")] + [os.path.join(REPO, "rsclip_jax", "demo", "configs", f)
-                                        for f in ("demo.py", "demo_clips.py")]
+    recipes = [
+        os.path.join(REPO, "configs", f) for f in sorted(os.listdir(os.path.join(REPO, "configs"))) if f.endswith(".py")
+    ] + [os.path.join(REPO, "rsclip_jax", "demo", "configs", f) for f in ("demo.py", "demo_clips.py")]
     code = (
         "import sys\nfrom rsclip_jax.config import load_recipe\n"
         f"for path in {recipes!r}:\n    load_recipe(path)\n"

@@ -12,13 +12,13 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from rsclip_jax import tokenize
-from rsclip_jax.captions import sentences
 from rsclip_jax.config import base_config
-from rsclip_jax.data import check_alt_text, resolve_shards, train_dataset
-from rsclip_jax.example_spec import DataError, ExampleSpec
-from rsclip_jax.records import encode_record, read_shard, write_shard
-from rsclip_jax.tokenizer import EOT_ID
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.data.caption_sampling import sentences
+from rsclip_jax.data.example_spec import DataError, ExampleSpec
+from rsclip_jax.data.pipeline import check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.data.records import encode_record, read_shard, write_shard
+from rsclip_jax.data.tokenizer import EOT_ID
+from rsclip_jax.model.config import ModelConfig
 
 SPEC = ExampleSpec(image_size=32, context_length=32, slot_kinds=("long", "short"))
 
@@ -69,7 +69,9 @@ def test_resume_from_iterator_state_mid_epoch(demo_shards, num_workers):
     _, iterator = batches(dataset, 4)  # 24 of 40 records: mid-epoch
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(5)]  # crosses into the second epoch
-    resumed, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=6, seed=0, num_workers=num_workers)[0], 5, state)
+    resumed, _ = batches(
+        train_dataset(demo_shards["train"], spec, batch_size=6, seed=0, num_workers=num_workers)[0], 5, state
+    )
     assert_same_batches(resumed, expected)
 
 
@@ -77,9 +79,7 @@ def test_rows_mode_yields_every_caption_once_per_epoch(demo_shards):
     spec = ExampleSpec(image_size=32, context_length=32, sampling="rows", rows_per_image=10)
     dataset, _ = train_dataset(demo_shards["train"], spec, batch_size=20, seed=0)
     epoch, _ = batches(dataset, 20)  # 40 images x 10 captions
-    seen = collections.Counter(
-        (int(i), tuple(t[0])) for b in epoch for i, t in zip(b["image_id"], b["tokens"])
-    )
+    seen = collections.Counter((int(i), tuple(t[0])) for b in epoch for i, t in zip(b["image_id"], b["tokens"]))
     records = [r for path in demo_shards["train"] for r in read_shard(path)]
     expected = collections.Counter(
         (i, tuple(row)) for i, r in enumerate(records) for row in tokenize([c.text for c in r.captions], 32)
@@ -90,8 +90,10 @@ def test_rows_mode_yields_every_caption_once_per_epoch(demo_shards):
 def test_process_slices_make_up_the_global_batch(demo_shards):
     paths = demo_shards["train"]
     (whole,), _ = batches(train_dataset(paths, SPEC, batch_size=8, seed=0)[0], 1)
-    halves = [batches(train_dataset(paths, SPEC, batch_size=4, seed=0, process_index=p, process_count=2)[0], 1)[0][0]
-              for p in range(2)]
+    halves = [
+        batches(train_dataset(paths, SPEC, batch_size=4, seed=0, process_index=p, process_count=2)[0], 1)[0][0]
+        for p in range(2)
+    ]
     merged = np.concatenate([h["image_id"] for h in halves])
     assert sorted(merged.tolist()) == sorted(whole["image_id"].tolist())
     for half in halves:  # the same image gets the same captions whichever process reads it
@@ -161,14 +163,16 @@ def shared_memory_blocks() -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [1, 2])
-def test_batches_from_workers_in_shared_memory_hold_the_training_processes_examples_and_none_is_left(demo_shards,
-                                                                                                   num_workers):
+def test_batches_from_workers_in_shared_memory_hold_the_training_processes_examples_and_none_is_left(
+    demo_shards, num_workers
+):
     spec = dataclasses.replace(SPEC, image_size=96)  # 8 x 96 x 96 x 3 bytes: in a shared-memory block
     before = shared_memory_blocks()
     epoch = sum(1 for path in demo_shards["train"] for _ in read_shard(path)) // 8
     expected, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], epoch)
-    received, iterator = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0,
-                                               num_workers=num_workers)[0], 4)
+    received, iterator = batches(
+        train_dataset(demo_shards["train"], spec, batch_size=8, seed=0, num_workers=num_workers)[0], 4
+    )
     iterator.close()
     assert isinstance(received[0]["image"], grain.multiprocessing.SharedMemoryArray)
     if num_workers == 1:  # one worker makes the whole slice: the very same batches
@@ -237,8 +241,9 @@ def test_alt_slots_take_the_alt_text_whole_and_images_without_are_skipped(demo_s
     records = train_records(demo_shards)
     with_alt = [i for i, r in enumerate(records) if r.alt_text]
     assert 0 < len(with_alt) < len(records)  # the demo corpus leaves a few images without alt text
-    spec = ExampleSpec(image_size=32, context_length=32, slot_kinds=("any", "alt"), sub_caption=mode,
-                       sub_caption_tokens=3)
+    spec = ExampleSpec(
+        image_size=32, context_length=32, slot_kinds=("any", "alt"), sub_caption=mode, sub_caption_tokens=3
+    )
     dataset, skips = train_dataset(demo_shards["train"], spec, batch_size=len(with_alt), seed=0)
     (batch,), _ = batches(dataset, 1)  # the first epoch's images with alt text
     assert batch["tokens"].shape == (len(with_alt), 2, 5) and "caption_tokens" not in batch
@@ -251,8 +256,14 @@ def test_alt_slots_take_the_alt_text_whole_and_images_without_are_skipped(demo_s
 
 def test_the_generator_target_is_the_whole_caption_of_the_first_synthetic_slot(demo_shards):
     records = train_records(demo_shards)
-    spec = ExampleSpec(image_size=32, context_length=32, slot_kinds=("alt", "long", "short"), sub_caption="token_block",
-                       sub_caption_tokens=4, generator_caption_tokens=24)
+    spec = ExampleSpec(
+        image_size=32,
+        context_length=32,
+        slot_kinds=("alt", "long", "short"),
+        sub_caption="token_block",
+        sub_caption_tokens=4,
+        generator_caption_tokens=24,
+    )
     (batch,), _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], 1)
     assert batch["tokens"].shape == (8, 3, 6)
     assert batch["caption_tokens"].shape == (8, 24) and batch["caption_tokens"].dtype == np.int32
@@ -264,10 +275,13 @@ def test_the_generator_target_is_the_whole_caption_of_the_first_synthetic_slot(d
         assert any(whole[i : i + 4] == block for i in range(len(whole)))  # the slot's block is cut from that caption
 
 
-@pytest.mark.parametrize("settings,message", [
-    (dict(sampling="rows"), r"config.generator needs config.data.sampling='grouped'"),
-    (dict(slot_kinds=("alt",)), r"config.data.slot_kinds \('alt',\) has no slot other than 'alt'"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(sampling="rows"), r"config.generator needs config.data.sampling='grouped'"),
+        (dict(slot_kinds=("alt",)), r"config.data.slot_kinds \('alt',\) has no slot other than 'alt'"),
+    ],
+)
 def test_generator_settings_that_cannot_work(settings, message):
     with pytest.raises(DataError, match=message):
         ExampleSpec(image_size=32, context_length=32, **{"generator_caption_tokens": 129, **settings})
@@ -294,7 +308,7 @@ def test_example_spec_from_a_config_with_a_generator():
 def test_workers_start_from_a_program_absl_did_not_start(demo_shards):
     """A notebook or a plain script never runs absl's app.run, so Grain's flags are unparsed when workers start."""
     code = (
-        "from rsclip_jax.data import train_dataset\nfrom rsclip_jax.example_spec import ExampleSpec\n"
+        "from rsclip_jax.data.pipeline import train_dataset\nfrom rsclip_jax.data.example_spec import ExampleSpec\n"
         "if __name__ == '__main__':\n"
         f"    dataset, _ = train_dataset({demo_shards['train']!r}, ExampleSpec(image_size=32, context_length=16),"
         " batch_size=4, seed=0, num_workers=2)\n"

@@ -1,17 +1,25 @@
 import numpy as np
 
+from rsclip_jax.data.preprocess import decode_image
+from rsclip_jax.data.records import read_shard
 from rsclip_jax.demo.corpus import (
-    CAPTION_MODEL, COLOURS, ROLES, random_scene, role_captions, web_alt_text, write_demo_corpus,
+    CAPTION_MODEL,
+    COLOURS,
+    ROLES,
+    random_scene,
+    role_captions,
+    web_alt_text,
+    write_demo_corpus,
 )
-from rsclip_jax.records import read_shard
-from rsclip_jax.preprocess import decode_image
 
 
 def test_every_record_has_a_long_and_a_short_caption_per_role(demo_shards):
     records = [r for path in demo_shards["train"] + demo_shards["heldout"] for r in read_shard(path)]
     assert len(records) == 56 and len({r.image_id for r in records}) == 56
     for record in records:
-        assert sorted((c.role, c.kind) for c in record.captions) == sorted((r, k) for r in ROLES for k in ("long", "short"))
+        assert sorted((c.role, c.kind) for c in record.captions) == sorted(
+            (r, k) for r in ROLES for k in ("long", "short")
+        )
         assert all(c.model == CAPTION_MODEL for c in record.captions)  # labelled as procedural captions
         assert decode_image(record.image_jpeg).size == record.original_size
 
@@ -47,9 +55,12 @@ def test_web_alt_text_is_short_noisy_and_sometimes_missing(demo_shards):
 
 def test_a_corpus_of_another_image_side_holds_the_same_scenes_and_captions(demo_shards, tmp_path):
     smaller = write_demo_corpus(str(tmp_path), num_train=40, num_heldout=16, records_per_shard=25, image_size=36)
-    pairs = [(record, other) for split in ("train", "heldout")
-             for ours, theirs in zip(smaller[split], demo_shards[split])
-             for record, other in zip(read_shard(ours), read_shard(theirs))]
+    pairs = [
+        (record, other)
+        for split in ("train", "heldout")
+        for ours, theirs in zip(smaller[split], demo_shards[split])
+        for record, other in zip(read_shard(ours), read_shard(theirs))
+    ]
     assert len(pairs) == 56
     for record, other in pairs:
         assert decode_image(record.image_jpeg).size == record.original_size == (36, 36)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
+from rsclip_jax.data.preprocess import UnreadableImageError, decode_image, load_image
 from rsclip_jax.evals.classification_sets import load_classification_set
 from rsclip_jax.evals.retrieval_sets import load_retrieval_set
 from rsclip_jax.evals.zeroshot import class_prompts, imagenet_names, prompt_templates
-from rsclip_jax.preprocess import UnreadableImageError, decode_image, load_image
 
 
 def write_image(path, value=0, size=(40, 30)):
@@ -52,8 +52,12 @@ def write_unreadable_image(path, kind: str):
         data = jpeg.getvalue()[: len(jpeg.getvalue()) // 2]
     elif kind == "bomb":
         header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # 8-bit RGB
-        data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
-                + png_chunk(b"IEND", b""))
+        data = (
+            b"\x89PNG\r\n\x1a\n"
+            + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
+            + png_chunk(b"IEND", b"")
+        )
     else:
         data = b"alt text for an image, saved under the image's name\n"
     with open(path, "wb") as f:
@@ -74,8 +78,10 @@ def test_coco_val2017_takes_the_first_five_captions_in_image_id_order(tmp_path):
 
 def test_karpathy_flickr30k_keeps_the_test_split(tmp_path):
     root = str(tmp_path)
-    images = [{"filename": f"{i}.jpg", "split": split, "sentences": [{"raw": f"c{i}"}]}
-              for i, split in enumerate(["train", "test", "val", "test"])]
+    images = [
+        {"filename": f"{i}.jpg", "split": split, "sentences": [{"raw": f"c{i}"}]}
+        for i, split in enumerate(["train", "test", "val", "test"])
+    ]
     write_json(f"{root}/dataset_flickr30k.json", {"images": images})
     for i in range(4):
         write_image(f"{root}/flickr30k-images/{i}.jpg")
@@ -97,7 +103,9 @@ def test_urban1k_pairs_files_by_number(tmp_path):
 
 def test_sharegpt4v_and_dci_layouts(tmp_path):
     root = str(tmp_path)
-    entries = [{"image": f"coco/{i}.jpg", "conversations": [{"value": "q"}, {"value": f"answer {i}"}]} for i in range(3)]
+    entries = [
+        {"image": f"coco/{i}.jpg", "conversations": [{"value": "q"}, {"value": f"answer {i}"}]} for i in range(3)
+    ]
     write_json(f"{root}/share-captioner_coco_lcs_sam_1246k_1107.json", entries)
     for i in range(3):
         write_image(f"{root}/coco/{i}.jpg")
@@ -192,12 +200,19 @@ def test_imagenet_names_by_wordnet_id_match_tfds_and_clip_benchmark():
     # clip_benchmark's ImageNet-O: its 1000 names masked to the 200 ids, in ImageNet order
     benchmark = importlib.resources.files(pytest.importorskip("clip_benchmark.datasets"))
     builder = ast.parse(benchmark.joinpath("builder.py").read_text())  # importing it would import torch
-    lists = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.walk(builder) if isinstance(node, ast.Assign)
-             and getattr(node.targets[0], "id", "") in ("all_imagenet_wordnet_ids", "imagenet_o_wnids")}
+    lists = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.walk(builder)
+        if isinstance(node, ast.Assign)
+        and getattr(node.targets[0], "id", "") in ("all_imagenet_wordnet_ids", "imagenet_o_wnids")
+    }
     assert list(names) == lists["all_imagenet_wordnet_ids"]
     benchmark_names = json.loads(benchmark.joinpath("en_classnames.json").read_text())["imagenet1k"]
-    imagenet_o = [name for wordnet_id, name in zip(lists["all_imagenet_wordnet_ids"], benchmark_names)
-                  if wordnet_id in set(lists["imagenet_o_wnids"])]
+    imagenet_o = [
+        name
+        for wordnet_id, name in zip(lists["all_imagenet_wordnet_ids"], benchmark_names)
+        if wordnet_id in set(lists["imagenet_o_wnids"])
+    ]
     assert [names[wordnet_id] for wordnet_id in sorted(lists["imagenet_o_wnids"])] == imagenet_o
 
 

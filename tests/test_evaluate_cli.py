@@ -7,17 +7,19 @@ import sys
 
 import pytest
 from PIL import Image
-
-from rsclip_jax.records import read_shard
 from recipes import REPO, write_recipe
 from test_evaluators import write_retrieval_folder
 from test_train import free_port
+
+from rsclip_jax.data.records import read_shard
 
 ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
 def run(*args):
-    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=REPO, env=ONE_DEVICE)
+    result = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=REPO, env=ONE_DEVICE
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -30,9 +32,16 @@ def without_seconds(metrics: dict) -> dict:
 def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_tfds):
     root = write_retrieval_folder(list(read_shard(demo_shards["heldout"][0])), str(tmp_path / "heldout"))
     recipe = write_recipe(
-        tmp_path / "recipe.py", train_shards=demo_shards["train"], total_steps=4, batch_size=8, log_every_steps=2,
-        checkpoint_every_steps=2, evals={
-            "heldout": dict(kind="retrieval", dataset="jsonl", root=root, prefix="A photo of ", every_steps=2, batch_size=8),
+        tmp_path / "recipe.py",
+        train_shards=demo_shards["train"],
+        total_steps=4,
+        batch_size=8,
+        log_every_steps=2,
+        checkpoint_every_steps=2,
+        evals={
+            "heldout": dict(
+                kind="retrieval", dataset="jsonl", root=root, prefix="A photo of ", every_steps=2, batch_size=8
+            ),
             "shapes": dict(kind="zeroshot", source="tfds:tiny_shapes", data_dir=tiny_tfds, every_steps=0, batch_size=8),
         },
     )
@@ -66,8 +75,19 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
     assert without_seconds(earlier["evals"]["heldout"]) == pytest.approx(without_seconds(during[(2, "heldout")]))
 
     mismatch = subprocess.run(
-        [sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={workdir}", f"--config={recipe}",
-         "--config.model.context_length=16"], capture_output=True, text=True, timeout=600, cwd=REPO, env=ONE_DEVICE,
+        [
+            sys.executable,
+            "-m",
+            "rsclip_jax.evaluate",
+            f"--workdir={workdir}",
+            f"--config={recipe}",
+            "--config.model.context_length=16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=ONE_DEVICE,
     )
     assert mismatch.returncode != 0 and f"the checkpoint {workdir}/checkpoints/4 does not fit" in mismatch.stderr
 
@@ -80,16 +100,27 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
 
 
 def test_evaluate_names_what_is_missing(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={tmp_path}"],
-                            capture_output=True, text=True, timeout=300, cwd=REPO, env=ONE_DEVICE)
+    result = subprocess.run(
+        [sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=ONE_DEVICE,
+    )
     assert result.returncode != 0 and "config.json does not exist" in result.stderr and "give --config" in result.stderr
 
 
 def test_evaluate_on_two_processes_is_one_run(tmp_path, demo_shards):
     root = write_retrieval_folder(list(read_shard(demo_shards["heldout"][0])), str(tmp_path / "heldout"))
     heldout = dict(kind="retrieval", dataset="jsonl", root=root, every_steps=0, batch_size=8)  # at the last step
-    recipe = write_recipe(tmp_path / "recipe.py", train_shards=demo_shards["train"], total_steps=1, batch_size=8,
-                          evals={"heldout": heldout})
+    recipe = write_recipe(
+        tmp_path / "recipe.py",
+        train_shards=demo_shards["train"],
+        total_steps=1,
+        batch_size=8,
+        evals={"heldout": heldout},
+    )
     workdir = str(tmp_path / "run")
     run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -97,9 +128,22 @@ def test_evaluate_on_two_processes_is_one_run(tmp_path, demo_shards):
 
     port = free_port()
     processes = [
-        subprocess.Popen([sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={workdir}",
-                          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ONE_DEVICE)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rsclip_jax.evaluate",
+                f"--workdir={workdir}",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=ONE_DEVICE,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=600) for p in processes]

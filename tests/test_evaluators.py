@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
-
-from rsclip_jax.evals.classification_sets import load_classification_set
-from rsclip_jax.config import load_recipe
-from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
-from rsclip_jax.preprocess import normalize_images, resize_center_crop
-from rsclip_jax.records import read_shard
-from rsclip_jax.evals.retrieval import retrieval_recall
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.tokenizer import tokenize
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.evals.zeroshot import class_embeddings, prompt_templates, topk_accuracy
 from test_eval_sets import write_unreadable_image
+
+from rsclip_jax.accelerators.sharding import make_mesh
+from rsclip_jax.config import load_recipe
+from rsclip_jax.data.preprocess import normalize_images, resize_center_crop
+from rsclip_jax.data.records import read_shard
+from rsclip_jax.data.tokenizer import tokenize
+from rsclip_jax.evals.classification_sets import load_classification_set
+from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
+from rsclip_jax.evals.retrieval import retrieval_recall
+from rsclip_jax.evals.zeroshot import class_embeddings, prompt_templates, topk_accuracy
+from rsclip_jax.training.train_setup import TrainSetup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,15 +60,18 @@ def direct_embeddings(tiny_model, images, texts):
     _, model_config, _, setup, params = tiny_model
     model = nnx.merge(setup.graphdef, jax.device_get(params))
     crops = np.stack([resize_center_crop(image, model_config.image_size) for image in images])
-    return (np.asarray(model.encode_image(normalize_images(jnp.asarray(crops)))),
-            np.asarray(model.encode_text(jnp.asarray(tokenize(texts, model_config.context_length)))))
+    return (
+        np.asarray(model.encode_image(normalize_images(jnp.asarray(crops)))),
+        np.asarray(model.encode_text(jnp.asarray(tokenize(texts, model_config.context_length)))),
+    )
 
 
 def test_retrieval_with_padding_matches_the_direct_computation(tiny_model, demo_shards, tmp_path):
     records = list(read_shard(demo_shards["heldout"][0]))[:13]  # 13 images: the second batch of 8 is padded
     root = write_retrieval_folder(records, str(tmp_path / "set"))
-    results = evaluate(tiny_model, {"set": dict(kind="retrieval", dataset="jsonl", root=root, prefix="A photo of ",
-                                                batch_size=8)})["set"]
+    results = evaluate(
+        tiny_model, {"set": dict(kind="retrieval", dataset="jsonl", root=root, prefix="A photo of ", batch_size=8)}
+    )["set"]
 
     texts = ["A photo of " + c.text for r in records for c in r.captions]
     text_image = np.array([i for i, r in enumerate(records) for _ in r.captions])
@@ -97,16 +100,21 @@ def test_images_that_do_not_decode_are_left_out_of_both_metrics_and_counted(tiny
     write_class_folders(tmp_path / "odd", ["red_thing", "green_thing"])
     for name, kind in zip(["red_thing/truncated.jpg", "green_thing/bomb.png", "green_thing/notes.jpg"], bad.values()):
         write_unreadable_image(str(tmp_path / "odd" / name), kind)
-    results = evaluate(tiny_model, {
-        "set": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8),
-        "nothing": dict(kind="retrieval", dataset="jsonl", root=nothing, batch_size=8),
-        "classes": dict(kind="zeroshot", source=f"folder:{tmp_path / 'odd'}", batch_size=8),
-    })
+    results = evaluate(
+        tiny_model,
+        {
+            "set": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8),
+            "nothing": dict(kind="retrieval", dataset="jsonl", root=nothing, batch_size=8),
+            "classes": dict(kind="zeroshot", source=f"folder:{tmp_path / 'odd'}", batch_size=8),
+        },
+    )
 
     kept = [r for i, r in enumerate(records) if i not in bad]
     images = [Image.open(os.path.join(root, f"{i}.jpg")).convert("RGB") for i in range(len(records)) if i not in bad]
-    expected = retrieval_recall(*direct_embeddings(tiny_model, images, [c.text for r in kept for c in r.captions]),
-                                np.array([i for i, r in enumerate(kept) for _ in r.captions]))
+    expected = retrieval_recall(
+        *direct_embeddings(tiny_model, images, [c.text for r in kept for c in r.captions]),
+        np.array([i for i, r in enumerate(kept) for _ in r.captions]),
+    )
     assert {k: results["set"][k] for k in expected} == pytest.approx(expected)
     assert [results["set"][k] for k in ("images", "texts", "bad_images")] == [4, sum(len(r.captions) for r in kept), 3]
     assert without_seconds(results["nothing"]) == {"images": 0, "texts": 0, "bad_images": 2}
@@ -136,13 +144,17 @@ def direct_accuracy(tiny_model, source, names, templates, data_dir=""):
 @pytest.mark.parametrize("source", ["tfds", "folder"])
 def test_zeroshot_matches_the_direct_computation(tiny_model, tiny_tfds, tmp_path, source):
     if source == "tfds":
-        settings, names = dict(source="tfds:tiny_shapes", split="test", data_dir=tiny_tfds), ["red thing", "green thing"]
+        settings, names = (
+            dict(source="tfds:tiny_shapes", split="test", data_dir=tiny_tfds),
+            ["red thing", "green thing"],
+        )
     else:  # folders in sorted order
         settings = dict(source=write_class_folders(tmp_path, ["red_thing", "green_thing"]))
         names = ["green thing", "red thing"]
     results = evaluate(tiny_model, {"zs": dict(kind="zeroshot", batch_size=8, **settings)})["zs"]
-    expected, size = direct_accuracy(tiny_model, settings["source"], names, prompt_templates("openai"),
-                                     settings.get("data_dir", ""))
+    expected, size = direct_accuracy(
+        tiny_model, settings["source"], names, prompt_templates("openai"), settings.get("data_dir", "")
+    )
     assert (results["top1"], results["top5"]) == pytest.approx((expected["top1"], expected["top5"]))
     assert (results["images"], results["classes"]) == (size, 2)
 
@@ -153,11 +165,22 @@ def test_imagenet_o_and_clip_benchmark_prompts(tiny_model, tmp_path):
     benchmark = importlib.resources.files(pytest.importorskip("clip_benchmark.datasets"))
     shipped = benchmark.joinpath("en_zeroshot_classification_templates.json")
     cifar_templates = [t.replace("{c}", "{}") for t in json.loads(shipped.read_text())["cifar10"]]
-    sets = {"imagenet_o": (write_class_folders(tmp_path / "imagenet-o", ["n01443537", "n04597913"]), "openai",
-                           ["goldfish", "wooden spoon"], prompt_templates("openai")),
-            "cifar10": (write_class_folders(tmp_path / "cifar10", cifar10), "clip_benchmark", cifar10, cifar_templates)}
-    results = evaluate(tiny_model, {name: dict(kind="zeroshot", batch_size=8, source=source, prompts=prompts)
-                                    for name, (source, prompts, _, _) in sets.items()})
+    sets = {
+        "imagenet_o": (
+            write_class_folders(tmp_path / "imagenet-o", ["n01443537", "n04597913"]),
+            "openai",
+            ["goldfish", "wooden spoon"],
+            prompt_templates("openai"),
+        ),
+        "cifar10": (write_class_folders(tmp_path / "cifar10", cifar10), "clip_benchmark", cifar10, cifar_templates),
+    }
+    results = evaluate(
+        tiny_model,
+        {
+            name: dict(kind="zeroshot", batch_size=8, source=source, prompts=prompts)
+            for name, (source, prompts, _, _) in sets.items()
+        },
+    )
     for name, (source, _, names, templates) in sets.items():
         expected, size = direct_accuracy(tiny_model, source, names, templates)
         assert (results[name]["top1"], results[name]["top5"]) == pytest.approx((expected["top1"], expected["top5"]))
@@ -181,8 +204,9 @@ def test_progress_bars_end_their_line(tiny_model, capfd):
     from rsclip_jax.evals.embedding import Embedder
 
     _, model_config, mesh, setup, params = tiny_model
-    embedder = Embedder(setup.graphdef, setup.shardings["params"], mesh, batch_size=8,
-                        image_size=model_config.image_size)
+    embedder = Embedder(
+        setup.graphdef, setup.shardings["params"], mesh, batch_size=8, image_size=model_config.image_size
+    )
     embedder.images(params, 3, lambda i: (Image.new("RGB", (50, 40)), 0), "set")
     embedder.texts(params, tokenize(["a caption"], model_config.context_length), "set")
     err = capfd.readouterr().err
@@ -194,7 +218,9 @@ def test_each_encoder_compiles_once_for_a_padded_set(tiny_model):
     from rsclip_jax.evals.embedding import Embedder
 
     _, model_config, mesh, setup, params = tiny_model
-    embedder = Embedder(setup.graphdef, setup.shardings["params"], mesh, batch_size=8, image_size=model_config.image_size)
+    embedder = Embedder(
+        setup.graphdef, setup.shardings["params"], mesh, batch_size=8, image_size=model_config.image_size
+    )
     tokens = tokenize([f"caption {i}" for i in range(21)], model_config.context_length)
     assert embedder.texts(params, tokens, "set").shape == (21, model_config.embed_dim)
     image = Image.new("RGB", (50, 40))

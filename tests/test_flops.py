@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 
 from rsclip_jax import CLIP, model_config
-from rsclip_jax.flops import clip_training_flops_per_example, peak_tflops_per_device
-from rsclip_jax.metrics import console_line
+from rsclip_jax.accelerators.flops import clip_training_flops_per_example, peak_tflops_per_device
+from rsclip_jax.training.metrics import console_line
 
 
 @pytest.mark.parametrize("context_length,captions", [(77, 1), (248, 3)])
@@ -34,8 +34,17 @@ def test_peaks_by_device_kind():
 
 
 def test_console_line_shows_mfu_when_known():
-    metrics = dict(loss=1.0, learning_rate=1e-6, logit_scale=100.0, grad_norm=1.0, examples_per_sec=2000.0,
-                   tflops_per_device=400.0, data_wait_s=0.01, data_wait_fraction=0.05, skipped_records=0)
+    metrics = dict(
+        loss=1.0,
+        learning_rate=1e-6,
+        logit_scale=100.0,
+        grad_norm=1.0,
+        examples_per_sec=2000.0,
+        tflops_per_device=400.0,
+        data_wait_s=0.01,
+        data_wait_fraction=0.05,
+        skipped_records=0,
+    )
     assert "| 400.00 TFLOP/s/device | data 0.010s (5%)" in console_line(10, 100, metrics)
     assert "400.00 TFLOP/s/device (MFU 40.4%) |" in console_line(10, 100, {**metrics, "mfu": 400 / 989})
 

@@ -1,4 +1,5 @@
-"""The CPU heap policy (rsclip_jax/host_memory.py): a step's temporary buffer is faulted in once, not every step."""
+"""The CPU heap policy (rsclip_jax/accelerators/host_memory.py): a step's temporary buffer is faulted in once, not
+every step."""
 
 import os
 import subprocess
@@ -6,12 +7,12 @@ import sys
 
 import pytest
 
-from rsclip_jax.host_memory import computes_on_cpu
+from rsclip_jax.accelerators.host_memory import computes_on_cpu
 
 # A fresh process each: the policy must be set before JAX starts its threads. The temporary buffer is 64 x 1 MiB.
 _STEP_FAULTS = """
 import resource, sys
-from rsclip_jax.host_memory import keep_freed_memory_in_heap
+from rsclip_jax.accelerators.host_memory import keep_freed_memory_in_heap
 if sys.argv[1] == "kept":
     assert keep_freed_memory_in_heap()
 import jax, jax.numpy as jnp
@@ -32,8 +33,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _page_faults_of_three_steps(policy: str) -> int:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    run = subprocess.run([sys.executable, "-c", _STEP_FAULTS, policy], env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _STEP_FAULTS, policy], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return int(run.stdout.split()[-1])
 

@@ -1,4 +1,4 @@
-"""Every loss kind against a float64 reference written here, loop by loop, from METHOD.md section 3."""
+"""Every loss kind against a float64 reference written here, loop by loop, from docs/method.md section 3."""
 
 from functools import partial
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rsclip_jax import contrastive_loss
-from rsclip_jax.losses import primary_components
+from rsclip_jax.training.losses import primary_components
 
 
 def log_softmax(x):
@@ -73,11 +73,16 @@ def test_loss_matches_float64_reference(kind, with_duplicates, num_captions):
     txt = unit_rows(img[:, None, :] + 0.8 * rng.normal(size=(batch, num_captions, width)))
     ids = np.array([0, 1, 0, 2, 3, 1]) if with_duplicates else np.arange(batch)
     log_scale, bias = np.log(10.0), -2.0
-    for eps in ([0.0] if kind == "sigmoid" else [0.0, 0.1]):
+    for eps in [0.0] if kind == "sigmoid" else [0.0, 0.1]:
         expected = reference_loss(img, txt, log_scale, kind, ids, bias, eps)
         got = jax.jit(contrastive_loss, static_argnames=("kind", "label_smoothing"))(
-            img.astype(np.float32), txt.astype(np.float32), np.float32(log_scale), kind=kind,
-            image_ids=ids if with_duplicates else None, logit_bias=np.float32(bias), label_smoothing=eps,
+            img.astype(np.float32),
+            txt.astype(np.float32),
+            np.float32(log_scale),
+            kind=kind,
+            image_ids=ids if with_duplicates else None,
+            logit_bias=np.float32(bias),
+            label_smoothing=eps,
         )
         np.testing.assert_allclose(float(got), expected, rtol=2e-6, err_msg=f"{kind} eps={eps}")
 
@@ -110,8 +115,8 @@ def test_loss_rejects_bad_arguments():
 def test_sharded_loss_equals_the_plain_loss_with_gradients(kind, mesh_shape, row_chunk):
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from rsclip_jax.losses import sharded_contrastive_loss
-    from rsclip_jax.sharding import make_mesh
+    from rsclip_jax.accelerators.sharding import make_mesh
+    from rsclip_jax.training.losses import sharded_contrastive_loss
 
     mesh = make_mesh(mesh_shape)
     rng = np.random.default_rng(2)
@@ -124,14 +129,19 @@ def test_sharded_loss_equals_the_plain_loss_with_gradients(kind, mesh_shape, row
     img_sharded, txt_sharded, ids_sharded = (jax.device_put(x, rows) for x in (img, txt, ids))
 
     def value_and_grads(loss_fn, *arrays):
-        return jax.jit(jax.value_and_grad(
-            lambda i, t, scale, bias: loss_fn(i, t, scale, kind=kind, image_ids=arrays[2], logit_bias=bias,
-                                              label_smoothing=eps), argnums=(0, 1, 2, 3)
-        ))(arrays[0], arrays[1], np.float32(np.log(10.0)), np.float32(-2.0))
+        return jax.jit(
+            jax.value_and_grad(
+                lambda i, t, scale, bias: loss_fn(
+                    i, t, scale, kind=kind, image_ids=arrays[2], logit_bias=bias, label_smoothing=eps
+                ),
+                argnums=(0, 1, 2, 3),
+            )
+        )(arrays[0], arrays[1], np.float32(np.log(10.0)), np.float32(-2.0))
 
     plain = value_and_grads(contrastive_loss, img, txt, ids)
-    sharded = value_and_grads(partial(sharded_contrastive_loss, mesh=mesh, row_chunk=row_chunk), img_sharded, txt_sharded,
-                              ids_sharded)
+    sharded = value_and_grads(
+        partial(sharded_contrastive_loss, mesh=mesh, row_chunk=row_chunk), img_sharded, txt_sharded, ids_sharded
+    )
     np.testing.assert_allclose(sharded[0], plain[0], rtol=1e-6)
     for got, want in zip(sharded[1], plain[1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
@@ -150,7 +160,7 @@ def long_clip_pca(x, num_components):
 def test_local_primary_components_are_each_devices_own(width, num_components):
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from rsclip_jax.sharding import make_mesh
+    from rsclip_jax.accelerators.sharding import make_mesh
 
     mesh = make_mesh((4, 2, 1))
     x = unit_rows(np.random.default_rng(3).normal(size=(64, width)) * 0.7 ** np.arange(width))  # distinct components
@@ -168,7 +178,7 @@ def test_local_primary_components_are_each_devices_own(width, num_components):
 def test_local_primary_components_have_finite_gradients_with_one_row_a_device():
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from rsclip_jax.sharding import make_mesh
+    from rsclip_jax.accelerators.sharding import make_mesh
 
     mesh = make_mesh((8, 1, 1))
     x = unit_rows(np.random.default_rng(4).normal(size=(8, 16))).astype(np.float32)

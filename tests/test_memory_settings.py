@@ -7,11 +7,11 @@ import functools
 import jax
 import numpy as np
 import pytest
-
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.train_step import batch_sharding, make_train_step
 from test_train_step import random_batch, tiny_config
+
+from rsclip_jax.accelerators.sharding import make_mesh
+from rsclip_jax.training.step import batch_sharding, make_train_step
+from rsclip_jax.training.train_setup import TrainSetup
 
 
 @functools.cache
@@ -33,13 +33,16 @@ def losses(mesh_shape, steps=3, **settings):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [
-    dict(model__remat_policy="nothing", model__scan_layers=True),
-    dict(model__remat_policy="dots_no_batch", model__scan_layers=False),
-    dict(model__remat_policy="dots", model__scan_layers=True),
-    dict(optim__grad_cache_chunks=4, model__remat_policy="nothing", model__scan_layers=True),
-    dict(optim__grad_cache_chunks=2, loss__sharded="on", loss__label_smoothing=0.1),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(model__remat_policy="nothing", model__scan_layers=True),
+        dict(model__remat_policy="dots_no_batch", model__scan_layers=False),
+        dict(model__remat_policy="dots", model__scan_layers=True),
+        dict(optim__grad_cache_chunks=4, model__remat_policy="nothing", model__scan_layers=True),
+        dict(optim__grad_cache_chunks=2, loss__sharded="on", loss__label_smoothing=0.1),
+    ],
+)
 def test_remat_scan_and_gradient_caching_keep_the_losses_of_every_step(settings):
     reference = losses((1, 4, 2), **{key: value for key, value in settings.items() if key.startswith("loss__")})
     np.testing.assert_allclose(losses((1, 4, 2), **settings), reference, rtol=1e-5)

@@ -8,8 +8,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rsclip_jax import CLIP, LOSS_KINDS, contrastive_loss, model_config, tokenize
+from rsclip_jax.accelerators.sharding import make_mesh, param_shardings
 from rsclip_jax.config import base_config
-from rsclip_jax.sharding import make_mesh, param_shardings
 
 
 def unit(x):

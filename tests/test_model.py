@@ -11,8 +11,13 @@ def shrunk(variant, **overrides):
     """The variant's patch size, head counts and activation at a width of 8 per head, 1 layer each."""
     base = VARIANTS[variant]
     fields = dict(
-        embed_dim=16, image_size=2 * base.patch_size, vision_width=8 * base.vision_heads, vision_layers=1,
-        text_width=8 * base.text_heads, text_layers=1, context_length=16,
+        embed_dim=16,
+        image_size=2 * base.patch_size,
+        vision_width=8 * base.vision_heads,
+        vision_layers=1,
+        text_width=8 * base.text_heads,
+        text_layers=1,
+        context_length=16,
     )
     return model_config(variant, **{**fields, **overrides})
 

@@ -21,17 +21,25 @@ CAPTIONS = [
 def open_clip_model(config):
     torch.manual_seed(0)
     vision = CLIPVisionCfg(
-        layers=config.vision_layers, width=config.vision_width, head_width=config.vision_width // config.vision_heads,
-        patch_size=config.patch_size, image_size=config.image_size,
+        layers=config.vision_layers,
+        width=config.vision_width,
+        head_width=config.vision_width // config.vision_heads,
+        patch_size=config.patch_size,
+        image_size=config.image_size,
     )
     text = CLIPTextCfg(
-        context_length=config.context_length, width=config.text_width, heads=config.text_heads, layers=config.text_layers
+        context_length=config.context_length,
+        width=config.text_width,
+        heads=config.text_heads,
+        layers=config.text_layers,
     )
     model = open_clip.CLIP(config.embed_dim, vision, text, quick_gelu=config.activation == "quick_gelu")
     # Random non-trivial LayerNorm and bias values, so a swapped or missing one cannot go unnoticed.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("bias", "ln_pre.weight", "ln_post.weight", "ln_1.weight", "ln_2.weight", "ln_final.weight")):
+            if name.endswith(
+                ("bias", "ln_pre.weight", "ln_post.weight", "ln_1.weight", "ln_2.weight", "ln_final.weight")
+            ):
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 

@@ -5,8 +5,8 @@ import optax
 import pytest
 
 from rsclip_jax.config import base_config
-from rsclip_jax.optim import learning_rate_schedule, make_optimizer
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.training.optimizer import learning_rate_schedule, make_optimizer
 
 
 def params():

@@ -6,7 +6,7 @@ from rsclip_jax import stretch_positions
 
 
 def reference_stretch(table):
-    """METHOD.md section 2, index by index: keep 20 rows, interpolate the rest 4x."""
+    """docs/method.md section 2, index by index: keep 20 rows, interpolate the rest 4x."""
     out = np.zeros((248, table.shape[1]))
     for i in range(20):
         out[i] = table[i]
@@ -37,7 +37,9 @@ def test_stretch_keeps_array_kind_and_dtype():
 def test_stretch_other_keep_and_length():
     table = np.arange(10.0)[:, None]
     stretched = stretch_positions(table, length=18, keep=2)
-    np.testing.assert_array_equal(stretched[:, 0], [0, 1, 2, 2.5, 3, 3.5, 4, 4.5, 5, 5.5, 6, 6.5, 7, 7.5, 8, 8.5, 9, 9.5])
+    np.testing.assert_array_equal(
+        stretched[:, 0], [0, 1, 2, 2.5, 3, 3.5, 4, 4.5, 5, 5.5, 6, 6.5, 7, 7.5, 8, 8.5, 9, 9.5]
+    )
 
 
 @pytest.mark.parametrize("length", [128, 100, 512])

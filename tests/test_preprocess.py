@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from rsclip_jax.demo.corpus import random_scene, render
-from rsclip_jax.preprocess import (
-    EncodedImage, UnreadableImageError, center_crop_box, decode_covering, decode_crop, random_crop_box,
+from rsclip_jax.data.preprocess import (
+    EncodedImage,
+    UnreadableImageError,
+    center_crop_box,
+    decode_covering,
+    decode_crop,
+    random_crop_box,
 )
+from rsclip_jax.demo.corpus import random_scene, render
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -50,16 +55,19 @@ def test_a_big_jpeg_decodes_at_a_smaller_dct_scale_and_crops_as_a_full_decode_wo
     assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0
 
 
-@pytest.mark.parametrize("width,height,format,mode,options,decoder", [
-    # the captioning pipeline's usual shard image: no smaller scale covers the crop
-    (256, 256, "JPEG", "RGB", {}, "libjpeg-turbo"),
-    (256, 256, "JPEG", "RGB", {"subsampling": 0}, "libjpeg-turbo"),  # chroma at full resolution (4:4:4)
-    (256, 256, "JPEG", "RGB", {"subsampling": 1}, "libjpeg-turbo"),  # 4:2:2
-    (300, 200, "PNG", "RGBA", {}, "pil"),  # not a JPEG: decoded whole; the alpha channel dropped
-    (320, 240, "JPEG", "L", {}, "libjpeg-turbo"),  # greyscale
-    (320, 240, "JPEG", "CMYK", {}, "pil"),  # libjpeg-turbo has no CMYK -> RGB of its own
-    (2000, 40, "JPEG", "RGB", {}, "libjpeg-turbo"),  # a banner: the centre square is 40 px, scaled up
-])
+@pytest.mark.parametrize(
+    "width,height,format,mode,options,decoder",
+    [
+        # the captioning pipeline's usual shard image: no smaller scale covers the crop
+        (256, 256, "JPEG", "RGB", {}, "libjpeg-turbo"),
+        (256, 256, "JPEG", "RGB", {"subsampling": 0}, "libjpeg-turbo"),  # chroma at full resolution (4:4:4)
+        (256, 256, "JPEG", "RGB", {"subsampling": 1}, "libjpeg-turbo"),  # 4:2:2
+        (300, 200, "PNG", "RGBA", {}, "pil"),  # not a JPEG: decoded whole; the alpha channel dropped
+        (320, 240, "JPEG", "L", {}, "libjpeg-turbo"),  # greyscale
+        (320, 240, "JPEG", "CMYK", {}, "pil"),  # libjpeg-turbo has no CMYK -> RGB of its own
+        (2000, 40, "JPEG", "RGB", {}, "libjpeg-turbo"),  # a banner: the centre square is 40 px, scaled up
+    ],
+)
 def test_crops_of_odd_files_match_open_clips(width, height, format, mode, options, decoder):
     image = photo(width, height).convert(mode)
     data = encoded(image, format, **({"quality": 92, **options} if format == "JPEG" else {}))
@@ -71,15 +79,18 @@ def test_crops_of_odd_files_match_open_clips(width, height, format, mode, option
         assert mean_difference(crop, pil_crop(data, box, 224)) < 2.0, (format, mode, box)
 
 
-@pytest.mark.parametrize("side,box,decoded", [
-    (256, None, 224),  # 7/8 decodes slower than the whole image, but gives the crop's size: no resize after
-    (358, None, 224),  # 5/8, likewise
-    (256, (10, 10, 250, 250), 256),  # a 240-px box: at 7/8 it spans 210, so the whole decode, then the resize
-    (300, None, 300),  # 7/8 would make 263, to be resized as the whole image is, and decode slower
-    (448, None, 224),  # 1/2
-    (1000, None, 250),  # 1/4; 3/8 would make 375 for the time 1/2 takes
-    (1800, None, 225),  # 1/8
-])
+@pytest.mark.parametrize(
+    "side,box,decoded",
+    [
+        (256, None, 224),  # 7/8 decodes slower than the whole image, but gives the crop's size: no resize after
+        (358, None, 224),  # 5/8, likewise
+        (256, (10, 10, 250, 250), 256),  # a 240-px box: at 7/8 it spans 210, so the whole decode, then the resize
+        (300, None, 300),  # 7/8 would make 263, to be resized as the whole image is, and decode slower
+        (448, None, 224),  # 1/2
+        (1000, None, 250),  # 1/4; 3/8 would make 375 for the time 1/2 takes
+        (1800, None, 225),  # 1/8
+    ],
+)
 def test_jpegs_decode_at_the_crops_size_or_the_smallest_simd_scale_that_covers_it(side, box, decoded):
     data = encoded(photo(side, side), quality=90)
     box = box or center_crop_box(side, side)

@@ -6,8 +6,16 @@ import msgpack
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from rsclip_jax import records
-from rsclip_jax.records import Caption, CaptionRecord, RecordError, decode_record, encode_record, read_shard, write_shard
+from rsclip_jax.data import records
+from rsclip_jax.data.records import (
+    Caption,
+    CaptionRecord,
+    RecordError,
+    decode_record,
+    encode_record,
+    read_shard,
+    write_shard,
+)
 
 
 def make_record(i=0):
@@ -18,8 +26,15 @@ def make_record(i=0):
         alt_text="a dog on a beach" if i % 2 else None,
         captions=(
             Caption("Observer of Details", "long", "A brown dog with a red collar ...", "Qwen2.5-VL-7B-Instruct", "v1"),
-            Caption("Emotional Responder", "short", "A joyful dog at play.", "Qwen2.5-VL-7B-Instruct", "v1",
-                    judge_score=87.5, judge_rationale="matches the mood"),
+            Caption(
+                "Emotional Responder",
+                "short",
+                "A joyful dog at play.",
+                "Qwen2.5-VL-7B-Instruct",
+                "v1",
+                judge_score=87.5,
+                judge_rationale="matches the mood",
+            ),
         ),
     )
 
@@ -47,7 +62,10 @@ def test_decode_rejects_each_kind_of_defect():
         (encoded(image_jpeg="not bytes"), "field 'image_jpeg' is str, expected bytes"),
         (encoded(original_size=[640]), "original_size must be"),
         (encoded(captions=[{**good["captions"][0], "kind": "medium"}]), "caption 0 has kind 'medium'"),
-        (encoded(captions=[{k: v for k, v in good["captions"][1].items() if k != "role"}]), "caption 0 is missing field 'role'"),
+        (
+            encoded(captions=[{k: v for k, v in good["captions"][1].items() if k != "role"}]),
+            "caption 0 is missing field 'role'",
+        ),
         (encoded(captions=[{**good["captions"][1], "judge_score": "high"}]), "field 'judge_score' is str"),
         (encoded(captions=[{**good["captions"][1], "judge_score": True}]), "field 'judge_score' is bool"),
         (encoded(captions=["a dog on a beach"]), "caption 0 is a str, expected a map"),
@@ -86,7 +104,7 @@ def test_encode_rejects_unknown_kind():
 
 def test_schema_imports_without_jax_or_vllm():
     code = (
-        "import sys, rsclip_jax.records, captioning;"
+        "import sys, rsclip_jax.data.records, captioning;"
         "heavy = [m for m in ('jax', 'flax', 'vllm', 'torch') if m in sys.modules];"
         "assert not heavy, heavy"
     )

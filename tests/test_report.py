@@ -13,22 +13,36 @@ from rsclip_jax import report
 
 
 def test_paper_table_from_metrics_and_eval_files(tmp_path, monkeypatch, capsys):
-    lines = [{"step": 10, "loss": 2.5, "learning_rate": 1e-6, "examples_per_sec": 90.0},
-             {"step": 1000, "eval/coco/i2t_r1": 60.0, "eval/coco/t2i_r1": 40.0, "eval/imagenet_o/top1": 45.0,
-              "eval/cifar100/top1": 65.0, "eval/urban1k/i2t_r1": 90.0}]
+    lines = [
+        {"step": 10, "loss": 2.5, "learning_rate": 1e-6, "examples_per_sec": 90.0},
+        {
+            "step": 1000,
+            "eval/coco/i2t_r1": 60.0,
+            "eval/coco/t2i_r1": 40.0,
+            "eval/imagenet_o/top1": 45.0,
+            "eval/cifar100/top1": 65.0,
+            "eval/urban1k/i2t_r1": 90.0,
+        },
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (tmp_path / "eval").mkdir()
-    evals = {"coco": {"i2t_r1": 62.0, "t2i_r1": 41.0}, "flickr30k": {"i2t_r1": 80.0, "t2i_r1": 61.0},
-             "urban1k": {"i2t_r1": 70.0, "t2i_r1": 55.0}, "imagenet": {"top1": 63.5, "top5": 88.0},
-             "imagenet_o": {"top1": 44.0}, "cifar100": {"top1": 66.5}}
+    evals = {
+        "coco": {"i2t_r1": 62.0, "t2i_r1": 41.0},
+        "flickr30k": {"i2t_r1": 80.0, "t2i_r1": 61.0},
+        "urban1k": {"i2t_r1": 70.0, "t2i_r1": 55.0},
+        "imagenet": {"top1": 63.5, "top5": 88.0},
+        "imagenet_o": {"top1": 44.0},
+        "cifar100": {"top1": 66.5},
+    }
     (tmp_path / "eval" / "step_2000.json").write_text(json.dumps({"step": 2000, "evals": evals}))
     monkeypatch.setattr(sys, "argv", ["report", str(tmp_path)])
     report.main()
 
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(tmp_path / "report")  # the folder stays last
-    assert printed[0] == ("| model | COCO I->T | COCO T->I | Retrieval Avg | ImageNet-1k | ImageNet-O | CIFAR-100 | "
-                          "Zero-shot Avg |")
+    assert printed[0] == (
+        "| model | COCO I->T | COCO T->I | Retrieval Avg | ImageNet-1k | ImageNet-O | CIFAR-100 | Zero-shot Avg |"
+    )
     assert printed[2] == "| step 1000 | 60.00 | 40.00 | - | - | 45.00 | 65.00 | - |"  # a missing number: no Avg
     retrieval = (62.0 + 41.0 + 80.0 + 61.0 + 70.0 + 55.0) / 6
     zeroshot = (63.5 + 44.0 + 66.5) / 3
@@ -51,8 +65,9 @@ def test_report_of_a_workdir_in_a_bucket(gcs_bucket):
     workdir = epath.Path(gcs_bucket) / "runs" / "report"
     (workdir / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 2.5, "examples_per_sec": 90.0}) + "\n")
     (workdir / "eval" / "step_20.json").write_text(json.dumps({"step": 20, "evals": {"coco": {"i2t_r1": 62.0}}}))
-    result = subprocess.run([sys.executable, "-m", "rsclip_jax.report", str(workdir)], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "rsclip_jax.report", str(workdir)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"{workdir}/report"
     summary = (workdir / "report" / "README.md").read_text()

@@ -8,8 +8,8 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
-from rsclip_jax.data import resolve_shards, train_dataset
-from rsclip_jax.example_spec import DataError, ExampleSpec
+from rsclip_jax.data.example_spec import DataError, ExampleSpec
+from rsclip_jax.data.pipeline import resolve_shards, train_dataset
 
 KEY = "config.data.train_shards"
 BLOCK = 1 << 16  # Riegeli's block: the index and postscript at a shard's end sit on these boundaries
@@ -24,8 +24,8 @@ def cut_copies(shard: str, folder) -> list[str]:
         "one-byte-short": data[:-1],
         "half": data[: len(data) // 2],
         "end-block-chopped": data[:-BLOCK],
-        "middle-cut": data[:quarter] + data[quarter + 1000:],
-        "middle-block-cut": data[:1000] + data[1000 + BLOCK:],
+        "middle-cut": data[:quarter] + data[quarter + 1000 :],
+        "middle-block-cut": data[:1000] + data[1000 + BLOCK :],
     }
     paths = []
     for name, cut in cuts.items():
@@ -57,7 +57,7 @@ def test_a_damaged_last_record_is_found_behind_an_intact_index(tmp_path):
     data = open(path, "rb").read()
     at = data.rfind(records[-1])
     with open(path, "wb") as f:
-        f.write(data[:at] + bytes(len(records[-1])) + data[at + len(records[-1]):])
+        f.write(data[:at] + bytes(len(records[-1])) + data[at + len(records[-1]) :])
     with pytest.raises(DataError, match=f"caption shard {path} is cut short or damaged .*chunk data hash mismatch"):
         resolve_shards(path, KEY)
 

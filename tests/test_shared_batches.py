@@ -8,8 +8,8 @@ import grain
 import numpy as np
 import pytest
 
-from rsclip_jax import shared_batches
-from rsclip_jax.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemoryStacker
+from rsclip_jax.data import shared_batches
+from rsclip_jax.data.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemoryStacker
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="Linux lists shared-memory blocks in /dev/shm")
 

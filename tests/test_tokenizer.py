@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rsclip_jax import tokenize
-from rsclip_jax import tokenizer as tokenizer_module
+from rsclip_jax.data import tokenizer as tokenizer_module
 
 CORPUS = [
     "A photo of a dog.",
@@ -32,8 +32,25 @@ CORPUS = [
 def random_texts(count, seed):
     """Texts drawn from an alphabet chosen to stress cleaning and splitting."""
     pieces = list("abcXYZ019 .,'!?&;#<>_-\t\n\r") + [
-        "&amp;", "&lt;", "&#", "é", "Ã©", "ß", "İ", "😀", "\u200b", "\x00", "\x1b", "’", "…", "中", "'s", "'LL",
-        "<end_of_text>", "ﬁ", "\u0301",
+        "&amp;",
+        "&lt;",
+        "&#",
+        "é",
+        "Ã©",
+        "ß",
+        "İ",
+        "😀",
+        "\u200b",
+        "\x00",
+        "\x1b",
+        "’",
+        "…",
+        "中",
+        "'s",
+        "'LL",
+        "<end_of_text>",
+        "ﬁ",
+        "\u0301",
     ]
     rng = random.Random(seed)
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))) for _ in range(count)]

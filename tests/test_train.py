@@ -17,10 +17,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def train_command(workdir, shards, *overrides):
     return [
-        sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/rsclip_jax/demo/configs/demo.py", f"--workdir={workdir}",
-        f"--config.data.train_shards={','.join(shards)}", "--config.batch_size=16", "--config.log_every_steps=1",
+        sys.executable,
+        "-m",
+        "rsclip_jax.train",
+        f"--config={REPO}/rsclip_jax/demo/configs/demo.py",
+        f"--workdir={workdir}",
+        f"--config.data.train_shards={','.join(shards)}",
+        "--config.batch_size=16",
+        "--config.log_every_steps=1",
         # A few steps: a worker's start-up would be most of the run (tests that need workers ask for them).
-        "--config.model.context_length=32", "--config.data.num_workers=0", *overrides,
+        "--config.model.context_length=32",
+        "--config.data.num_workers=0",
+        *overrides,
     ]
 
 
@@ -30,8 +38,12 @@ def environment(devices):
 
 def train(workdir, shards, *overrides, devices=1, check=True):
     result = subprocess.run(
-        train_command(workdir, shards, *overrides), env=environment(devices), capture_output=True, text=True,
-        timeout=600, cwd=REPO,
+        train_command(workdir, shards, *overrides),
+        env=environment(devices),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     if check and result.returncode:
         raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-4000:]}")
@@ -89,7 +101,9 @@ def test_a_cut_shard_stops_the_run_or_with_skip_bad_shards_is_left_out(tmp_path,
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, demo_shards):
     train(tmp_path, demo_shards["train"], "--config.total_steps=1")
-    result = train(tmp_path, demo_shards["train"], "--config.total_steps=2", "--config.model.context_length=16", check=False)
+    result = train(
+        tmp_path, demo_shards["train"], "--config.total_steps=2", "--config.model.context_length=16", check=False
+    )
     assert result.returncode != 0
     assert f"the checkpoint of step 1 in {tmp_path}/checkpoints does not fit this config" in result.stderr
 
@@ -103,9 +117,21 @@ def test_same_losses_on_one_device_a_mesh_and_two_processes(tmp_path, demo_shard
     processes = [
         subprocess.Popen(
             # (2, 2, 2) as 2 "slices" (processes) of (1, 2, 2): the hybrid mesh of multi-slice TPU runs
-            train_command(tmp_path / "two", shards, steps, "--config.mesh.shape=(1,2,2)", "--config.mesh.dcn_shape=(2,1,1)",
-                          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
-            env=environment(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            train_command(
+                tmp_path / "two",
+                shards,
+                steps,
+                "--config.mesh.shape=(1,2,2)",
+                "--config.mesh.dcn_shape=(2,1,1)",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=environment(4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
         )
         for i in range(2)
     ]
@@ -124,13 +150,23 @@ def test_exact_resume_after_sigkill(tmp_path, demo_shards, num_workers):
     """Killed mid-run, the run restarts from its last checkpoint, the input pipeline's state with it (the workers'
     too: their iterator state is in the checkpoint), and logs the same losses as a run never stopped."""
     shards = demo_shards["train"]
-    overrides = ("--config.total_steps=16", "--config.checkpoint_every_steps=4",
-                 "--config.data.random_resized_crop=True", f"--config.data.num_workers={num_workers}")
+    overrides = (
+        "--config.total_steps=16",
+        "--config.checkpoint_every_steps=4",
+        "--config.data.random_resized_crop=True",
+        f"--config.data.num_workers={num_workers}",
+    )
     train(tmp_path / "whole", shards, *overrides)
 
     killed = tmp_path / "killed"
-    run = subprocess.Popen(train_command(killed, shards, *overrides), env=environment(1), cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run = subprocess.Popen(
+        train_command(killed, shards, *overrides),
+        env=environment(1),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not os.path.exists(killed / "checkpoints" / "8" / "commit_success.txt"):
         assert run.poll() is None and time.time() < deadline, "the run ended before its step-8 checkpoint"
@@ -166,8 +202,13 @@ def test_restore_on_another_mesh(tmp_path, demo_shards):
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_shards):
     result = train(
-        tmp_path, demo_shards["train"], "--config.total_steps=8", "--config.checkpoint_every_steps=1",
-        "--config.optim.lr=1e30", "--config.optim.warmup_steps=0", check=False,
+        tmp_path,
+        demo_shards["train"],
+        "--config.total_steps=8",
+        "--config.checkpoint_every_steps=1",
+        "--config.optim.lr=1e30",
+        "--config.optim.warmup_steps=0",
+        check=False,
     )
     assert result.returncode != 0
     assert "error: loss or gradients were not finite at step 2" in result.stderr
@@ -176,8 +217,14 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_
 
 def test_sigterm_saves_and_stops(tmp_path, demo_shards):
     run = subprocess.Popen(
-        train_command(tmp_path, demo_shards["train"], "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"),
-        env=environment(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        train_command(
+            tmp_path, demo_shards["train"], "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"
+        ),
+        env=environment(1),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 300
     while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
@@ -195,10 +242,21 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
     port = free_port()
     processes = [
         subprocess.Popen(
-            train_command(tmp_path, demo_shards["train"], "--config.total_steps=100000",
-                          "--config.checkpoint_every_steps=100000", "--config.mesh.shape=(2,2,2)",
-                          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
-            env=environment(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            train_command(
+                tmp_path,
+                demo_shards["train"],
+                "--config.total_steps=100000",
+                "--config.checkpoint_every_steps=100000",
+                "--config.mesh.shape=(2,2,2)",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=environment(4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
         )
         for i in range(2)
     ]
@@ -210,8 +268,12 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
     stderrs = [p.communicate(timeout=180)[1] for p in processes]
     for p, stderr in zip(processes, stderrs):
         assert p.returncode == 0, stderr[-3000:]
-    saved = [line.split("saved step ")[1].split()[0] for stderr in stderrs for line in stderr.splitlines()
-             if "SIGTERM: saved step" in line]
+    saved = [
+        line.split("saved step ")[1].split()[0]
+        for stderr in stderrs
+        for line in stderr.splitlines()
+        if "SIGTERM: saved step" in line
+    ]
     assert len(saved) == 2 and saved[0] == saved[1], saved  # both processes stopped at the same step
     assert os.listdir(tmp_path / "checkpoints") == [saved[0]]
 
@@ -221,19 +283,53 @@ def test_clips_recipe_trains_its_generator_and_exports_the_towers_only(tmp_path,
     load_file = pytest.importorskip("safetensors.numpy").load_file  # the torch extra, which export needs
 
     workdir, out = str(tmp_path / "run"), str(tmp_path / "export")
-    recipe = [f"--config={REPO}/rsclip_jax/demo/configs/demo_clips.py", "--config.model.context_length=32", "--config.generator.queries=8"]
-    subprocess.run([sys.executable, "-m", "rsclip_jax.train", *recipe, f"--workdir={workdir}",
-                    f"--config.data.train_shards={','.join(demo_shards['train'])}", "--config.batch_size=8",
-                    "--config.total_steps=4", "--config.log_every_steps=2"],
-                   env=environment(1), capture_output=True, text=True, timeout=600, cwd=REPO, check=True)
+    recipe = [
+        f"--config={REPO}/rsclip_jax/demo/configs/demo_clips.py",
+        "--config.model.context_length=32",
+        "--config.generator.queries=8",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsclip_jax.train",
+            *recipe,
+            f"--workdir={workdir}",
+            f"--config.data.train_shards={','.join(demo_shards['train'])}",
+            "--config.batch_size=8",
+            "--config.total_steps=4",
+            "--config.log_every_steps=2",
+        ],
+        env=environment(1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        check=True,
+    )
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = [json.loads(line) for line in f]
     assert all(np.isclose(r["loss"], r["contrastive_loss"] + 2.0 * r["generator_loss"], rtol=1e-5) for r in logged)
     assert [r["step"] for r in logged] == [2, 4]
 
-    result = subprocess.run([sys.executable, "-m", "rsclip_jax.convert", "export", *recipe, f"--workdir={workdir}",
-                             "--to=open_clip", f"--out={out}"],
-                            env=environment(1), capture_output=True, text=True, timeout=600, cwd=REPO, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsclip_jax.convert",
+            "export",
+            *recipe,
+            f"--workdir={workdir}",
+            "--to=open_clip",
+            f"--out={out}",
+        ],
+        env=environment(1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        check=True,
+    )
     assert "holds the CLIP towers only; the caption generator is not exported" in result.stdout
     names = set(load_file(os.path.join(out, "open_clip_model.safetensors")))
     assert "visual.proj" in names and "text_projection" in names and not any("generator" in n for n in names)

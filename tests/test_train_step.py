@@ -6,12 +6,16 @@ import pytest
 from flax import nnx
 
 from rsclip_jax import tokenize
+from rsclip_jax.accelerators.sharding import make_mesh
 from rsclip_jax.config import base_config
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.train_step import (
-    SHARDED_LOSS_MIN_BATCH, batch_sharding, make_train_step, training_loss, uses_sharded_loss,
+from rsclip_jax.training.step import (
+    SHARDED_LOSS_MIN_BATCH,
+    batch_sharding,
+    make_train_step,
+    training_loss,
+    uses_sharded_loss,
 )
+from rsclip_jax.training.train_setup import TrainSetup
 
 
 def tiny_config():

@@ -13,27 +13,61 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rsclip_jax.records import Caption, CaptionRecord, write_shard
+from rsclip_jax.data.records import Caption, CaptionRecord, write_shard
 
 CAPTION_MODEL = "procedural-demo-captions"
 PROMPT_VERSION = "demo-v1"
-ROLES = ("Observer of Details", "Interpreter of Context", "Compositional Analyst", "Narrative Setter",
-         "Emotional Responder")
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
-           "purple": (140, 60, 180), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
+ROLES = (
+    "Observer of Details",
+    "Interpreter of Context",
+    "Compositional Analyst",
+    "Narrative Setter",
+    "Emotional Responder",
+)
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
 SHAPES = ("circle", "square", "triangle", "ring")
 TEXTURES = ("plain", "striped", "dotted")
-POSITIONS = {"upper left": (0.28, 0.28), "upper right": (0.72, 0.28), "lower left": (0.28, 0.72),
-             "lower right": (0.72, 0.72), "centre": (0.5, 0.5)}
-BACKGROUNDS = {"pale grey": (200, 200, 200), "sky blue": (150, 200, 240), "sand": (225, 205, 160),
-               "dark slate": (60, 70, 80)}
+POSITIONS = {
+    "upper left": (0.28, 0.28),
+    "upper right": (0.72, 0.28),
+    "lower left": (0.28, 0.72),
+    "lower right": (0.72, 0.72),
+    "centre": (0.5, 0.5),
+}
+BACKGROUNDS = {
+    "pale grey": (200, 200, 200),
+    "sky blue": (150, 200, 240),
+    "sand": (225, 205, 160),
+    "dark slate": (60, 70, 80),
+}
 LIGHTING = {"bright": 1.15, "dim": 0.6, "warm": (1.15, 1.0, 0.8), "cool": (0.85, 0.95, 1.15)}
-MOODS = {"red": "energetic", "green": "calm", "blue": "serene", "yellow": "cheerful", "purple": "mysterious",
-         "orange": "playful", "white": "clean", "black": "stark"}
+MOODS = {
+    "red": "energetic",
+    "green": "calm",
+    "blue": "serene",
+    "yellow": "cheerful",
+    "purple": "mysterious",
+    "orange": "playful",
+    "white": "clean",
+    "black": "stark",
+}
 # Words web alt text carries that say nothing about the picture.
 WEB_BOILERPLATE = ("stock photo", "clipart", "free download", "vector illustration", "hd wallpaper", "image")
-CONTEXTS = {"circle": "a coin or a ball", "square": "a tile or a box seen from above", "triangle": "a sign or a sail",
-            "ring": "a bracelet or a wheel"}
+CONTEXTS = {
+    "circle": "a coin or a ball",
+    "square": "a tile or a box seen from above",
+    "triangle": "a sign or a sail",
+    "ring": "a bracelet or a wheel",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +95,13 @@ def random_scene(rng: np.random.Generator) -> Scene:
     positions = rng.choice(list(POSITIONS), size=rng.integers(1, 3), replace=False)
     colours = rng.choice(list(COLOURS), size=len(positions), replace=False)
     objects = tuple(
-        SceneObject(str(rng.choice(SHAPES)), str(colour), str(rng.choice(TEXTURES)), str(rng.choice(["small", "large"])),
-                    str(position))
+        SceneObject(
+            str(rng.choice(SHAPES)),
+            str(colour),
+            str(rng.choice(TEXTURES)),
+            str(rng.choice(["small", "large"])),
+            str(position),
+        )
         for colour, position in zip(colours, positions)
     )
     return Scene(str(rng.choice(list(BACKGROUNDS))), str(rng.choice(list(LIGHTING))), objects)
@@ -110,7 +149,8 @@ def role_captions(scene: Scene) -> dict[tuple[str, str], str]:
     relation = (
         f"The {objs[0].colour} {objs[0].shape} sits in the {objs[0].position} while the {objs[1].colour} "
         f"{objs[1].shape} takes the {objs[1].position}, so the weight of the picture is split between them."
-        if len(objs) == 2 else f"A single {first.colour} {first.shape} occupies the {first.position}, leaving the "
+        if len(objs) == 2
+        else f"A single {first.colour} {first.shape} occupies the {first.position}, leaving the "
         f"rest of the {scene.background} frame empty."
     )
     return {
@@ -166,8 +206,15 @@ def scene_record(index: int, scene: Scene, image_size: int = 64, alt_text: str |
     return CaptionRecord(f"demo/{index:06d}", buffer.getvalue(), (image_size, image_size), captions, alt_text)
 
 
-def write_demo_corpus(directory: str, *, num_train: int, num_heldout: int, seed: int = 0,
-                      records_per_shard: int = 500, image_size: int = 64) -> dict[str, list[str]]:
+def write_demo_corpus(
+    directory: str,
+    *,
+    num_train: int,
+    num_heldout: int,
+    seed: int = 0,
+    records_per_shard: int = 500,
+    image_size: int = 64,
+) -> dict[str, list[str]]:
     """Writes train and held-out shards of `image_size`-px images under `directory`; returns their paths per
     split."""
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from rsclip_jax.preprocess import decoding, load_image
+from rsclip_jax.data.preprocess import decoding, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -78,8 +78,9 @@ def _folder_set(root: str):
     return classes, len(items), read
 
 
-def load_classification_set(source: str, *, split: str = "test", data_dir: str = "", image_key: str = "image",
-                            label_key: str = "label") -> ClassificationSet:
+def load_classification_set(
+    source: str, *, split: str = "test", data_dir: str = "", image_key: str = "image", label_key: str = "label"
+) -> ClassificationSet:
     """`source` is "tfds:NAME" or "folder:PATH"."""
     kind, _, name = source.partition(":")
     if kind == "tfds":

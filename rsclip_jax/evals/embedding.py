@@ -16,15 +16,17 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from rsclip_jax.preprocess import UnreadableImageError, normalize_images, resize_center_crop
-from rsclip_jax.sharding import BATCH_AXES, activation_sharding
+from rsclip_jax.accelerators.sharding import BATCH_AXES, activation_sharding
+from rsclip_jax.data.preprocess import UnreadableImageError, normalize_images, resize_center_crop
 
 
 class Embedder:
     def __init__(self, graphdef, params_sharding, mesh, *, batch_size: int, image_size: int, num_threads: int = 8):
         shares = jax.process_count() * mesh.shape["data"] * mesh.shape["fsdp"]
         if batch_size % shares:
-            raise ValueError(f"eval batch_size {batch_size} must divide over {shares} processes x data-parallel devices")
+            raise ValueError(
+                f"eval batch_size {batch_size} must divide over {shares} processes x data-parallel devices"
+            )
         self.batch_size, self.image_size, self.num_threads = batch_size, image_size, num_threads
         self.local_batch_size = batch_size // jax.process_count()
         self.sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
@@ -43,8 +45,12 @@ class Embedder:
             with activation_sharding(mesh, examples_per_device):
                 return nnx.merge(graphdef, params).encode_text(tokens).astype(np.float32)
 
-        self._encode_images = jax.jit(encode_images, in_shardings=(params_sharding, self.sharding), out_shardings=replicated)
-        self._encode_texts = jax.jit(encode_texts, in_shardings=(params_sharding, self.sharding), out_shardings=replicated)
+        self._encode_images = jax.jit(
+            encode_images, in_shardings=(params_sharding, self.sharding), out_shardings=replicated
+        )
+        self._encode_texts = jax.jit(
+            encode_texts, in_shardings=(params_sharding, self.sharding), out_shardings=replicated
+        )
 
     def _local_rows(self, count: int) -> list[int]:
         """This process's rows of every global batch; rows past `count` are padding."""
@@ -75,8 +81,12 @@ class Embedder:
                 return blank
 
         batches = (
-            grain.MapDataset.source(self._local_rows(count)).map(load).batch(self.local_batch_size)
-            .to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * self.local_batch_size))
+            grain.MapDataset.source(self._local_rows(count))
+            .map(load)
+            .batch(self.local_batch_size)
+            .to_iter_dataset(
+                grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * self.local_batch_size)
+            )
         )
         outputs = [
             jax.tree.map(_host, self._encode_images(params, self._global(batch)))
@@ -92,7 +102,7 @@ class Embedder:
         rows = np.asarray(self._local_rows(count))
         padded = np.concatenate([tokens, np.zeros((max(rows.max() + 1 - count, 0), tokens.shape[1]), tokens.dtype)])
         outputs = [
-            _host(self._encode_texts(params, self._global(padded[rows[start:start + self.local_batch_size]])))
+            _host(self._encode_texts(params, self._global(padded[rows[start : start + self.local_batch_size]])))
             for start in _progress(range(0, len(rows), self.local_batch_size), f"{description} texts")
         ]
         return np.concatenate(outputs)[:count]

@@ -13,12 +13,12 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
+from rsclip_jax.data.preprocess import load_image
+from rsclip_jax.data.tokenizer import tokenize
 from rsclip_jax.evals.classification_sets import load_classification_set
 from rsclip_jax.evals.embedding import Embedder
-from rsclip_jax.preprocess import load_image
 from rsclip_jax.evals.retrieval import retrieval_recall
 from rsclip_jax.evals.retrieval_sets import load_retrieval_set
-from rsclip_jax.tokenizer import tokenize
 from rsclip_jax.evals.zeroshot import class_embeddings, class_prompts, topk_accuracy
 
 COMMON = {"every_steps": 0, "batch_size": 256, "limit": 0}  # limit: the first N images (0: all)
@@ -51,8 +51,9 @@ def _settings(name: str, entry) -> dict:
 
 
 def _retrieval(name, settings, embedder, context_length):
-    dataset = load_retrieval_set(settings["dataset"], settings["root"], annotations=settings["annotations"],
-                                 limit=settings["limit"])
+    dataset = load_retrieval_set(
+        settings["dataset"], settings["root"], annotations=settings["annotations"], limit=settings["limit"]
+    )
     texts = [settings["prefix"] + caption for captions in dataset.captions for caption in captions]
     text_image = np.array([i for i, captions in enumerate(dataset.captions) for _ in captions])
     tokens = tokenize(texts, context_length)
@@ -76,7 +77,9 @@ def _retrieval(name, settings, embedder, context_length):
 def _zeroshot(name, settings, embedder, context_length):
     dataset = load_classification_set(settings["source"], split=settings["split"], data_dir=settings["data_dir"])
     try:
-        classnames, templates = class_prompts(dataset, settings["prompts"], settings["classnames"], settings["templates"])
+        classnames, templates = class_prompts(
+            dataset, settings["prompts"], settings["classnames"], settings["templates"]
+        )
     except ValueError as e:
         raise ValueError(f"config.evals.{name}: {e}") from None
     tokens = tokenize([t.format(c) for c in classnames for t in templates], context_length)
@@ -107,8 +110,13 @@ def build_evaluators(setup) -> list[Evaluator]:
         settings = _settings(name, entry)
         batch_size = settings["batch_size"]
         if batch_size not in embedders:
-            embedders[batch_size] = Embedder(setup.graphdef, setup.shardings["params"], setup.mesh,
-                                             batch_size=batch_size, image_size=model_config.image_size)
+            embedders[batch_size] = Embedder(
+                setup.graphdef,
+                setup.shardings["params"],
+                setup.mesh,
+                batch_size=batch_size,
+                image_size=model_config.image_size,
+            )
         run = KINDS[settings["kind"]][1](name, settings, embedders[batch_size], model_config.context_length)
         evaluators.append(Evaluator(name, settings["every_steps"], run))
     return evaluators

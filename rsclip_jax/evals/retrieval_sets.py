@@ -33,24 +33,33 @@ def _read_json(path: str, layout: str):
 
 
 def _coco(root, annotations):
-    data = _read_json(annotations or os.path.join(root, "annotations", "captions_val2017.json"),
-                      "COCO layout is ROOT/annotations/captions_val2017.json with images in ROOT/val2017/")
+    data = _read_json(
+        annotations or os.path.join(root, "annotations", "captions_val2017.json"),
+        "COCO layout is ROOT/annotations/captions_val2017.json with images in ROOT/val2017/",
+    )
     captions: dict[int, list[str]] = {}
     for annotation in data["annotations"]:
         captions.setdefault(annotation["image_id"], []).append(annotation["caption"].strip())
     images = sorted(data["images"], key=lambda image: image["id"])
-    return [(os.path.join(root, "val2017", image["file_name"]), captions[image["id"]][:CAPTIONS_PER_IMAGE])
-            for image in images]
+    return [
+        (os.path.join(root, "val2017", image["file_name"]), captions[image["id"]][:CAPTIONS_PER_IMAGE])
+        for image in images
+    ]
 
 
 def _karpathy(default_file: str, image_folder: str | None):
     def load(root, annotations):
-        data = _read_json(annotations or os.path.join(root, default_file),
-                          f"Karpathy layout is ROOT/{default_file} with the images under ROOT")
+        data = _read_json(
+            annotations or os.path.join(root, default_file),
+            f"Karpathy layout is ROOT/{default_file} with the images under ROOT",
+        )
         return [
-            (os.path.join(root, image_folder or image.get("filepath", ""), image["filename"]),
-             [sentence["raw"].strip() for sentence in image["sentences"]][:CAPTIONS_PER_IMAGE])
-            for image in data["images"] if image["split"] == "test"
+            (
+                os.path.join(root, image_folder or image.get("filepath", ""), image["filename"]),
+                [sentence["raw"].strip() for sentence in image["sentences"]][:CAPTIONS_PER_IMAGE],
+            )
+            for image in data["images"]
+            if image["split"] == "test"
         ]
 
     return load
@@ -59,8 +68,9 @@ def _karpathy(default_file: str, image_folder: str | None):
 def _urban1k(root, annotations):
     caption_files = sorted(glob.glob(os.path.join(root, "caption", "*.txt")), key=_natural_key)
     if not caption_files:
-        raise FileNotFoundError(f"{root}/caption/*.txt matched nothing: the Urban-1k layout is ROOT/image/N.jpg "
-                                "and ROOT/caption/N.txt")
+        raise FileNotFoundError(
+            f"{root}/caption/*.txt matched nothing: the Urban-1k layout is ROOT/image/N.jpg and ROOT/caption/N.txt"
+        )
     pairs = []
     for path in caption_files:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -75,16 +85,20 @@ def _natural_key(path: str):
 
 
 def _sharegpt4v(root, annotations):
-    data = _read_json(annotations or os.path.join(root, "share-captioner_coco_lcs_sam_1246k_1107.json"),
-                      "ShareGPT4V layout is ROOT/share-captioner_coco_lcs_sam_1246k_1107.json with its images under ROOT")
+    data = _read_json(
+        annotations or os.path.join(root, "share-captioner_coco_lcs_sam_1246k_1107.json"),
+        "ShareGPT4V layout is ROOT/share-captioner_coco_lcs_sam_1246k_1107.json with its images under ROOT",
+    )
     # Long-CLIP evaluates on the first 1000 entries (and trains on the rest); the caption is the answer.
     return [(os.path.join(root, entry["image"]), [entry["conversations"][1]["value"].strip()]) for entry in data[:1000]]
 
 
 def _dci(root, annotations):
     base = os.path.join(root, "densely_captioned_images")
-    splits = _read_json(annotations or os.path.join(base, "splits.json"),
-                        "DCI layout is ROOT/densely_captioned_images/{splits.json,annotations/,photos/}")
+    splits = _read_json(
+        annotations or os.path.join(base, "splits.json"),
+        "DCI layout is ROOT/densely_captioned_images/{splits.json,annotations/,photos/}",
+    )
     pairs = []
     for name in (name for split in splits.values() for name in split):
         entry = _read_json(os.path.join(base, "annotations", name), "DCI annotation listed in splits.json")
@@ -95,7 +109,9 @@ def _dci(root, annotations):
 def _jsonl(root, annotations):
     path = annotations or os.path.join(root, "captions.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: the jsonl layout is one {{\"image\": ..., \"captions\": [...]}} per line")
+        raise FileNotFoundError(
+            f'{path} does not exist: the jsonl layout is one {{"image": ..., "captions": [...]}} per line'
+        )
     pairs = []
     with open(path) as f:
         for number, line in enumerate(f, 1):

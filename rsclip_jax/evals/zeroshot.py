@@ -41,7 +41,9 @@ def prompt_templates(templates) -> list[str]:
     if isinstance(templates, str):
         named = _asset("zeroshot_prompts.json")["templates"]
         if templates not in named:
-            raise ValueError(f"unknown prompt templates {templates!r}: one of {sorted(named)}, or a list of strings with '{{}}'")
+            raise ValueError(
+                f"unknown prompt templates {templates!r}: one of {sorted(named)}, or a list of strings with '{{}}'"
+            )
         return named[templates]
     templates = list(templates)
     if not templates or any(t.count("{}") != 1 for t in templates):
@@ -53,8 +55,10 @@ def _by_label(dataset, names: dict[str, str], what: str) -> list[str]:
     missing = [label for label in dataset.labels if label not in names]
     if missing:
         more = f" and {len(missing) - 1} more are" if len(missing) > 1 else " is"
-        raise ValueError(f"{dataset.source}: class {missing[0]!r}{more} not in {what}: remove those classes, or give "
-                         "classnames= a .json list or a .txt of 'LABEL name' lines")
+        raise ValueError(
+            f"{dataset.source}: class {missing[0]!r}{more} not in {what}: remove those classes, or give "
+            "classnames= a .json list or a .txt of 'LABEL name' lines"
+        )
     return [names[label] for label in dataset.labels]
 
 
@@ -63,8 +67,9 @@ def _is_imagenet(dataset) -> bool:
 
 
 def _imagenet_names(dataset) -> list[str]:
-    return _by_label(dataset, imagenet_names(),
-                     "ImageNet-1k's 1000 WordNet ids (rsclip_jax/assets/imagenet_wordnet_ids.json)")
+    return _by_label(
+        dataset, imagenet_names(), "ImageNet-1k's 1000 WordNet ids (rsclip_jax/assets/imagenet_wordnet_ids.json)"
+    )
 
 
 def _classnames(choice: str, dataset) -> list[str]:
@@ -84,11 +89,14 @@ def _classnames(choice: str, dataset) -> list[str]:
     elif choice == "imagenet":
         names = _asset("zeroshot_prompts.json")["classnames"]["imagenet"]
     else:
-        raise ValueError(f"unknown class names {choice!r}: 'imagenet', a .json list, a .txt of 'LABEL name' lines, "
-                         "or '' for the dataset's own")
+        raise ValueError(
+            f"unknown class names {choice!r}: 'imagenet', a .json list, a .txt of 'LABEL name' lines, "
+            "or '' for the dataset's own"
+        )
     if len(names) != len(dataset.labels):
-        raise ValueError(f"class names {choice!r} list {len(names)} classes but {dataset.source} has "
-                         f"{len(dataset.labels)}")
+        raise ValueError(
+            f"class names {choice!r} list {len(names)} classes but {dataset.source} has {len(dataset.labels)}"
+        )
     return names
 
 
@@ -102,9 +110,11 @@ def _clip_benchmark_name(prompts: str, dataset) -> str | None:
     name = name or dataset.name
     shipped = sorted(_asset("clip_benchmark_prompts.json")["classnames"])
     if name not in shipped:
-        raise ValueError(f"clip_benchmark prompts ship for {shipped} (rsclip_jax/assets/clip_benchmark_prompts.json), "
-                         f"not {name!r} ({dataset.source}): name one as prompts='clip_benchmark:cifar100', or give "
-                         "classnames= and templates=")
+        raise ValueError(
+            f"clip_benchmark prompts ship for {shipped} (rsclip_jax/assets/clip_benchmark_prompts.json), "
+            f"not {name!r} ({dataset.source}): name one as prompts='clip_benchmark:cifar100', or give "
+            "classnames= and templates="
+        )
     return name
 
 
@@ -118,8 +128,9 @@ def class_prompts(dataset, prompts: str = "openai", classnames: str | None = Non
     elif benchmark:
         names = shipped["classnames"][benchmark]
         if len(names) != len(dataset.labels):
-            raise ValueError(f"clip_benchmark's {benchmark} has {len(names)} classes but {dataset.source} has "
-                             f"{len(dataset.labels)}")
+            raise ValueError(
+                f"clip_benchmark's {benchmark} has {len(names)} classes but {dataset.source} has {len(dataset.labels)}"
+            )
     else:
         names = _imagenet_names(dataset) if _is_imagenet(dataset) else _classnames("", dataset)
     if templates is None:

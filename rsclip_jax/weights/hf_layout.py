@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 
-from rsclip_jax.tokenizer import EOT_ID, SOT_ID
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.data.tokenizer import EOT_ID, SOT_ID
+from rsclip_jax.model.config import ModelConfig
 
 # (HF name pattern, OpenAI name), for everything but the fused attention input projection.
 _RENAMES = [
@@ -87,12 +87,15 @@ def _hf_name(openai_name: str) -> str:
     }
     if openai_name in fixed:
         return fixed[openai_name]
-    for ours, hf in (("visual.ln_pre.", "vision_model.pre_layrnorm."), ("visual.ln_post.", "vision_model.post_layernorm."),
-                     ("ln_final.", "text_model.final_layer_norm."),
-                     ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
-                     ("transformer.resblocks.", "text_model.encoder.layers.")):
+    for ours, hf in (
+        ("visual.ln_pre.", "vision_model.pre_layrnorm."),
+        ("visual.ln_post.", "vision_model.post_layernorm."),
+        ("ln_final.", "text_model.final_layer_norm."),
+        ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
+        ("transformer.resblocks.", "text_model.encoder.layers."),
+    ):
         if openai_name.startswith(ours):
-            return hf + openai_name[len(ours):]
+            return hf + openai_name[len(ours) :]
     return openai_name  # logit_scale, logit_bias
 
 
@@ -103,15 +106,28 @@ def hf_clip_config(config: ModelConfig) -> dict:
     return {
         "projection_dim": config.embed_dim,
         "text_config": {
-            "vocab_size": config.vocab_size, "hidden_size": config.text_width, "num_hidden_layers": config.text_layers,
-            "num_attention_heads": config.text_heads, "intermediate_size": int(config.text_width * config.mlp_ratio),
-            "max_position_embeddings": config.context_length, "hidden_act": activation, "layer_norm_eps": 1e-5,
-            "bos_token_id": SOT_ID, "eos_token_id": EOT_ID, "pad_token_id": 0, "projection_dim": config.embed_dim,
+            "vocab_size": config.vocab_size,
+            "hidden_size": config.text_width,
+            "num_hidden_layers": config.text_layers,
+            "num_attention_heads": config.text_heads,
+            "intermediate_size": int(config.text_width * config.mlp_ratio),
+            "max_position_embeddings": config.context_length,
+            "hidden_act": activation,
+            "layer_norm_eps": 1e-5,
+            "bos_token_id": SOT_ID,
+            "eos_token_id": EOT_ID,
+            "pad_token_id": 0,
+            "projection_dim": config.embed_dim,
         },
         "vision_config": {
-            "hidden_size": config.vision_width, "num_hidden_layers": config.vision_layers,
-            "num_attention_heads": config.vision_heads, "intermediate_size": int(config.vision_width * config.mlp_ratio),
-            "image_size": config.image_size, "patch_size": config.patch_size, "hidden_act": activation,
-            "layer_norm_eps": 1e-5, "projection_dim": config.embed_dim,
+            "hidden_size": config.vision_width,
+            "num_hidden_layers": config.vision_layers,
+            "num_attention_heads": config.vision_heads,
+            "intermediate_size": int(config.vision_width * config.mlp_ratio),
+            "image_size": config.image_size,
+            "patch_size": config.patch_size,
+            "hidden_act": activation,
+            "layer_norm_eps": 1e-5,
+            "projection_dim": config.embed_dim,
         },
     }

@@ -22,7 +22,12 @@ _RULES = [
     (r"(.*)\.attn\.in_proj\.kernel", r"\1.attn.in_proj_weight", _linear, lambda w: w.reshape(w.shape[0], -1).T),
     (r"(.*)\.attn\.in_proj\.bias", r"\1.attn.in_proj_bias", lambda w, shape: w.reshape(shape), lambda w: w.reshape(-1)),
     # OIHW <-> HWIO
-    (r"(.*)\.conv1\.kernel", r"\1.conv1.weight", lambda w, shape: w.transpose(2, 3, 1, 0), lambda w: w.transpose(3, 2, 0, 1)),
+    (
+        r"(.*)\.conv1\.kernel",
+        r"\1.conv1.weight",
+        lambda w, shape: w.transpose(2, 3, 1, 0),
+        lambda w: w.transpose(3, 2, 0, 1),
+    ),
     # Linear, including out_proj's (H, Dh, D): the output dimension comes last in ours
     (r"(.*)\.kernel", r"\1.weight", _linear, lambda w: w.reshape(-1, w.shape[-1]).T),
     (r"(.*)\.scale", r"\1.weight", _same, _same),  # LayerNorm
@@ -77,7 +82,9 @@ def load_openai_state_dict(model: nnx.Module, state_dict: dict[str, np.ndarray])
         unused.discard(name)
         value = convert(np.asarray(state_dict[name], dtype=np.float32), variable.shape)
         if value.shape != variable.shape:
-            problems.append(f"{name} has shape {np.shape(state_dict[name])}, the model needs {variable.shape} for {dotted}")
+            problems.append(
+                f"{name} has shape {np.shape(state_dict[name])}, the model needs {variable.shape} for {dotted}"
+            )
             continue
         variable[...] = jnp.asarray(value, variable.dtype)
     problems += [f"unexpected {name}" for name in sorted(unused)]

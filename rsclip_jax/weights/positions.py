@@ -9,7 +9,7 @@ def stretch_positions(table, length: int = 248, keep: int = 20):
 
     Row keep + m is the table read at position keep + m * (N - keep) / (length - keep): linearly
     interpolated between its two neighbours, and past P[N-1] extrapolated along P[N-1] - P[N-2].
-    77 -> 248 with keep=20 is Long-CLIP's 4x (METHOD.md section 2), row for row.
+    77 -> 248 with keep=20 is Long-CLIP's 4x (docs/method.md section 2), row for row.
     Works on NumPy and JAX arrays (returns the same kind) and keeps the dtype.
     """
     if table.ndim != 2:

@@ -12,8 +12,20 @@ BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "caption_th
 
 @pytest.mark.slow
 def test_bench_reports_both_layouts_with_forced_lengths_and_the_image_prefix_shared():
-    command = [sys.executable, BENCH, "--model-size", "tiny", "--images", "2", "--long-words", "8",
-               "--short-words", "4", "--max-num-seqs", "8"]
+    command = [
+        sys.executable,
+        BENCH,
+        "--model-size",
+        "tiny",
+        "--images",
+        "2",
+        "--long-words",
+        "8",
+        "--short-words",
+        "4",
+        "--max-num-seqs",
+        "8",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # vLLM writes its own log lines to stdout too

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 from safetensors import safe_open
+from test_filter import run_filter, write_input
 
 from captioning.distill import load_judgements
-from test_filter import run_filter, write_input
 
 # The teacher's answer in the judge's JSON format (the random tiny model's own answers never parse).
 TEACHER_ANSWER = '{"score": 87, "rationale": "the caption matches the role"}'
@@ -19,9 +19,25 @@ VLLM_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
 def run_distill(judgements, student, out, *extra):
     # One thread: the tiny model's steps gain nothing from more, and on a busy machine torch's threads waiting
     # for each other took 80 steps from 16 s to 105 s.
-    result = subprocess.run([sys.executable, "-m", "captioning", "distill", "--judgements", judgements,
-                             "--student", student, "--out", out, *extra], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captioning",
+            "distill",
+            "--judgements",
+            judgements,
+            "--student",
+            student,
+            "--out",
+            out,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads([line for line in result.stdout.splitlines() if line.startswith('{"steps"')][-1])
 
@@ -33,8 +49,18 @@ def shards_and_judgements(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("judged")
     write_input(str(folder / "in"))
     export = str(folder / "exported.jsonl")
-    run_filter(str(folder / "in"), str(folder / "out"), "--judge-engine", "transformers", "--judge-model", tiny_model,
-               "--max-tokens", "4", "--export-judgements", export)
+    run_filter(
+        str(folder / "in"),
+        str(folder / "out"),
+        "--judge-engine",
+        "transformers",
+        "--judge-model",
+        tiny_model,
+        "--max-tokens",
+        "4",
+        "--export-judgements",
+        export,
+    )
     judgements = [json.loads(line) for line in open(export)]
     assert len(judgements) == 4 and all(os.path.isfile(j["shard"]) for j in judgements)
     path = str(folder / "judgements.jsonl")
@@ -46,8 +72,19 @@ def shards_and_judgements(tiny_model, tmp_path_factory):
 
 
 def judge_with(student, shards, out, engine, *extra):
-    summary = run_filter(shards, out, "--judge-engine", engine, "--judge-model", student, "--temperature", "0",
-                         "--max-tokens", "32", *extra)
+    summary = run_filter(
+        shards,
+        out,
+        "--judge-engine",
+        engine,
+        "--judge-model",
+        student,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "32",
+        *extra,
+    )
     assert summary["captions_judged"] + summary["dropped"].get("judge_unparseable", 0) == 4
     return summary
 
@@ -55,8 +92,9 @@ def judge_with(student, shards, out, engine, *extra):
 @pytest.fixture(scope="module")
 def full_student(tiny_model, shards_and_judgements, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("student") / "full")
-    summary = run_distill(shards_and_judgements[1], tiny_model, out, "--max-steps", "80", "--learning-rate", "1e-2",
-                          "--batch-size", "2")
+    summary = run_distill(
+        shards_and_judgements[1], tiny_model, out, "--max-steps", "80", "--learning-rate", "1e-2", "--batch-size", "2"
+    )
     return out, summary
 
 
@@ -77,8 +115,20 @@ def test_full_finetune_serves_as_vllm_judge(full_student, shards_and_judgements,
 
 def test_lora_is_merged_into_a_plain_model_folder(tiny_model, shards_and_judgements, tmp_path):
     out = str(tmp_path / "lora")
-    summary = run_distill(shards_and_judgements[1], tiny_model, out, "--lora", "--lora-rank", "8", "--max-steps",
-                          "24", "--learning-rate", "1e-2", "--batch-size", "2")
+    summary = run_distill(
+        shards_and_judgements[1],
+        tiny_model,
+        out,
+        "--lora",
+        "--lora-rank",
+        "8",
+        "--max-steps",
+        "24",
+        "--learning-rate",
+        "1e-2",
+        "--batch-size",
+        "2",
+    )
     # The tiny model's untrained lm_head caps its logits near 1.3, so no adapter of the layers below it can take
     # the loss much under 4.7 (from 6.0): 15% is what LoRA can show here; training that did nothing stays at 6.0.
     assert summary["lora"] and summary["loss_end"] < 0.85 * summary["loss_start"], summary
@@ -103,14 +153,22 @@ def test_bad_judgements_are_errors_naming_the_file_and_line(shards_and_judgement
     cases = {
         "empty": ([], "holds no judgement"),
         "malformed": ([good, "{not json"], "line 2: not JSON"),
-        "missing": ([json.dumps({k: v for k, v in json.loads(good).items() if k != "shard"})],
-                    "line 1: missing 'shard'"),
-        "no_shard": ([good, json.dumps({**json.loads(good), "shard": str(tmp_path / "gone.array_record")})],
-                     "line 2: shard"),
+        "missing": (
+            [json.dumps({k: v for k, v in json.loads(good).items() if k != "shard"})],
+            "line 1: missing 'shard'",
+        ),
+        "no_shard": (
+            [good, json.dumps({**json.loads(good), "shard": str(tmp_path / "gone.array_record")})],
+            "line 2: shard",
+        ),
         "no_record": ([json.dumps({**json.loads(good), "record": 9})], "line 1: shard"),
-        "unscored_only": ([json.dumps({**json.loads(good), "score": None}),
-                           json.dumps({**json.loads(good), "answer": None, "error": "x", "score": None})],
-                          "holds no judgement with a score (2 without one)"),
+        "unscored_only": (
+            [
+                json.dumps({**json.loads(good), "score": None}),
+                json.dumps({**json.loads(good), "answer": None, "error": "x", "score": None}),
+            ],
+            "holds no judgement with a score (2 without one)",
+        ),
     }
     for name, (lines, message) in cases.items():
         path = write_lines(tmp_path / f"{name}.jsonl", lines)
@@ -121,7 +179,22 @@ def test_bad_judgements_are_errors_naming_the_file_and_line(shards_and_judgement
 
 def test_cli_reports_bad_input_without_a_traceback(tiny_model, tmp_path):
     path = write_lines(tmp_path / "empty.jsonl", [])
-    result = subprocess.run([sys.executable, "-m", "captioning", "distill", "--judgements", path, "--student",
-                             tiny_model, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captioning",
+            "distill",
+            "--judgements",
+            path,
+            "--student",
+            tiny_model,
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: {path} holds no judgement with a score (0 without one)"

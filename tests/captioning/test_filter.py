@@ -13,7 +13,7 @@ from captioning.cli import build_parser
 from captioning.filter import lowest_fraction, parse_judgement
 from captioning.prompts import JUDGE_SCHEMA, judge_messages
 from captioning.roles import load_roles
-from rsclip_jax.records import Caption, CaptionRecord, read_shard, write_shard
+from rsclip_jax.data.records import Caption, CaptionRecord, read_shard, write_shard
 
 ROLE = "Observer of Details"
 
@@ -28,8 +28,9 @@ def write_input(folder):
     Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, format="JPEG")
     jpeg = buffer.getvalue()
     records = [
-        CaptionRecord("a", jpeg, (64, 48), (caption("long", 12), caption("short", 5), caption("long", 9)),
-                      alt_text="a green card"),
+        CaptionRecord(
+            "a", jpeg, (64, 48), (caption("long", 12), caption("short", 5), caption("long", 9)), alt_text="a green card"
+        ),
         CaptionRecord("b", jpeg, (64, 48), (caption("short", 3),)),  # nothing survives: dropped
         CaptionRecord("c", jpeg, (64, 48), (caption("long", 10), caption("short", 4))),
     ]
@@ -37,8 +38,12 @@ def write_input(folder):
 
 
 def run_filter(in_dir, out_dir, *extra):
-    result = subprocess.run([sys.executable, "-m", "captioning", "filter", "--in", in_dir, "--out", out_dir, *extra],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "captioning", "filter", "--in", in_dir, "--out", out_dir, *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads([line for line in result.stdout.splitlines() if line.startswith('{"dropped"')][-1])
 
@@ -52,17 +57,26 @@ def test_length_rules_drop_short_captions_and_empty_images(tmp_path):
     assert [r.alt_text for r in kept] == ["a green card", None]  # carried through as it was
 
 
-@pytest.mark.parametrize("answer,expected", [
-    ('{"score": 87, "rationale": "fits"}', (87.0, "fits")),
-    ('```json\n{"score": 64, "rationale": "misses the mood"}\n```', (64.0, "misses the mood")),  # fenced
-    ('noise {"score": 12} more', (12.0, "")),
-    ('{"rationale": "fine", "score": 90.5}', (90.5, "fine")),
-    ('{"score": "not a number"} Score: 40', (40.0, '{"score": "not a number"} Score: 40')),
-    ("Score: 55 because it is fine", (55.0, "Score: 55 because it is fine")),
-    ("**Score**: 72/100. The caption names every object.",
-     (72.0, "**Score**: 72/100. The caption names every object.")),
-    ('{"score": 300}', None), ('{"score": true}', None), ("no idea", None), ("I would give it 80.", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "answer,expected",
+    [
+        ('{"score": 87, "rationale": "fits"}', (87.0, "fits")),
+        ('```json\n{"score": 64, "rationale": "misses the mood"}\n```', (64.0, "misses the mood")),  # fenced
+        ('noise {"score": 12} more', (12.0, "")),
+        ('{"rationale": "fine", "score": 90.5}', (90.5, "fine")),
+        ('{"score": "not a number"} Score: 40', (40.0, '{"score": "not a number"} Score: 40')),
+        ("Score: 55 because it is fine", (55.0, "Score: 55 because it is fine")),
+        (
+            "**Score**: 72/100. The caption names every object.",
+            (72.0, "**Score**: 72/100. The caption names every object."),
+        ),
+        ('{"score": 300}', None),
+        ('{"score": true}', None),
+        ("no idea", None),
+        ("I would give it 80.", None),
+        ("", None),
+    ],
+)
 def test_parse_judgement_with_and_without_json(answer, expected):
     assert parse_judgement(answer) == expected
 
@@ -96,11 +110,26 @@ def test_vllm_judge_scores_every_caption_and_drops_the_lowest_fraction(tiny_mode
     write_input(str(tmp_path / "in"))
     export = str(tmp_path / "judgements.jsonl")
     summary = run_filter(
-        str(tmp_path / "in"), str(tmp_path / "out"), "--judge-engine", "vllm", "--judge-model", tiny_model,
-        "--drop-fraction", "0.5", "--export-judgements", export, "--dtype", "float32", "--enforce-eager",
-        "--max-model-len", "512", "--max-tokens", "96",
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        "--judge-engine",
+        "vllm",
+        "--judge-model",
+        tiny_model,
+        "--drop-fraction",
+        "0.5",
+        "--export-judgements",
+        export,
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+        "--max-tokens",
+        "96",
         # sampled: greedy, the random model writes "{" and then whitespace, within the schema, until max-tokens
-        "--temperature", "0.7",
+        "--temperature",
+        "0.7",
     )
     judged = [json.loads(line) for line in open(export)]
     assert len(judged) == 4  # the captions that passed the length rules
@@ -115,8 +144,16 @@ def test_vllm_judge_scores_every_caption_and_drops_the_lowest_fraction(tiny_mode
 def test_unparseable_judge_answers_are_counted_not_fatal(tiny_model, tmp_path):
     write_input(str(tmp_path / "in"))
     summary = run_filter(
-        str(tmp_path / "in"), str(tmp_path / "out"), "--judge-engine", "transformers", "--judge-model", tiny_model,
-        "--drop-fraction", "0.5", "--max-tokens", "6",
+        str(tmp_path / "in"),
+        str(tmp_path / "out"),
+        "--judge-engine",
+        "transformers",
+        "--judge-model",
+        tiny_model,
+        "--drop-fraction",
+        "0.5",
+        "--max-tokens",
+        "6",
     )
     # The random model's free text never parses: every judged caption is counted and kept unscored.
     assert summary["dropped"]["judge_unparseable"] == 4 and summary["captions_judged"] == 0

@@ -5,12 +5,17 @@ import os
 
 import numpy as np
 import pytest
+from odd_images import BLUE, RED, WHITE, close, top_and_bottom, write_odd_images
 from PIL import Image
 
 from captioning.images import (
-    MAX_CAPTIONER_ASPECT, MIN_CAPTIONER_SIDE, ImageRefused, for_captioner, load_image, read_image,
+    MAX_CAPTIONER_ASPECT,
+    MIN_CAPTIONER_SIDE,
+    ImageRefused,
+    for_captioner,
+    load_image,
+    read_image,
 )
-from odd_images import BLUE, RED, WHITE, close, top_and_bottom, write_odd_images
 
 
 @pytest.fixture(scope="module")

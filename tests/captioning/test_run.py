@@ -11,6 +11,8 @@ import sys
 import time
 
 import pytest
+from conftest import make_images
+from odd_images import RED, WHITE, close, top_and_bottom, write_odd_images
 from PIL import Image
 
 from captioning.cli import main
@@ -18,14 +20,25 @@ from captioning.engines import Sampling, make_engine
 from captioning.images import decode_record_image, list_inputs, load_image, read_image
 from captioning.roles import load_roles
 from captioning.run import run
-from conftest import make_images
-from odd_images import RED, WHITE, close, top_and_bottom, write_odd_images
-from rsclip_jax.records import read_shard
+from rsclip_jax.data.records import read_shard
 
 
 def caption_command(images, out, model, *extra):
-    return [sys.executable, "-m", "captioning", "run", "--images", images, "--out", out, "--model", model,
-            "--max-tokens", "6", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "captioning",
+        "run",
+        "--images",
+        images,
+        "--out",
+        out,
+        "--model",
+        model,
+        "--max-tokens",
+        "6",
+        *extra,
+    ]
 
 
 def summary_of(stdout):
@@ -42,8 +55,16 @@ def check_records(out, image_ids, short_side=256):
     assert sorted(r.image_id for r in records) == sorted(image_ids)
     for record in records:
         assert collections.Counter((c.role, c.kind) for c in record.captions) == collections.Counter(
-            (role, kind) for role in ["Observer of Details", "Interpreter of Context", "Compositional Analyst",
-                                      "Narrative Setter", "Emotional Responder"] for kind in ("long", "short"))
+            (role, kind)
+            for role in [
+                "Observer of Details",
+                "Interpreter of Context",
+                "Compositional Analyst",
+                "Narrative Setter",
+                "Emotional Responder",
+            ]
+            for kind in ("long", "short")
+        )
         assert all(c.model and c.prompt_version == "rs-prompts-v1" for c in record.captions)
         assert min(decode_record_image(record.image_jpeg).size) <= short_side  # the training copy, resized
         assert record.original_size[1] == 240
@@ -57,8 +78,9 @@ def expected_ids(images):
 def test_run_writes_every_role_and_kind_and_counts_bad_files(images, tiny_model, tmp_path):
     out = str(tmp_path / "out")
     extra = ["--engine", "transformers", "--short-side", "128", "--images-per-shard", "4"]
-    result = subprocess.run(caption_command(images, out, tiny_model, *extra), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        caption_command(images, out, tiny_model, *extra), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stdout)
     assert summary["images"] == 6 and summary["decode_errors"] == 2
@@ -94,12 +116,27 @@ def test_run_killed_midway_and_restarted_captions_everything_once(tiny_model, tm
 def test_workers_split_the_shards_and_a_different_run_is_refused(images, tiny_model, tmp_path):
     out = str(tmp_path / "out")
     for worker in range(2):
-        command = caption_command(images, out, tiny_model, "--engine", "transformers", "--images-per-shard", "2",
-                                  "--num-workers", "2", "--worker-index", str(worker))
+        command = caption_command(
+            images,
+            out,
+            tiny_model,
+            "--engine",
+            "transformers",
+            "--images-per-shard",
+            "2",
+            "--num-workers",
+            "2",
+            "--worker-index",
+            str(worker),
+        )
         assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
     check_records(out, expected_ids(images))
-    other = subprocess.run(caption_command(images, out, tiny_model, "--engine", "transformers", "--images-per-shard",
-                                           "2", "--seed", "7"), capture_output=True, text=True, timeout=600)
+    other = subprocess.run(
+        caption_command(images, out, tiny_model, "--engine", "transformers", "--images-per-shard", "2", "--seed", "7"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert other.returncode != 0 and "holds shards of another run" in other.stderr
 
 
@@ -115,24 +152,44 @@ def test_alt_text_reaches_the_records_and_other_alt_text_is_another_run(tiny_mod
     roles = tmp_path / "roles.json"  # one role, two requests an image: the alt text does not need ten
     roles.write_text(json.dumps({"version": "one", "roles": [vars(load_roles().roles[0])]}))
     out = str(tmp_path / "out")
-    command = ["run", "--images", images, "--out", out, "--model", tiny_model, "--engine", "transformers",
-               "--roles", str(roles), "--max-tokens", "2", "--host-threads", "2"]
-    with pytest.raises(SystemExit, match=f"error: --alt-text {bad} line 2: \"alt_text\" is missing"):
+    command = [
+        "run",
+        "--images",
+        images,
+        "--out",
+        out,
+        "--model",
+        tiny_model,
+        "--engine",
+        "transformers",
+        "--roles",
+        str(roles),
+        "--max-tokens",
+        "2",
+        "--host-threads",
+        "2",
+    ]
+    with pytest.raises(SystemExit, match=f'error: --alt-text {bad} line 2: "alt_text" is missing'):
         main([*command, "--alt-text", str(bad)])
     assert not os.path.exists(out)  # stopped before the run began
     main([*command, "--alt-text", str(good)])
     captured = capsys.readouterr()
     assert summary_of(captured.out)["alt_texts"] == 1 and "1 of its lines name no input" in captured.err
     assert {r.image_id: r.alt_text for r in all_records(out)} == {
-        os.path.join("sub", "img000.png"): None, "img001.jpg": None, "img002.jpg": "a blue card"}
+        os.path.join("sub", "img000.png"): None,
+        "img001.jpg": None,
+        "img002.jpg": "a blue card",
+    }
     assert json.load(open(os.path.join(out, "run.json")))["images_with_alt_text"] == 1
     with pytest.raises(SystemExit, match="holds shards of another run"):
         main(command)  # the sidecar's alt text for img001.jpg
 
 
 def test_missing_engine_says_how_to_install(images, tiny_model, tmp_path):
-    code = ("import sys; sys.modules['vllm'] = None; from captioning.cli import main; "
-            f"main(['run', '--images', {images!r}, '--out', {str(tmp_path / 'o')!r}, '--model', {tiny_model!r}])")
+    code = (
+        "import sys; sys.modules['vllm'] = None; from captioning.cli import main; "
+        f"main(['run', '--images', {images!r}, '--out', {str(tmp_path / 'o')!r}, '--model', {tiny_model!r}])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "engine 'vllm' needs vllm" in result.stderr and "make captioning-env" in result.stderr
@@ -160,8 +217,11 @@ def check_odd_records(out, shown):
     assert phone.size == (100, 200) and close(top_and_bottom(phone)[0], RED)  # stored as a viewer shows it
     assert close(decode_record_image(records["transparent.png"].image_jpeg).getpixel((5, 5)), WHITE)
     assert decode_record_image(records["banner.jpg"].image_jpeg).size == (4000, 12)  # real content, no padding
-    errors = {json.loads(line)["image_id"]: json.loads(line)["reason"]
-              for path in glob.glob(os.path.join(out, "*.errors.jsonl")) for line in open(path)}
+    errors = {
+        json.loads(line)["image_id"]: json.loads(line)["reason"]
+        for path in glob.glob(os.path.join(out, "*.errors.jsonl"))
+        for line in open(path)
+    }
     assert sorted(errors) == ["broken.jpg", "large.png", "notes.txt"]
     assert "above --max-image-pixels 1000000" in errors["large.png"] and "UnidentifiedImageError" in errors["notes.txt"]
     manifest = [json.load(open(p)) for p in glob.glob(os.path.join(out, "manifest", "*.json"))]
@@ -172,8 +232,9 @@ def check_odd_records(out, shown):
 def test_odd_images_are_captioned_as_shown(tiny_model, tmp_path):
     folder, shown = odd_folder(tmp_path)
     out = str(tmp_path / "out")
-    command = caption_command(folder, out, tiny_model, "--engine", "transformers", "--max-image-pixels", "1000000",
-                              "--images-per-shard", "5")
+    command = caption_command(
+        folder, out, tiny_model, "--engine", "transformers", "--max-image-pixels", "1000000", "--images-per-shard", "5"
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stdout)
@@ -191,9 +252,28 @@ def test_vllm_captions_odd_images_and_prefix_caching_changes_no_text(tiny_model,
     for caching in ("on", "off"):
         out = str(tmp_path / caching)
         command = caption_command(
-            folder, out, tiny_model, "--engine", "vllm", "--max-image-pixels", "1000000", "--temperature", "0",
-            "--max-tokens", "8", "--images-per-shard", "5", "--dtype", "float32", "--enforce-eager",
-            "--max-model-len", "512", "--max-num-seqs", "8", *(["--no-prefix-caching"] if caching == "off" else []))
+            folder,
+            out,
+            tiny_model,
+            "--engine",
+            "vllm",
+            "--max-image-pixels",
+            "1000000",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "--images-per-shard",
+            "5",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            "512",
+            "--max-num-seqs",
+            "8",
+            *(["--no-prefix-caching"] if caching == "off" else []),
+        )
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         summary = summary_of(result.stdout)
@@ -218,8 +298,20 @@ def test_a_request_the_engine_refuses_is_an_error_and_the_shard_completes(tiny_m
 
     engine = functools.partial(make_engine, "transformers", tiny_model, sampling=Sampling(6))
     out = str(tmp_path / "out")
-    summary = run(list_inputs(images), out, engine, load_roles(), settings={}, images_per_shard=10, num_workers=1,
-                  worker_index=0, load=load_without_shaping, seed=0, host_threads=2, readahead=4)
+    summary = run(
+        list_inputs(images),
+        out,
+        engine,
+        load_roles(),
+        settings={},
+        images_per_shard=10,
+        num_workers=1,
+        worker_index=0,
+        load=load_without_shaping,
+        seed=0,
+        host_threads=2,
+        readahead=4,
+    )
     assert summary["shards_written"] == 1 and summary["images"] == 3 and summary["caption_errors"] == 10
     errors = [json.loads(line) for line in open(os.path.join(out, "captions-00000.errors.jsonl"))]
     refused = [e for e in errors if e["image_id"] == "banner.png"]
@@ -237,9 +329,18 @@ def test_vllm_answers_every_other_request_around_ones_it_refuses_or_dies_on(tiny
     from captioning.engines import Request
     from captioning.prompts import caption_messages
 
-    engine = make_engine("vllm", tiny_model, sampling=Sampling(6), dtype="float32", enforce_eager=True,
-                         max_model_len=512, max_num_seqs=1, enable_chunked_prefill=True, max_num_batched_tokens=340,
-                         enable_prefix_caching=False)
+    engine = make_engine(
+        "vllm",
+        tiny_model,
+        sampling=Sampling(6),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=512,
+        max_num_seqs=1,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=340,
+        enable_prefix_caching=False,
+    )
     role = load_roles().roles[0]
     images = [Image.new("RGB", (56, 56), (40 * i, 0, 0)) for i in range(5)]  # 334 prompt tokens each
     images[1] = Image.new("RGB", (112, 112), (0, 0, 200))  # 346

@@ -11,9 +11,18 @@ from captioning.status import run_status
 
 def write_entry(out, k, images=10, records=9, decode_errors=1, caption_errors=0):
     with open(os.path.join(out, "manifest", f"captions-{k:05d}.json"), "w") as f:
-        json.dump({"shard": f"captions-{k:05d}.array_record", "config_hash": "abc", "images": images,
-                   "records": records, "decode_errors": decode_errors, "caption_errors": caption_errors,
-                   "captions": {"Observer of Details/long": records, "Observer of Details/short": records}}, f)
+        json.dump(
+            {
+                "shard": f"captions-{k:05d}.array_record",
+                "config_hash": "abc",
+                "images": images,
+                "records": records,
+                "decode_errors": decode_errors,
+                "caption_errors": caption_errors,
+                "captions": {"Observer of Details/long": records, "Observer of Details/short": records},
+            },
+            f,
+        )
 
 
 @pytest.fixture

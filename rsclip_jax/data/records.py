@@ -80,16 +80,31 @@ class _Fields:
             if name not in obj:
                 raise RecordError(f"{where}: {what} is missing field {name!r}")
             if type(obj[name]) not in types:
-                raise RecordError(f"{where}: {what} field {name!r} is {type(obj[name]).__name__}, expected "
-                                  + " or ".join(t.__name__ for t in types))
+                raise RecordError(
+                    f"{where}: {what} field {name!r} is {type(obj[name]).__name__}, expected "
+                    + " or ".join(t.__name__ for t in types)
+                )
 
 
 _NIL = type(None)
 # In the order of Caption's fields, which are built from the values positionally.
-_CAPTION_FIELDS = _Fields(role=(str,), kind=(str,), text=(str,), model=(str,), prompt_version=(str,),
-                          judge_score=(int, float, _NIL), judge_rationale=(str, _NIL))
-_RECORD_FIELDS = _Fields(schema_version=(int,), image_id=(str,), image_jpeg=(bytes,), original_size=(list,),
-                         alt_text=(str, _NIL), captions=(list,))
+_CAPTION_FIELDS = _Fields(
+    role=(str,),
+    kind=(str,),
+    text=(str,),
+    model=(str,),
+    prompt_version=(str,),
+    judge_score=(int, float, _NIL),
+    judge_rationale=(str, _NIL),
+)
+_RECORD_FIELDS = _Fields(
+    schema_version=(int,),
+    image_id=(str,),
+    image_jpeg=(bytes,),
+    original_size=(list,),
+    alt_text=(str, _NIL),
+    captions=(list,),
+)
 
 
 def encode_record(record: CaptionRecord) -> bytes:

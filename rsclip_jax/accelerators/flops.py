@@ -4,7 +4,7 @@ Matrix multiplies only, 2 FLOPs per multiply-add, training = 3 x forward (the ba
 the forward; recomputation under remat is not counted, as MFU conventionally does not).
 """
 
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.model.config import ModelConfig
 
 # Dense bf16 peak per JAX device (a TPU chip, a GPU), TFLOP/s, from the vendors' data sheets. Matched
 # in order against device_kind, so the more specific names come first.
@@ -28,8 +28,14 @@ def _transformer_forward_flops(tokens: int, width: int, layers: int, mlp_ratio: 
     return 2.0 * layers * per_layer_macs
 
 
-def clip_training_flops_per_example(config: ModelConfig, captions_per_example: int, batch_size: int, *,
-                                    text_length: int | None = None, web_caption: bool = False) -> float:
+def clip_training_flops_per_example(
+    config: ModelConfig,
+    captions_per_example: int,
+    batch_size: int,
+    *,
+    text_length: int | None = None,
+    web_caption: bool = False,
+) -> float:
     """Training FLOPs of one example (an image and its captions of `text_length` tokens, the context length
     when None) in a global batch of `batch_size`, with the caption generator when the model has one
     (`web_caption`: its prefix holds the web caption too)."""
@@ -45,7 +51,9 @@ def clip_training_flops_per_example(config: ModelConfig, captions_per_example: i
         + 2.0 * config.text_width * config.embed_dim
     )
     logits = 2.0 * batch_size * captions_per_example * config.embed_dim  # this image against every caption
-    generator = _generator_forward_flops(config, patches + 1, text_length if web_caption else 0) if config.generator else 0
+    generator = (
+        _generator_forward_flops(config, patches + 1, text_length if web_caption else 0) if config.generator else 0
+    )
     return 3.0 * (image + captions_per_example * text + logits + generator)
 
 

@@ -5,8 +5,8 @@ Light on purpose: recipes read the defaults from here (rsclip_jax/config.py), so
 
 import dataclasses
 
-from rsclip_jax.captions import ALT_SLOT, SLOT_KINDS, SUB_CAPTION_MODES
-from rsclip_jax.records import CAPTION_KINDS
+from rsclip_jax.data.caption_sampling import ALT_SLOT, SLOT_KINDS, SUB_CAPTION_MODES
+from rsclip_jax.data.records import CAPTION_KINDS
 
 SAMPLING_MODES = ("grouped", "rows")
 # "pil": open_clip's training transform exactly (the whole image decoded, PIL's bicubic); "opencv": a JPEG decoded by
@@ -40,38 +40,51 @@ class ExampleSpec:
     def __post_init__(self):
         checks = [
             (self.sampling in SAMPLING_MODES, f"sampling {self.sampling!r} must be one of {SAMPLING_MODES}"),
-            (all(k in SLOT_KINDS for k in self.slot_kinds) and self.slot_kinds,
-             f"slot_kinds {self.slot_kinds!r} must be a non-empty tuple of {SLOT_KINDS}"),
+            (
+                all(k in SLOT_KINDS for k in self.slot_kinds) and self.slot_kinds,
+                f"slot_kinds {self.slot_kinds!r} must be a non-empty tuple of {SLOT_KINDS}",
+            ),
             (all(k in CAPTION_KINDS for k in self.kinds), f"kinds {self.kinds!r} must be drawn from {CAPTION_KINDS}"),
-            (self.sub_caption in SUB_CAPTION_MODES,
-             f"sub_caption {self.sub_caption!r} must be one of {SUB_CAPTION_MODES}"),
+            (
+                self.sub_caption in SUB_CAPTION_MODES,
+                f"sub_caption {self.sub_caption!r} must be one of {SUB_CAPTION_MODES}",
+            ),
             (self.crop_backend in CROP_BACKENDS, f"crop_backend {self.crop_backend!r} must be one of {CROP_BACKENDS}"),
             (self.rows_per_image >= 1, f"rows_per_image must be >= 1, got {self.rows_per_image}"),
-            (self.sub_caption == "none" or 1 <= self.sub_caption_tokens <= self.context_length - 2,
-             f"sub_caption_tokens {self.sub_caption_tokens} must lie in [1, context_length - 2 = "
-             f"{self.context_length - 2}] (start and end of text take two positions)"),
+            (
+                self.sub_caption == "none" or 1 <= self.sub_caption_tokens <= self.context_length - 2,
+                f"sub_caption_tokens {self.sub_caption_tokens} must lie in [1, context_length - 2 = "
+                f"{self.context_length - 2}] (start and end of text take two positions)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise DataError(f"config.data: {message}")
         if self.generator_caption_tokens:
             if self.sampling != "grouped":
-                raise DataError("config.generator needs config.data.sampling='grouped': its target is the caption of "
-                                "an image's first synthetic slot, and rows examples have no slots")
+                raise DataError(
+                    "config.generator needs config.data.sampling='grouped': its target is the caption of "
+                    "an image's first synthetic slot, and rows examples have no slots"
+                )
             if all(kind == ALT_SLOT for kind in self.slot_kinds):
-                raise DataError(f"config.generator needs a synthetic caption to predict: config.data.slot_kinds "
-                                f"{self.slot_kinds!r} has no slot other than {ALT_SLOT!r}")
+                raise DataError(
+                    f"config.generator needs a synthetic caption to predict: config.data.slot_kinds "
+                    f"{self.slot_kinds!r} has no slot other than {ALT_SLOT!r}"
+                )
 
     @classmethod
     def from_config(cls, config, model) -> "ExampleSpec":
         """The examples `config.data` asks for, at `model`'s image size and context length; with the caption
         generator on (`config.generator.weight`), its target: queries + 1 ids, start of text and then the token
-        each query predicts (generator.py)."""
+        each query predicts (model/caption_generator.py)."""
         settings = {field.name: config.data[field.name] for field in dataclasses.fields(cls) if field.name in SETTINGS}
         generator = config.get("generator")
-        return cls(image_size=model.image_size, context_length=model.context_length,
-                   **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()},
-                   generator_caption_tokens=generator.queries + 1 if generator and generator.weight else 0)
+        return cls(
+            image_size=model.image_size,
+            context_length=model.context_length,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()},
+            generator_caption_tokens=generator.queries + 1 if generator and generator.weight else 0,
+        )
 
     @property
     def captions_per_example(self) -> int:
@@ -85,5 +98,16 @@ class ExampleSpec:
 
 
 # The fields of ExampleSpec that are `config.data` keys (the rest come from the model and the generator).
-SETTINGS = ("sampling", "slot_kinds", "rows_per_image", "roles", "kinds", "prefix", "sub_caption", "sub_caption_tokens",
-            "random_resized_crop", "crop_scale", "crop_backend")
+SETTINGS = (
+    "sampling",
+    "slot_kinds",
+    "rows_per_image",
+    "roles",
+    "kinds",
+    "prefix",
+    "sub_caption",
+    "sub_caption_tokens",
+    "random_resized_crop",
+    "crop_scale",
+    "crop_backend",
+)

@@ -17,8 +17,12 @@ BATCH_AXES = ("data", "fsdp")
 _ACTIVATION_SHARDING = contextvars.ContextVar("activation_sharding", default=None)
 
 
-def make_mesh(shape: tuple[int, ...], names: tuple[str, ...] = ("data", "fsdp", "tensor"),
-              dcn_shape: tuple[int, ...] | None = None, devices=None) -> jax.sharding.Mesh:
+def make_mesh(
+    shape: tuple[int, ...],
+    names: tuple[str, ...] = ("data", "fsdp", "tensor"),
+    dcn_shape: tuple[int, ...] | None = None,
+    devices=None,
+) -> jax.sharding.Mesh:
     """A mesh of Auto axes (Explicit ones, jax.make_mesh's default, reject an fsdp-sharded contraction).
 
     `shape` lays the axes out within a slice (fast interconnect); `dcn_shape` multiplies them across
@@ -91,8 +95,10 @@ def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:
         rule = rules.get(name)
         axes = () if rule is None else (rule,) if isinstance(rule, str) else tuple(rule)
         # A dimension the mesh axes do not divide, or an axis already used, stays replicated.
-        if not axes or not all(a in mesh.shape and a not in used for a in axes) or size % math.prod(
-            mesh.shape[a] for a in axes
+        if (
+            not axes
+            or not all(a in mesh.shape and a not in used for a in axes)
+            or size % math.prod(mesh.shape[a] for a in axes)
         ):
             spec.append(None)
         else:

@@ -37,5 +37,5 @@ class SharedMemoryStacker:
             return np.stack(arrays)
         block = np.stack(arrays, out=grain.multiprocessing.SharedMemoryArray(shape, dtype))
         self.kept = [kept for kept in self.kept if os.path.exists(os.path.join(_SHARED_MEMORY_NAMES, kept.shm.name))]
-        self.kept = [*self.kept[-(_MOST_KEPT - 1):], block]
+        self.kept = [*self.kept[-(_MOST_KEPT - 1) :], block]
         return block

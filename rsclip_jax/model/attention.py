@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from rsclip_jax.sharding import BATCH_AXES, activation_mesh
+from rsclip_jax.accelerators.sharding import BATCH_AXES, activation_mesh
 
 # Pallas TPU flash attention works on blocks of this many tokens: sequences are padded up to a multiple.
 FLASH_BLOCK = 128
@@ -43,8 +43,12 @@ def padded_attention(q, k, v, causal, multiple, implementation):
     tokens = q.shape[1]
     padded = _padded_length(tokens, multiple)
     out = jax.nn.dot_product_attention(
-        _pad_tokens(q, padded), _pad_tokens(k, padded), _pad_tokens(v, padded), is_causal=causal,
-        key_value_seq_lengths=jnp.full((q.shape[0],), tokens, jnp.int32), implementation=implementation,
+        _pad_tokens(q, padded),
+        _pad_tokens(k, padded),
+        _pad_tokens(v, padded),
+        is_causal=causal,
+        key_value_seq_lengths=jnp.full((q.shape[0],), tokens, jnp.int32),
+        implementation=implementation,
     )
     return out[:, :tokens]
 
@@ -60,12 +64,24 @@ def _tpu_flash_attention(q, k, v, causal):
     def kernel(q, k, v, segments):
         to_heads_first = lambda x: _pad_tokens(x, padded).transpose(0, 2, 1, 3)
         out = pallas_flash.flash_attention(
-            to_heads_first(q), to_heads_first(k), to_heads_first(v), segment_ids=pallas_flash.SegmentIds(segments, segments),
-            causal=causal, sm_scale=1.0 / math.sqrt(head_dim),
+            to_heads_first(q),
+            to_heads_first(k),
+            to_heads_first(v),
+            segment_ids=pallas_flash.SegmentIds(segments, segments),
+            causal=causal,
+            sm_scale=1.0 / math.sqrt(head_dim),
             block_sizes=pallas_flash.BlockSizes(
-                block_q=FLASH_BLOCK, block_k_major=FLASH_BLOCK, block_k=FLASH_BLOCK, block_b=1,
-                block_q_major_dkv=FLASH_BLOCK, block_k_major_dkv=FLASH_BLOCK, block_k_dkv=FLASH_BLOCK,
-                block_q_dkv=FLASH_BLOCK, block_k_major_dq=FLASH_BLOCK, block_k_dq=FLASH_BLOCK, block_q_dq=FLASH_BLOCK,
+                block_q=FLASH_BLOCK,
+                block_k_major=FLASH_BLOCK,
+                block_k=FLASH_BLOCK,
+                block_b=1,
+                block_q_major_dkv=FLASH_BLOCK,
+                block_k_major_dkv=FLASH_BLOCK,
+                block_k_dkv=FLASH_BLOCK,
+                block_q_dkv=FLASH_BLOCK,
+                block_k_major_dq=FLASH_BLOCK,
+                block_k_dq=FLASH_BLOCK,
+                block_q_dq=FLASH_BLOCK,
             ),
         )
         return out.transpose(0, 2, 1, 3)[:, :tokens]
@@ -77,6 +93,9 @@ def _tpu_flash_attention(q, k, v, causal):
     heads = "tensor" if q.shape[2] % mesh.shape.get("tensor", 1) == 0 else None
     qkv_spec = PartitionSpec(BATCH_AXES, None, heads, None)
     return jax.shard_map(
-        kernel, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, PartitionSpec(BATCH_AXES, None)), out_specs=qkv_spec,
+        kernel,
+        mesh=mesh,
+        in_specs=(qkv_spec, qkv_spec, qkv_spec, PartitionSpec(BATCH_AXES, None)),
+        out_specs=qkv_spec,
         check_vma=False,
     )(q, k, v, segments)

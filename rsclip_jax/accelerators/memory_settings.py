@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rsclip_jax.example_spec import ExampleSpec
-from rsclip_jax.sharding import mesh_from_config
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.train_step import batch_sharding, make_train_step
+from rsclip_jax.accelerators.sharding import mesh_from_config
+from rsclip_jax.data.example_spec import ExampleSpec
+from rsclip_jax.training.step import batch_sharding, make_train_step
+from rsclip_jax.training.train_setup import TrainSetup
 
 HEADROOM = 0.10
 # Remat policies from fastest to leanest: each keeps less for the backward pass and recomputes more.
@@ -71,13 +71,15 @@ def abstract_batch(config: ml_collections.ConfigDict, model, spec, mesh) -> dict
     size, batch = model.image_size, config.batch_size
     arrays = {
         "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharding),
-        "tokens": jax.ShapeDtypeStruct((batch, spec.captions_per_example, spec.text_length), jnp.int32,
-                                       sharding=sharding),
+        "tokens": jax.ShapeDtypeStruct(
+            (batch, spec.captions_per_example, spec.text_length), jnp.int32, sharding=sharding
+        ),
         "image_id": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding),
     }
     if spec.generator_caption_tokens:
-        arrays["caption_tokens"] = jax.ShapeDtypeStruct((batch, spec.generator_caption_tokens), jnp.int32,
-                                                        sharding=sharding)
+        arrays["caption_tokens"] = jax.ShapeDtypeStruct(
+            (batch, spec.generator_caption_tokens), jnp.int32, sharding=sharding
+        )
     return arrays
 
 
@@ -95,8 +97,13 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, hbm_bytes: in
             raise
         return CompiledStep(None, None, time.perf_counter() - start, _first_line_with(str(e), "HBM") or str(e)[:300])
     analysis = compiled.memory_analysis()
-    memory = StepMemory(analysis.argument_size_in_bytes, analysis.output_size_in_bytes, analysis.alias_size_in_bytes,
-                        analysis.temp_size_in_bytes, hbm_bytes)
+    memory = StepMemory(
+        analysis.argument_size_in_bytes,
+        analysis.output_size_in_bytes,
+        analysis.alias_size_in_bytes,
+        analysis.temp_size_in_bytes,
+        hbm_bytes,
+    )
     return CompiledStep(compiled, memory, time.perf_counter() - start)
 
 

@@ -5,9 +5,9 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from rsclip_jax.generator import CaptionGenerator
-from rsclip_jax.layers import Transformer, axes, l2_normalize, layer_norm, normal
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.model.caption_generator import CaptionGenerator
+from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.model.layers import Transformer, axes, l2_normalize, layer_norm, normal
 
 
 class VisionTransformer(nnx.Module):
@@ -17,15 +17,32 @@ class VisionTransformer(nnx.Module):
         scale = width**-0.5
         self.image_size = config.image_size
         self.conv1 = nnx.Conv(
-            3, width, kernel_size=(config.patch_size,) * 2, strides=(config.patch_size,) * 2, padding="VALID",
-            use_bias=False, dtype=dtype, kernel_metadata=axes(None, None, None, "embed"), rngs=rngs,
+            3,
+            width,
+            kernel_size=(config.patch_size,) * 2,
+            strides=(config.patch_size,) * 2,
+            padding="VALID",
+            use_bias=False,
+            dtype=dtype,
+            kernel_metadata=axes(None, None, None, "embed"),
+            rngs=rngs,
         )
         self.class_embedding = nnx.Param(normal(scale)(rngs.params(), (width,)), **axes("embed"))
-        self.positional_embedding = nnx.Param(normal(scale)(rngs.params(), (grid * grid + 1, width)), **axes(None, "embed"))
+        self.positional_embedding = nnx.Param(
+            normal(scale)(rngs.params(), (grid * grid + 1, width)), **axes(None, "embed")
+        )
         self.ln_pre = layer_norm(width, dtype, rngs)
         self.transformer = Transformer(
-            width, config.vision_layers, config.vision_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs,
-            remat_policy=config.remat_policy, scan=config.scan_layers, attention=config.attention,
+            width,
+            config.vision_layers,
+            config.vision_heads,
+            config.mlp_ratio,
+            config.activation,
+            dtype=dtype,
+            rngs=rngs,
+            remat_policy=config.remat_policy,
+            scan=config.scan_layers,
+            attention=config.attention,
         )
         self.ln_post = layer_norm(width, dtype, rngs)
         self.proj = nnx.Param(normal(scale)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))
@@ -54,18 +71,32 @@ class CLIP(nnx.Module):
         self.dtype = dtype
         self.visual = VisionTransformer(config, rngs=rngs)
         self.token_embedding = nnx.Embed(
-            config.vocab_size, width, dtype=dtype, embedding_init=normal(0.02), embedding_metadata=axes("vocab", "embed"),
+            config.vocab_size,
+            width,
+            dtype=dtype,
+            embedding_init=normal(0.02),
+            embedding_metadata=axes("vocab", "embed"),
             rngs=rngs,
         )
         self.positional_embedding = nnx.Param(
             normal(0.01)(rngs.params(), (config.context_length, width)), **axes(None, "embed")
         )
         self.transformer = Transformer(
-            width, config.text_layers, config.text_heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs,
-            remat_policy=config.remat_policy, scan=config.scan_layers, attention=config.attention,
+            width,
+            config.text_layers,
+            config.text_heads,
+            config.mlp_ratio,
+            config.activation,
+            dtype=dtype,
+            rngs=rngs,
+            remat_policy=config.remat_policy,
+            scan=config.scan_layers,
+            attention=config.attention,
         )
         self.ln_final = layer_norm(width, dtype, rngs)
-        self.text_projection = nnx.Param(normal(width**-0.5)(rngs.params(), (width, config.embed_dim)), **axes("embed", None))
+        self.text_projection = nnx.Param(
+            normal(width**-0.5)(rngs.params(), (width, config.embed_dim)), **axes("embed", None)
+        )
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
         if config.logit_bias_init is not None:
             self.logit_bias = nnx.Param(jnp.asarray(config.logit_bias_init, jnp.float32))

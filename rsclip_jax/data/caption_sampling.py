@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 
-from rsclip_jax.records import Caption
-from rsclip_jax.tokenizer import EOT_ID, SOT_ID, tokenize
+from rsclip_jax.data.records import Caption
+from rsclip_jax.data.tokenizer import EOT_ID, SOT_ID, tokenize
 
 SUB_CAPTION_MODES = ("none", "sentence", "token_block")
 ALT_SLOT = "alt"  # a slot that holds the record's web alt text, not a synthetic caption
@@ -18,7 +18,9 @@ def eligible_captions(captions: tuple[Caption, ...], roles: tuple[str, ...], kin
     return [c for c in captions if (not roles or c.role in roles) and c.kind in kinds]
 
 
-def pick_for_slots(captions: list[Caption], slot_kinds: tuple[str, ...], rng: np.random.Generator) -> list[Caption] | None:
+def pick_for_slots(
+    captions: list[Caption], slot_kinds: tuple[str, ...], rng: np.random.Generator
+) -> list[Caption] | None:
     """One caption per synthetic slot ("alt" slots are passed over), each drawn from the captions of the slot's
     kind; distinct captions of the record while enough remain.
 
@@ -60,7 +62,12 @@ def random_token_block(text: str, budget: int, context_length: int, rng: np.rand
 
 
 def caption_tokens(
-    texts: list[str], *, context_length: int, prefix: str, sub_caption: str, sub_caption_tokens: int,
+    texts: list[str],
+    *,
+    context_length: int,
+    prefix: str,
+    sub_caption: str,
+    sub_caption_tokens: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Token ids [len(texts), context_length] for the chosen captions, after the sub-caption transform."""
@@ -73,15 +80,30 @@ def caption_tokens(
 
 
 def slot_tokens(
-    chosen: list[Caption], alt_text: str | None, slot_kinds: tuple[str, ...], *, text_length: int, prefix: str,
-    sub_caption: str, sub_caption_tokens: int, rng: np.random.Generator,
+    chosen: list[Caption],
+    alt_text: str | None,
+    slot_kinds: tuple[str, ...],
+    *,
+    text_length: int,
+    prefix: str,
+    sub_caption: str,
+    sub_caption_tokens: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Token ids [len(slot_kinds), text_length]: the synthetic slots hold `chosen` in order, after the sub-caption
     transform; each "alt" slot holds `alt_text` whole, cut at `text_length` (CLIPS samples sub-captions of the
     synthetic caption only)."""
-    synthetic = iter(caption_tokens(
-        [c.text for c in chosen], context_length=text_length, prefix=prefix, sub_caption=sub_caption,
-        sub_caption_tokens=sub_caption_tokens, rng=rng,
-    ) if chosen else ())
+    synthetic = iter(
+        caption_tokens(
+            [c.text for c in chosen],
+            context_length=text_length,
+            prefix=prefix,
+            sub_caption=sub_caption,
+            sub_caption_tokens=sub_caption_tokens,
+            rng=rng,
+        )
+        if chosen
+        else ()
+    )
     alt = tokenize(prefix + alt_text, text_length)[0] if ALT_SLOT in slot_kinds else None
     return np.stack([alt if kind == ALT_SLOT else next(synthetic) for kind in slot_kinds])

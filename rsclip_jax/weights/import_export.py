@@ -9,10 +9,10 @@ import zipfile
 import numpy as np
 from flax import nnx
 
-from rsclip_jax.checkpoint import Checkpointer
-from rsclip_jax.preprocess import CLIP_MEAN, CLIP_STD
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import TrainSetup
+from rsclip_jax.accelerators.sharding import make_mesh
+from rsclip_jax.data.preprocess import CLIP_MEAN, CLIP_STD
+from rsclip_jax.training.checkpoints import Checkpointer
+from rsclip_jax.training.train_setup import TrainSetup
 from rsclip_jax.weights.hf_layout import hf_clip_config, hf_to_openai, openai_to_hf
 from rsclip_jax.weights.openai_layout import load_openai_state_dict, to_openai_state_dict
 from rsclip_jax.weights.positions import stretch_positions
@@ -81,12 +81,24 @@ def export_open_clip(model_config, model, out: str) -> None:
 
     c = model_config
     model_cfg = {
-        "embed_dim": c.embed_dim, "quick_gelu": c.activation == "quick_gelu",
-        "vision_cfg": {"image_size": c.image_size, "layers": c.vision_layers, "width": c.vision_width,
-                       "head_width": c.vision_width // c.vision_heads, "patch_size": c.patch_size,
-                       "mlp_ratio": c.mlp_ratio},
-        "text_cfg": {"context_length": c.context_length, "vocab_size": c.vocab_size, "width": c.text_width,
-                     "heads": c.text_heads, "layers": c.text_layers, "mlp_ratio": c.mlp_ratio},
+        "embed_dim": c.embed_dim,
+        "quick_gelu": c.activation == "quick_gelu",
+        "vision_cfg": {
+            "image_size": c.image_size,
+            "layers": c.vision_layers,
+            "width": c.vision_width,
+            "head_width": c.vision_width // c.vision_heads,
+            "patch_size": c.patch_size,
+            "mlp_ratio": c.mlp_ratio,
+        },
+        "text_cfg": {
+            "context_length": c.context_length,
+            "vocab_size": c.vocab_size,
+            "width": c.text_width,
+            "heads": c.text_heads,
+            "layers": c.text_layers,
+            "mlp_ratio": c.mlp_ratio,
+        },
     }
     if c.logit_bias_init is not None:
         model_cfg["init_logit_bias"] = c.logit_bias_init
@@ -101,10 +113,13 @@ def export_hf(model_config, model, out: str) -> None:
     import transformers
 
     kwargs = hf_clip_config(model_config)
-    hf_model = transformers.CLIPModel(transformers.CLIPConfig(
-        text_config=transformers.CLIPTextConfig(**kwargs["text_config"]),
-        vision_config=transformers.CLIPVisionConfig(**kwargs["vision_config"]), projection_dim=kwargs["projection_dim"],
-    ))
+    hf_model = transformers.CLIPModel(
+        transformers.CLIPConfig(
+            text_config=transformers.CLIPTextConfig(**kwargs["text_config"]),
+            vision_config=transformers.CLIPVisionConfig(**kwargs["vision_config"]),
+            projection_dim=kwargs["projection_dim"],
+        )
+    )
     weights = {k: torch.from_numpy(v) for k, v in openai_to_hf(to_openai_state_dict(model)).items()}
     missing, unexpected = hf_model.load_state_dict(weights, strict=False)
     if unexpected or any(not name.endswith("position_ids") for name in missing):

@@ -52,14 +52,17 @@ def parse_tpu_name(name: str) -> tuple[str, int]:
     """'v5e-8' -> ('v5e', 8 chips); 'v4-8' -> ('v4', 4 chips): v4 and v5p names count TensorCores."""
     match = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", name)
     if not match:
-        raise ValueError(f"unknown topology {name!r}: give a Cloud TPU accelerator type such as v5e-8, v4-32, "
-                         f"v5p-128 or v6e-256")
+        raise ValueError(
+            f"unknown topology {name!r}: give a Cloud TPU accelerator type such as v5e-8, v4-32, v5p-128 or v6e-256"
+        )
     generation, cores = match.group(1), int(match.group(2))
     _, _, cores_per_chip, smallest, largest = TPU_GENERATIONS[generation]
     chips = cores // cores_per_chip
     if cores % cores_per_chip or chips & (chips - 1) or not smallest <= chips <= largest:
-        raise ValueError(f"{name!r} is not a {generation} slice: give {generation}-N with N a power of two from "
-                         f"{smallest * cores_per_chip} to {largest * cores_per_chip}")
+        raise ValueError(
+            f"{name!r} is not a {generation} slice: give {generation}-N with N a power of two from "
+            f"{smallest * cores_per_chip} to {largest * cores_per_chip}"
+        )
     return generation, chips
 
 
@@ -77,8 +80,11 @@ def tpu_target(name: str, slices: int = 1) -> Target:
     if importlib.util.find_spec("libtpu") is None:
         raise RuntimeError(LIBTPU_HINT)
     description = topologies.get_topology_desc(
-        platform="tpu", topology_name=f"{prefix}:{'x'.join(map(str, grid))}", chip_config_name=chip_config,
-        chips_per_host_bounds=tuple(min(side, 2) for side in grid) + (1,) * (3 - len(grid)), num_slices=slices,
+        platform="tpu",
+        topology_name=f"{prefix}:{'x'.join(map(str, grid))}",
+        chip_config_name=chip_config,
+        chips_per_host_bounds=tuple(min(side, 2) for side in grid) + (1,) * (3 - len(grid)),
+        num_slices=slices,
     )
     return Target(name, tuple(description.devices), int(TPU_HBM_GIB[generation] * 2**30), slices)
 
@@ -101,8 +107,10 @@ def gpu_target(name: str) -> Target:
     match = re.fullmatch(r"(a100|h100|h200)-(\d+)", name)
     count = int(match.group(2)) if match else 0
     if not match or not (1 <= count <= GPUS_PER_HOST or count % GPUS_PER_HOST == 0):
-        raise ValueError(f"unknown GPU topology {name!r}: give {', '.join(k + '-8' for k in GPU_TARGETS)} (N GPUs, "
-                         f"1 to 8 on one host or a multiple of 8)")
+        raise ValueError(
+            f"unknown GPU topology {name!r}: give {', '.join(k + '-8' for k in GPU_TARGETS)} (N GPUs, "
+            f"1 to 8 on one host or a multiple of 8)"
+        )
     text = _gpu_target_text(match.group(1))
     per_host = min(count, GPUS_PER_HOST)
     if importlib.util.find_spec("jax_cuda13_plugin") is None:
@@ -119,6 +127,7 @@ def target(name: str, slices: int = 1) -> Target:
     if name.split("-")[0] not in GPU_TARGETS:
         return tpu_target(name, slices)
     if slices != 1:
-        raise ValueError(f"GPU nodes are counted in the topology name ({name.split('-')[0]}-16 for two nodes), "
-                         f"not with --slices")
+        raise ValueError(
+            f"GPU nodes are counted in the topology name ({name.split('-')[0]}-16 for two nodes), not with --slices"
+        )
     return gpu_target(name)

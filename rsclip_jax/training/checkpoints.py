@@ -8,8 +8,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import TrainSetup
+from rsclip_jax.accelerators.sharding import make_mesh
+from rsclip_jax.training.train_setup import TrainSetup
 
 
 def _absolute(directory: str) -> epath.Path:
@@ -66,13 +66,16 @@ def restore_params(directory: str, setup, step: int | None = None) -> tuple[int,
             raise FileNotFoundError(f"{directory} holds no checkpoint")
         target = setup.state_target("params")
         restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), target)
-        item = ocp.args.PyTreeRestore(item={"params": target}, restore_args={"params": restore_args},
-                                      partial_restore=True)
+        item = ocp.args.PyTreeRestore(
+            item={"params": target}, restore_args={"params": restore_args}, partial_restore=True
+        )
         try:
             return step, manager.restore(step, args=ocp.args.Composite(state=item)).state["params"]
         except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
-            raise ValueError(f"the checkpoint {directory}/{step} does not fit the config's model: give the config "
-                             f"it was trained with. Orbax said: {e}") from None
+            raise ValueError(
+                f"the checkpoint {directory}/{step} does not fit the config's model: give the config "
+                f"it was trained with. Orbax said: {e}"
+            ) from None
     finally:
         manager.close()
 

@@ -113,8 +113,9 @@ def decode_covering(image: EncodedImage, box: Box, size: int) -> np.ndarray:
     with decoding("image bytes"):
         if image.pil is None:
             eighths = _dct_eighths(width, height, box, size)
-            return simplejpeg.decode_jpeg(image.data, "RGB", min_width=_scaled(width, eighths),
-                                          min_height=_scaled(height, eighths))
+            return simplejpeg.decode_jpeg(
+                image.data, "RGB", min_width=_scaled(width, eighths), min_height=_scaled(height, eighths)
+            )
         # PIL's draft picks the smallest of 1/8, 1/4, 1/2 and 1 that covers the size asked for.
         image.pil.draft("RGB", _least_decoded_size(width, height, box, size))
         image.pil.load()
@@ -145,8 +146,14 @@ def _dct_eighths(width: int, height: int, box: Box, size: int) -> int:
         if rows.stop - rows.start == columns.stop - columns.start == size:
             return exact
     least_width, least_height = _least_decoded_size(width, height, box, size)
-    return next((eighths for eighths in (1, 2, 4)
-                 if _scaled(width, eighths) >= least_width and _scaled(height, eighths) >= least_height), 8)
+    return next(
+        (
+            eighths
+            for eighths in (1, 2, 4)
+            if _scaled(width, eighths) >= least_width and _scaled(height, eighths) >= least_height
+        ),
+        8,
+    )
 
 
 def crop_like_open_clip(image: EncodedImage, box: Box | None, size: int) -> np.ndarray:

@@ -10,11 +10,11 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rsclip_jax.captions import ALT_SLOT
-from rsclip_jax.losses import PCA_SCOPES, contrastive_loss, primary_components, sharded_contrastive_loss
-from rsclip_jax.preprocess import normalize_images
-from rsclip_jax.sharding import BATCH_AXES, activation_sharding
-from rsclip_jax.train_state import TrainSetup
+from rsclip_jax.accelerators.sharding import BATCH_AXES, activation_sharding
+from rsclip_jax.data.caption_sampling import ALT_SLOT
+from rsclip_jax.data.preprocess import normalize_images
+from rsclip_jax.training.losses import PCA_SCOPES, contrastive_loss, primary_components, sharded_contrastive_loss
+from rsclip_jax.training.train_setup import TrainSetup
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -29,20 +29,25 @@ def check_loss_settings(config: ml_collections.ConfigDict) -> None:
     """ValueError naming the config keys when the loss settings cannot work together."""
     problems = []
     if config.loss.kind == "sigmoid" and config.model.logit_bias_init is None:
-        problems.append("config.loss.kind 'sigmoid' needs a learnable logit bias: set config.model.logit_bias_init "
-                        "(SigLIP starts it at -10)")
+        problems.append(
+            "config.loss.kind 'sigmoid' needs a learnable logit bias: set config.model.logit_bias_init "
+            "(SigLIP starts it at -10)"
+        )
     if config.loss.short_caption_components and config.loss.short_caption_pca not in PCA_SCOPES:
-        problems.append(f"config.loss.short_caption_pca must be one of {PCA_SCOPES}, not "
-                        f"{config.loss.short_caption_pca!r}")
+        problems.append(
+            f"config.loss.short_caption_pca must be one of {PCA_SCOPES}, not {config.loss.short_caption_pca!r}"
+        )
     generator = config.generator
     if generator.weight:
         for key, least in (("queries", 1), ("loss_chunk", 1), ("layers", 0), ("width", 0), ("heads", 0)):
             if generator[key] < least:
                 problems.append(f"config.generator.{key} must be at least {least}, not {generator[key]}")
     if (config.optim.grad_cache_chunks or 1) > 1 and generator.weight:
-        problems.append("config.optim.grad_cache_chunks > 1 does not combine with config.generator.weight > 0: the "
-                        "caption generator reads the towers' tokens, which gradient caching does not keep; use "
-                        "config.optim.accum_steps instead")
+        problems.append(
+            "config.optim.grad_cache_chunks > 1 does not combine with config.generator.weight > 0: the "
+            "caption generator reads the towers' tokens, which gradient caching does not keep; use "
+            "config.optim.accum_steps instead"
+        )
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -110,7 +115,9 @@ def embeddings_loss(config, model, image_emb, text_emb, image_ids, slot_kinds: t
     if uses_sharded_loss(config, mesh):
         loss_fn = partial(sharded_contrastive_loss, mesh=mesh, row_chunk=config.loss.row_chunk)
     kwargs = dict(
-        kind=config.loss.kind, image_ids=image_ids, label_smoothing=config.loss.label_smoothing,
+        kind=config.loss.kind,
+        image_ids=image_ids,
+        label_smoothing=config.loss.label_smoothing,
         logit_bias=model.logit_bias[...] if hasattr(model, "logit_bias") else None,
     )
     scale = model.logit_scale[...]
@@ -120,8 +127,10 @@ def embeddings_loss(config, model, image_emb, text_emb, image_ids, slot_kinds: t
     short = [i for i, kind in enumerate(slot_kinds) if kind == "short"]
     fine = [i for i, kind in enumerate(slot_kinds) if kind != "short"]
     return loss_fn(image_emb, text_emb[:, fine], scale, **kwargs) + loss_fn(
-        primary_components(image_emb, components, scope=config.loss.short_caption_pca, mesh=mesh), text_emb[:, short],
-        scale, **kwargs
+        primary_components(image_emb, components, scope=config.loss.short_caption_pca, mesh=mesh),
+        text_emb[:, short],
+        scale,
+        **kwargs,
     )
 
 
@@ -144,6 +153,7 @@ def make_train_step(setup: TrainSetup, slot_kinds):
 
     def traced(fn):
         """fn(model, ...) with the model merged from its params, traced under the mesh's activation rules."""
+
         def run(params, *args):
             with activation_sharding(mesh, config.mesh.activation_rules):
                 return fn(nnx.merge(setup.graphdef, params), *args)
@@ -153,8 +163,9 @@ def make_train_step(setup: TrainSetup, slot_kinds):
     loss_fn = traced(lambda model, batch: training_loss(config, model, batch, slot_kinds, mesh))
     embed = traced(lambda model, piece: model(normalize_images(piece["image"]), piece["tokens"]))
     embeddings_loss_fn = traced(
-        lambda model, image_emb, text_emb, image_ids: embeddings_loss(config, model, image_emb, text_emb, image_ids,
-                                                                     slot_kinds, mesh)
+        lambda model, image_emb, text_emb, image_ids: embeddings_loss(
+            config, model, image_emb, text_emb, image_ids, slot_kinds, mesh
+        )
     )
 
     def cached_value_and_grad(params, batch):
@@ -211,13 +222,18 @@ def make_train_step(setup: TrainSetup, slot_kinds):
             "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite, number, state["nonfinite_step"]),
         }
         metrics = {
-            "loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state["step"]),
-            "logit_scale": jnp.exp(new_state["params"]["logit_scale"]), **loss_parts,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state["step"]),
+            "logit_scale": jnp.exp(new_state["params"]["logit_scale"]),
+            **loss_parts,
         }
         return new_state, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
-        step, in_shardings=(setup.shardings, batch_sharding(mesh)), out_shardings=(setup.shardings, replicated),
+        step,
+        in_shardings=(setup.shardings, batch_sharding(mesh)),
+        out_shardings=(setup.shardings, replicated),
         donate_argnums=0,
     )

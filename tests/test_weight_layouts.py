@@ -20,7 +20,9 @@ def inputs(config):
 
 
 def ours_embeddings(model, images, tokens):
-    return np.asarray(model.encode_image(jnp.asarray(images.transpose(0, 2, 3, 1)))), np.asarray(model.encode_text(jnp.asarray(tokens)))
+    return np.asarray(model.encode_image(jnp.asarray(images.transpose(0, 2, 3, 1)))), np.asarray(
+        model.encode_text(jnp.asarray(tokens))
+    )
 
 
 def randomized(model):
@@ -36,7 +38,8 @@ def randomized(model):
 
 # The paper's model at both text lengths (slow on a CPU), and the tiny one with either activation.
 CASES = [
-    ("tiny", "quick_gelu", 77, 1e-5), ("tiny", "gelu", 248, 1e-5),
+    ("tiny", "quick_gelu", 77, 1e-5),
+    ("tiny", "gelu", 248, 1e-5),
     pytest.param("B/16", "quick_gelu", 77, 1e-4, marks=pytest.mark.slow),
     pytest.param("B/16", "quick_gelu", 248, 1e-4, marks=pytest.mark.slow),
 ]
@@ -50,8 +53,10 @@ def test_export_to_open_clip_gives_the_same_embeddings(variant, activation, cont
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in to_openai_state_dict(ours).items()}, strict=True)
     images, tokens = inputs(config)
     with torch.no_grad():
-        expected = (theirs.encode_image(torch.from_numpy(images), normalize=True).numpy(),
-                    theirs.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy())
+        expected = (
+            theirs.encode_image(torch.from_numpy(images), normalize=True).numpy(),
+            theirs.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy(),
+        )
     for got, want in zip(ours_embeddings(ours, images, tokens), expected):
         np.testing.assert_allclose(got, want, atol=atol)
 
@@ -61,7 +66,8 @@ def hf_model(config):
     kwargs = hf_clip_config(config)
     hf_config = transformers.CLIPConfig(
         text_config=transformers.CLIPTextConfig(**kwargs["text_config"]),
-        vision_config=transformers.CLIPVisionConfig(**kwargs["vision_config"]), projection_dim=kwargs["projection_dim"],
+        vision_config=transformers.CLIPVisionConfig(**kwargs["vision_config"]),
+        projection_dim=kwargs["projection_dim"],
     )
     return transformers.CLIPModel(hf_config).eval()
 

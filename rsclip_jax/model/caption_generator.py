@@ -1,4 +1,4 @@
-"""CLIPS' caption generator (METHOD.md section 6): a text decoder that predicts an image's full synthetic
+"""CLIPS' caption generator (docs/method.md section 6): a text decoder that predicts an image's full synthetic
 caption from its image tokens, its web caption and learnable queries.
 
 The decoder reads [image tokens; web-caption tokens; queries]. The image and web-caption tokens (the prefix)
@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rsclip_jax.layers import Transformer, axes, layer_norm, normal
-from rsclip_jax.losses import block_size
-from rsclip_jax.sharding import constrain
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.accelerators.sharding import constrain
+from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.model.layers import Transformer, axes, layer_norm, normal
+from rsclip_jax.training.losses import block_size
 
 
 def prefix_lm_mask(prefix_length: int, key_is_real):
@@ -44,8 +44,15 @@ class CaptionGenerator(nnx.Module):
         # rescales them, and distinct queries are what tells one output position from the next.
         self.queries = nnx.Param(normal(1.0)(rngs.params(), (config.generator_queries, width)), **axes(None, "embed"))
         self.transformer = Transformer(
-            width, layers, heads, config.mlp_ratio, config.activation, dtype=dtype, rngs=rngs,
-            remat_policy=config.remat_policy, scan=config.scan_layers,
+            width,
+            layers,
+            heads,
+            config.mlp_ratio,
+            config.activation,
+            dtype=dtype,
+            rngs=rngs,
+            remat_policy=config.remat_policy,
+            scan=config.scan_layers,
         )
         self.ln_final = layer_norm(width, dtype, rngs)
         self.head = nnx.Param(normal(width**-0.5)(rngs.params(), (width, config.vocab_size)), **axes("embed", "vocab"))
@@ -85,12 +92,17 @@ class CaptionGenerator(nnx.Module):
         def block_loss(block):
             block_features, block_targets = block
             # Operands in the compute dtype, sums in float32; the vocabulary split as the head's is (over "tensor").
-            logits = jnp.einsum("bqw,wv->bqv", block_features, head.astype(block_features.dtype),
-                                preferred_element_type=jnp.float32)
+            logits = jnp.einsum(
+                "bqw,wv->bqv", block_features, head.astype(block_features.dtype), preferred_element_type=jnp.float32
+            )
             logits = constrain(logits, "batch", None, "vocab")
-            return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, block_targets) * (block_targets != 0))
+            return jnp.sum(
+                optax.softmax_cross_entropy_with_integer_labels(logits, block_targets) * (block_targets != 0)
+            )
 
-        blocks = [jnp.swapaxes(x.reshape(x.shape[0], positions // chunk, chunk, *x.shape[2:]), 0, 1)
-                  for x in (features, targets)]
+        blocks = [
+            jnp.swapaxes(x.reshape(x.shape[0], positions // chunk, chunk, *x.shape[2:]), 0, 1)
+            for x in (features, targets)
+        ]
         total = jax.lax.map(block_loss, blocks).sum()
         return total / jnp.maximum(jnp.sum(targets != 0), 1)

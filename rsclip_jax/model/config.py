@@ -8,7 +8,8 @@ once, for the config's checks and the model's code alike.
 
 import dataclasses
 
-# The config keys that may stay None until `rsclip_jax.fit` picks them; ModelConfig's defaults stand in until then.
+# The config keys that may stay None until `rsclip_jax.accelerators.memory_settings` picks them; ModelConfig's
+# defaults stand in until then.
 AUTO_MODEL_KEYS = ("remat_policy", "scan_layers", "attention")
 # The MLP's activation (layers.Mlp): OpenAI's QuickGELU, or exact GELU.
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -58,7 +59,8 @@ class ModelConfig:
     scan_layers: bool = False
     # One of ATTENTION_IMPLEMENTATIONS.
     attention: str = "xla"
-    # CLIPS' caption generator (generator.py): blocks, width and heads (0: the text tower's), and its queries.
+    # CLIPS' caption generator (model/caption_generator.py): blocks, width and heads (0: the text tower's), and its
+    # queries.
     generator: bool = False
     generator_layers: int = 0
     generator_width: int = 0
@@ -74,7 +76,10 @@ class ModelConfig:
             raise ValueError(f"model attention {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
         if self.image_size % self.patch_size:
             raise ValueError(f"model image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
+        for width, heads, tower in (
+            (self.vision_width, self.vision_heads, "vision"),
+            (self.text_width, self.text_heads, "text"),
+        ):
             if width % heads:
                 raise ValueError(f"model {tower}_width {width} is not divisible by {tower}_heads {heads}")
         generator_width, _, generator_heads = self.generator_size
@@ -82,14 +87,18 @@ class ModelConfig:
             raise ValueError(f"generator width {generator_width} is not divisible by its heads {generator_heads}")
         if not 0 <= self.frozen_text_positions <= self.context_length:
             raise ValueError(
-                f"model frozen_text_positions {self.frozen_text_positions} must lie in [0, context_length={self.context_length}]"
+                f"model frozen_text_positions {self.frozen_text_positions} must lie in "
+                f"[0, context_length={self.context_length}]"
             )
 
     @property
     def generator_size(self) -> tuple[int, int, int]:
         """(width, layers, heads) of the caption generator: those given, the text tower's where 0."""
-        return (self.generator_width or self.text_width, self.generator_layers or self.text_layers,
-                self.generator_heads or self.text_heads)
+        return (
+            self.generator_width or self.text_width,
+            self.generator_layers or self.text_layers,
+            self.generator_heads or self.text_heads,
+        )
 
     @classmethod
     def from_config(cls, config) -> "ModelConfig":
@@ -99,8 +108,13 @@ class ModelConfig:
         fields = {k: v for k, v in fields.items() if v is not None or k not in AUTO_MODEL_KEYS}
         generator = config.get("generator")  # absent from the config.json of workdirs trained before it existed
         if generator and generator.weight:
-            fields.update(generator=True, generator_layers=generator.layers, generator_width=generator.width,
-                          generator_heads=generator.heads, generator_queries=generator.queries)
+            fields.update(
+                generator=True,
+                generator_layers=generator.layers,
+                generator_width=generator.width,
+                generator_heads=generator.heads,
+                generator_queries=generator.queries,
+            )
         return model_config(config.model.variant, **fields)
 
     @property
@@ -115,24 +129,59 @@ class ModelConfig:
 
 VARIANTS = {
     "tiny": ModelConfig(
-        embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
-        text_width=64, text_layers=2, text_heads=2,
+        embed_dim=32,
+        image_size=32,
+        patch_size=8,
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=2,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
     ),
     "S/16": ModelConfig(
-        embed_dim=384, image_size=224, patch_size=16, vision_width=384, vision_layers=12, vision_heads=6,
-        text_width=384, text_layers=12, text_heads=6,
+        embed_dim=384,
+        image_size=224,
+        patch_size=16,
+        vision_width=384,
+        vision_layers=12,
+        vision_heads=6,
+        text_width=384,
+        text_layers=12,
+        text_heads=6,
     ),
     "B/32": ModelConfig(
-        embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_layers=12, vision_heads=12,
-        text_width=512, text_layers=12, text_heads=8,
+        embed_dim=512,
+        image_size=224,
+        patch_size=32,
+        vision_width=768,
+        vision_layers=12,
+        vision_heads=12,
+        text_width=512,
+        text_layers=12,
+        text_heads=8,
     ),
     "B/16": ModelConfig(
-        embed_dim=512, image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12,
-        text_width=512, text_layers=12, text_heads=8,
+        embed_dim=512,
+        image_size=224,
+        patch_size=16,
+        vision_width=768,
+        vision_layers=12,
+        vision_heads=12,
+        text_width=512,
+        text_layers=12,
+        text_heads=8,
     ),
     "L/14": ModelConfig(
-        embed_dim=768, image_size=224, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
-        text_width=768, text_layers=12, text_heads=12,
+        embed_dim=768,
+        image_size=224,
+        patch_size=14,
+        vision_width=1024,
+        vision_layers=24,
+        vision_heads=16,
+        text_width=768,
+        text_layers=12,
+        text_heads=12,
     ),
 }
 

@@ -20,14 +20,19 @@ from absl import flags, logging
 from array_record.python.array_record_module import ArrayRecordReader
 from etils import epath
 
-from rsclip_jax.captions import ALT_SLOT, caption_tokens, eligible_captions, pick_for_slots, slot_tokens
-from rsclip_jax.example_spec import DataError, ExampleSpec
-from rsclip_jax.preprocess import (
-    EncodedImage, UnreadableImageError, crop_like_open_clip, decode_crop, random_crop_box,
+from rsclip_jax.data.caption_sampling import ALT_SLOT, caption_tokens, eligible_captions, pick_for_slots, slot_tokens
+from rsclip_jax.data.example_spec import DataError, ExampleSpec
+from rsclip_jax.data.preprocess import (
+    EncodedImage,
+    UnreadableImageError,
+    crop_like_open_clip,
+    decode_crop,
+    random_crop_box,
 )
-from rsclip_jax.records import RecordError, decode_record
-from rsclip_jax.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemoryStacker
-from rsclip_jax.tokenizer import tokenize
+from rsclip_jax.data.records import RecordError, decode_record
+from rsclip_jax.data.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemoryStacker
+from rsclip_jax.data.tokenizer import tokenize
+
 
 def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[list[str], list[str]]:
     """(the shards matching `patterns`, the bad ones left out). `patterns`: a comma-separated string or a list of
@@ -49,17 +54,21 @@ def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[list[
     bad = [path for path in paths if problems[path]]
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more of the {len(paths)} shards)" if len(bad) > 1 else ""
-        raise DataError(f"{key}: caption shard {bad[0]} {problems[bad[0]]}{more}: copy or write it again, or set "
-                        f"config.data.skip_bad_shards=True to train on the good shards")
+        raise DataError(
+            f"{key}: caption shard {bad[0]} {problems[bad[0]]}{more}: copy or write it again, or set "
+            f"config.data.skip_bad_shards=True to train on the good shards"
+        )
     good = [path for path in paths if not problems[path]]
     if not good:
-        raise DataError(f"{key}: none of its {len(paths)} caption shards can be read; the first, {bad[0]}, "
-                        f"{problems[bad[0]]}")
+        raise DataError(
+            f"{key}: none of its {len(paths)} caption shards can be read; the first, {bad[0]}, {problems[bad[0]]}"
+        )
     for path in bad:
         logging.warning("skipping caption shard %s: it %s", path, problems[path])
     if bad:
-        logging.warning("skipped %d of %d caption shards of %s (config.data.skip_bad_shards)", len(bad), len(paths),
-                        key)
+        logging.warning(
+            "skipped %d of %d caption shards of %s (config.data.skip_bad_shards)", len(bad), len(paths), key
+        )
     return good, bad
 
 
@@ -168,8 +177,9 @@ class MakeExample(grain.transforms.RandomMap):
         except UnreadableImageError as e:
             logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
             return {"skip": "bad_image"}
-        text = dict(prefix=spec.prefix, sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens,
-                    rng=rng)
+        text = dict(
+            prefix=spec.prefix, sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens, rng=rng
+        )
         if spec.sampling == "rows":
             tokens = caption_tokens([c.text for c in chosen], context_length=spec.text_length, **text)
         else:
@@ -204,7 +214,7 @@ class SkipFilter:
 class BatchWithSkips:
     """Grain's batch_fn: stacks examples into a batch and gives it the counts of the records skipped while it was
     made. In a worker, the big arrays are stacked straight into shared memory, which Grain hands over as it is, with
-    no second copy (rsclip_jax/shared_batches.py)."""
+    no second copy (rsclip_jax/data/shared_batches.py)."""
 
     def __init__(self, skip_filter: SkipFilter):
         self.skip_filter = skip_filter
@@ -241,6 +251,7 @@ def _exit_with_the_training_process(worker_index: int, worker_count: int) -> Non
     memory, beside the run that restarts."""
     parent = multiprocessing.parent_process()
     if parent is not None:
+
         def exit_when_the_parent_has():
             multiprocessing.connection.wait([parent.sentinel])
             os._exit(0)
@@ -258,8 +269,14 @@ def _read_options(paths: list[str], num_workers: int) -> grain.ReadOptions:
 
 
 def train_dataset(
-    paths: list[str], spec: ExampleSpec, *, batch_size: int, seed: int, process_index: int = 0,
-    process_count: int = 1, num_workers: int = 0,
+    paths: list[str],
+    spec: ExampleSpec,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_workers: int = 0,
 ) -> tuple[grain.IterDataset, SkipCounter]:
     """An endless dataset of this process's batches: image uint8 [b, S, S, 3], tokens int32 [b, K, L] (L =
     spec.text_length), image_id int64 [b], with the generator caption_tokens int32 [b, T] (T =
@@ -282,7 +299,8 @@ def train_dataset(
     skip_filter = SkipFilter()
     dataset = grain.experimental.WithOptionsIterDataset(
         dataset[process_index::process_count].to_iter_dataset(_read_options(paths, num_workers)),
-        grain.experimental.DatasetOptions(min_shm_size=SHARED_MEMORY_MIN_BYTES))
+        grain.experimental.DatasetOptions(min_shm_size=SHARED_MEMORY_MIN_BYTES),
+    )
     dataset = dataset.filter(skip_filter).batch(batch_size, drop_remainder=True, batch_fn=BatchWithSkips(skip_filter))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():
@@ -292,6 +310,7 @@ def train_dataset(
         dataset.enable_shared_memory_output()  # Grain does so itself for 2 workers or more, not for 1
         dataset = dataset.mp_prefetch(
             grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers),
-            worker_init_fn=_exit_with_the_training_process)
+            worker_init_fn=_exit_with_the_training_process,
+        )
     skips = SkipCounter()
     return dataset.map(skips), skips

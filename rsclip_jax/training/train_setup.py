@@ -10,10 +10,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rsclip_jax.model import CLIP
-from rsclip_jax.optim import learning_rate_schedule, make_optimizer
-from rsclip_jax.sharding import param_shardings
-from rsclip_jax.variants import ModelConfig
+from rsclip_jax.accelerators.sharding import param_shardings
+from rsclip_jax.model.clip import CLIP
+from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.training.optimizer import learning_rate_schedule, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +40,19 @@ class TrainSetup:
         replicated = NamedSharding(mesh, PartitionSpec())
         # The optimizer's moments are sharded as their parameters; its counters are replicated.
         opt_sharding = optax.tree_map_params(
-            optimizer, lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
-            abstract_state["opt_state"], params_sharding, transform_non_params=lambda _: replicated,
+            optimizer,
+            lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
+            abstract_state["opt_state"],
+            params_sharding,
+            transform_non_params=lambda _: replicated,
             is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode),
         )
-        shardings = {"params": params_sharding, "opt_state": opt_sharding, "step": replicated,
-                     "nonfinite_step": replicated}
+        shardings = {
+            "params": params_sharding,
+            "opt_state": opt_sharding,
+            "step": replicated,
+            "nonfinite_step": replicated,
+        }
         return cls(config, model, mesh, graphdef, schedule, optimizer, abstract_state, shardings)
 
     def state_target(self, subtree: str | None = None):
@@ -58,8 +65,9 @@ class TrainSetup:
 
     def init_state(self) -> dict:
         """A fresh state, created directly in its shardings (no full copy on one device)."""
-        return jax.jit(lambda: _fresh_state(self.config.seed, self.model, self.optimizer),
-                       out_shardings=self.shardings)()
+        return jax.jit(
+            lambda: _fresh_state(self.config.seed, self.model, self.optimizer), out_shardings=self.shardings
+        )()
 
 
 def _fresh_state(seed: int, model: ModelConfig, optimizer):

@@ -12,10 +12,10 @@ from flax import nnx
 
 from rsclip_jax import CLIP, stretch_positions, tokenize
 from rsclip_jax.config import load_recipe
-from rsclip_jax.checkpoint import load_trained_model
-from rsclip_jax.weights.convert import export_hf, export_open_clip, import_weights
+from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.training.checkpoints import load_trained_model
+from rsclip_jax.weights.import_export import export_hf, export_open_clip, import_weights
 from rsclip_jax.weights.openai_layout import to_openai_state_dict
-from rsclip_jax.variants import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,8 +28,10 @@ def demo_config(**model):
 
 def embeddings(model, config, images, texts):
     tokens = tokenize(texts, config.context_length)
-    return (np.asarray(model.encode_image(jnp.asarray(images.transpose(0, 2, 3, 1)))),
-            np.asarray(model.encode_text(jnp.asarray(tokens))))
+    return (
+        np.asarray(model.encode_image(jnp.asarray(images.transpose(0, 2, 3, 1)))),
+        np.asarray(model.encode_text(jnp.asarray(tokens))),
+    )
 
 
 def torch_source(config):
@@ -88,10 +90,22 @@ def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_sha
     np.testing.assert_allclose(embeddings(ours, ModelConfig.from_config(config), IMAGES, TEXTS)[0], expected, atol=1e-5)
 
     result = subprocess.run(
-        [sys.executable, "-m", "rsclip_jax.train", f"--config={REPO}/rsclip_jax/demo/configs/demo.py", f"--workdir={workdir}",
-         f"--config.data.train_shards={','.join(demo_shards['train'])}", "--config.model.context_length=248",
-         "--config.total_steps=2", "--config.log_every_steps=1", "--config.batch_size=8"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "rsclip_jax.train",
+            f"--config={REPO}/rsclip_jax/demo/configs/demo.py",
+            f"--workdir={workdir}",
+            f"--config.data.train_shards={','.join(demo_shards['train'])}",
+            "--config.model.context_length=248",
+            "--config.total_steps=2",
+            "--config.log_every_steps=1",
+            "--config.batch_size=8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -123,8 +137,10 @@ def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
     reloaded = open_clip.create_model(f"local-dir:{tmp_path / 'open_clip'}").eval()
     tokens = torch.from_numpy(tokenize(TEXTS, 77)).long()
     with torch.no_grad():
-        got = (reloaded.encode_image(torch.from_numpy(IMAGES), normalize=True).numpy(),
-               reloaded.encode_text(tokens, normalize=True).numpy())
+        got = (
+            reloaded.encode_image(torch.from_numpy(IMAGES), normalize=True).numpy(),
+            reloaded.encode_text(tokens, normalize=True).numpy(),
+        )
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -132,8 +148,10 @@ def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
     hf = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf")).eval()
     assert hf.config.text_config.max_position_embeddings == 77
     with torch.no_grad():
-        got = (hf.get_image_features(pixel_values=torch.from_numpy(IMAGES)).pooler_output,
-               hf.get_text_features(input_ids=tokens).pooler_output)
+        got = (
+            hf.get_image_features(pixel_values=torch.from_numpy(IMAGES)).pooler_output,
+            hf.get_text_features(input_ids=tokens).pooler_output,
+        )
     for a, b in zip(got, expected):
         np.testing.assert_allclose(torch.nn.functional.normalize(a, dim=-1).numpy(), b, atol=1e-5)
 

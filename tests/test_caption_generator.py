@@ -11,21 +11,22 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from rsclip_jax import tokenize
+from rsclip_jax.accelerators.sharding import make_mesh
 from rsclip_jax.config import base_config
-from rsclip_jax.generator import prefix_lm_mask
-from rsclip_jax.model import CLIP
-from rsclip_jax.sharding import make_mesh
+from rsclip_jax.model.caption_generator import prefix_lm_mask
+from rsclip_jax.model.clip import CLIP
+from rsclip_jax.model.config import model_config
+from rsclip_jax.training.step import make_train_step
+from rsclip_jax.training.train_setup import TrainSetup
 from rsclip_jax.weights.openai_layout import load_openai_state_dict, to_openai_state_dict
-from rsclip_jax.train_state import TrainSetup
-from rsclip_jax.train_step import make_train_step
-from rsclip_jax.variants import model_config
 
 QUERIES = 8
 
 
 def generator_model(**overrides):
-    config = model_config("tiny", context_length=16, dtype="float32", generator=True, generator_queries=QUERIES,
-                          **overrides)
+    config = model_config(
+        "tiny", context_length=16, dtype="float32", generator=True, generator_queries=QUERIES, **overrides
+    )
     return CLIP(config, rngs=nnx.Rngs(0))
 
 
@@ -58,14 +59,17 @@ def test_queries_see_the_prefix_and_earlier_queries_only_and_no_padding():
 
 def test_the_prefix_attends_both_ways_the_queries_causally_and_no_one_to_padding():
     key_is_real = jnp.asarray([[True, False, True, True, True, True]])  # a 3-token prefix, its token 1 padding
-    expected = np.array([
-        [1, 0, 1, 0, 0, 0],
-        [1, 0, 1, 0, 0, 0],
-        [1, 0, 1, 0, 0, 0],  # prefix token 2 sees prefix token 0: both ways
-        [1, 0, 1, 1, 0, 0],
-        [1, 0, 1, 1, 1, 0],
-        [1, 0, 1, 1, 1, 1],  # the last query sees every query
-    ], bool)
+    expected = np.array(
+        [
+            [1, 0, 1, 0, 0, 0],
+            [1, 0, 1, 0, 0, 0],
+            [1, 0, 1, 0, 0, 0],  # prefix token 2 sees prefix token 0: both ways
+            [1, 0, 1, 1, 0, 0],
+            [1, 0, 1, 1, 1, 0],
+            [1, 0, 1, 1, 1, 1],  # the last query sees every query
+        ],
+        bool,
+    )
     np.testing.assert_array_equal(prefix_lm_mask(3, key_is_real)[0], expected)
 
 
@@ -111,9 +115,13 @@ def test_the_step_trains_the_generator_and_logs_both_losses():
     for _ in range(3):
         state, metrics = step(state, batch)
         losses.append(float(metrics["generator_loss"]))
-    np.testing.assert_allclose(metrics["loss"], metrics["contrastive_loss"] + 2.0 * metrics["generator_loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["loss"], metrics["contrastive_loss"] + 2.0 * metrics["generator_loss"], rtol=1e-5
+    )
     assert losses[-1] < losses[0]
-    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), before, jax.tree.map(np.asarray, state["params"]["generator"]))
+    moved = jax.tree.map(
+        lambda a, b: not np.allclose(a, b), before, jax.tree.map(np.asarray, state["params"]["generator"])
+    )
     assert all(jax.tree.leaves(moved))
 
     config.optim.grad_cache_chunks = 2
@@ -130,8 +138,9 @@ def test_exports_and_imports_hold_the_towers_only():
     fresh_generator = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(fresh.generator, nnx.Param)))
     load_openai_state_dict(fresh, exported)
     np.testing.assert_array_equal(fresh.visual.proj[...], with_generator.visual.proj[...])
-    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(fresh.generator, nnx.Param)),
-                 fresh_generator)
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(fresh.generator, nnx.Param)), fresh_generator
+    )
 
 
 def test_generator_parameters_are_sharded_by_the_same_rules():
@@ -139,6 +148,7 @@ def test_generator_parameters_are_sharded_by_the_same_rules():
     setup = TrainSetup.build(config, make_mesh((1, 4, 2)))
     params = setup.shardings["params"]
     assert params["generator"]["head"].spec == PartitionSpec("fsdp", "tensor")  # ("embed", "vocab")
-    generator_block, text_block = (tower["transformer"]["resblocks"][0]["mlp"]["c_fc"]["kernel"].spec
-                                   for tower in (params["generator"], params))
+    generator_block, text_block = (
+        tower["transformer"]["resblocks"][0]["mlp"]["c_fc"]["kernel"].spec for tower in (params["generator"], params)
+    )
     assert generator_block == text_block == PartitionSpec("fsdp", "tensor")

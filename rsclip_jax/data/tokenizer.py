@@ -26,7 +26,8 @@ START_OF_TEXT, END_OF_TEXT = "<start_of_text>", "<end_of_text>"
 SOT_ID, EOT_ID = 49406, 49407
 # open_clip's word pattern, its special tokens first, applied to cleaned lower-case text.
 _WORDS = regex.compile(
-    rf"{START_OF_TEXT}|{END_OF_TEXT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE
+    rf"{START_OF_TEXT}|{END_OF_TEXT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
+    regex.IGNORECASE,
 )
 # ftfy.fix_text leaves text made only of these characters unchanged except "\r" -> "\n", which the
 # whitespace collapse makes irrelevant; skipping ftfy there is much of the speed.

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rsclip_jax.attention import attend
-from rsclip_jax.sharding import constrain
-from rsclip_jax.variants import REMAT_POLICIES
+from rsclip_jax.accelerators.sharding import constrain
+from rsclip_jax.model.attention import attend
+from rsclip_jax.model.config import REMAT_POLICIES
 
 LAYER_NORM_EPSILON = 1e-5  # CLIP's; Flax's default is 1e-6
 
@@ -30,7 +30,12 @@ def quick_gelu(x):
 
 def layer_norm(width, dtype, rngs):
     return nnx.LayerNorm(
-        width, epsilon=LAYER_NORM_EPSILON, dtype=dtype, scale_metadata=axes("embed"), bias_metadata=axes("embed"), rngs=rngs
+        width,
+        epsilon=LAYER_NORM_EPSILON,
+        dtype=dtype,
+        scale_metadata=axes("embed"),
+        bias_metadata=axes("embed"),
+        rngs=rngs,
     )
 
 
@@ -41,36 +46,58 @@ class MultiheadAttention(nnx.Module):
         head_dim = width // heads
         self.attention = attention
         self.in_proj = nnx.LinearGeneral(
-            width, (3, heads, head_dim), dtype=dtype, kernel_init=normal(in_std), rngs=rngs,
-            kernel_metadata=axes("embed", None, "heads", "head_dim"), bias_metadata=axes(None, "heads", "head_dim"),
+            width,
+            (3, heads, head_dim),
+            dtype=dtype,
+            kernel_init=normal(in_std),
+            rngs=rngs,
+            kernel_metadata=axes("embed", None, "heads", "head_dim"),
+            bias_metadata=axes(None, "heads", "head_dim"),
         )
         self.out_proj = nnx.LinearGeneral(
-            (heads, head_dim), width, axis=(-2, -1), dtype=dtype, kernel_init=normal(out_std), rngs=rngs,
-            kernel_metadata=axes("heads", "head_dim", "embed"), bias_metadata=axes("embed"),
+            (heads, head_dim),
+            width,
+            axis=(-2, -1),
+            dtype=dtype,
+            kernel_init=normal(out_std),
+            rngs=rngs,
+            kernel_metadata=axes("heads", "head_dim", "embed"),
+            bias_metadata=axes("embed"),
         )
 
     def __call__(self, x, *, causal: bool, mask=None):
         qkv = constrain(self.in_proj(x), "batch", None, None, "heads", None)  # [B, T, 3, H, Dh]
-        attended = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal, implementation=self.attention,
-                          mask=mask)
+        attended = attend(
+            qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal, implementation=self.attention, mask=mask
+        )
         return self.out_proj(constrain(attended, "batch", None, "heads", None))
 
 
 class Mlp(nnx.Module):
     def __init__(self, width, hidden, activation, *, fc_std, proj_std, dtype, rngs):
         self.c_fc = nnx.Linear(
-            width, hidden, dtype=dtype, kernel_init=normal(fc_std), rngs=rngs,
-            kernel_metadata=axes("embed", "mlp"), bias_metadata=axes("mlp"),
+            width,
+            hidden,
+            dtype=dtype,
+            kernel_init=normal(fc_std),
+            rngs=rngs,
+            kernel_metadata=axes("embed", "mlp"),
+            bias_metadata=axes("mlp"),
         )
         self.c_proj = nnx.Linear(
-            hidden, width, dtype=dtype, kernel_init=normal(proj_std), rngs=rngs,
-            kernel_metadata=axes("mlp", "embed"), bias_metadata=axes("embed"),
+            hidden,
+            width,
+            dtype=dtype,
+            kernel_init=normal(proj_std),
+            rngs=rngs,
+            kernel_metadata=axes("mlp", "embed"),
+            bias_metadata=axes("embed"),
         )
         self.activation = activation
 
     def __call__(self, x):
         hidden = constrain(self.c_fc(x), "batch", None, "mlp")
-        # The names: variants.ACTIVATIONS.
+        # The names: model.config.ACTIVATIONS.
         activated = quick_gelu(hidden) if self.activation == "quick_gelu" else jax.nn.gelu(hidden, approximate=False)
         return self.c_proj(activated)
 
@@ -98,8 +125,20 @@ class Transformer(nnx.Module):
     (`scan=True`: one compiled block, and under remat the backward pass holds one block's
     activations at a time). Parameters stay one subtree per block either way, as OpenAI names them."""
 
-    def __init__(self, width, layers, heads, mlp_ratio, activation, *, dtype, rngs, remat_policy="off", scan=False,
-                 attention="xla"):
+    def __init__(
+        self,
+        width,
+        layers,
+        heads,
+        mlp_ratio,
+        activation,
+        *,
+        dtype,
+        rngs,
+        remat_policy="off",
+        scan=False,
+        attention="xla",
+    ):
         self.remat_policy = remat_policy
         self.scan = scan
         self.resblocks = nnx.List(
@@ -120,7 +159,11 @@ class Transformer(nnx.Module):
 
         if self.remat_policy != "off":
             # Inside a scan the loop boundary already keeps XLA from merging the recomputation away.
-            run_block = jax.checkpoint(run_block, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[self.remat_policy]), prevent_cse=not self.scan)
+            run_block = jax.checkpoint(
+                run_block,
+                policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[self.remat_policy]),
+                prevent_cse=not self.scan,
+            )
         states = [nnx.state(block) for block in self.resblocks]
         x = constrain(x, "batch", None, None)
         if not self.scan:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from rsclip_jax.sharding import BATCH_AXES
+from rsclip_jax.accelerators.sharding import BATCH_AXES
 
 LOSS_KINDS = ("softmax_union", "softmax_per_caption", "sigmoid")
 # Whose principal components `primary_components` uses: each device's rows (Long-CLIP's code) or the batch's.
@@ -31,7 +31,8 @@ def _check_arguments(image_emb, text_emb, kind, label_smoothing, logit_bias):
         raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_KINDS}")
     if image_emb.ndim != 2 or text_emb.ndim != 3 or text_emb.shape[0] != image_emb.shape[0]:
         raise ValueError(
-            f"contrastive_loss expects image_emb [B, D] and text_emb [B, K, D], got {image_emb.shape} and {text_emb.shape}"
+            "contrastive_loss expects image_emb [B, D] and text_emb [B, K, D], "
+            f"got {image_emb.shape} and {text_emb.shape}"
         )
     if kind == "sigmoid" and label_smoothing:
         raise ValueError("label_smoothing applies to the softmax loss kinds only, not 'sigmoid'")
@@ -50,17 +51,21 @@ def _rows_loss(images, texts, ids, all_images, all_texts, all_ids, scale, bias, 
     if kind == "softmax_per_caption":
         image_to_text = scale * jnp.einsum("id,jkd->kij", images, all_texts)  # [K, b images, B texts]
         text_to_image = scale * jnp.einsum("jkd,id->kji", texts, all_images)  # [K, b texts, B images]
-        return (_soft_cross_entropy_sum(image_to_text, same_image[None], label_smoothing)
-                + _soft_cross_entropy_sum(text_to_image, same_image[None], label_smoothing)) / (2 * batch * num_captions)
+        return (
+            _soft_cross_entropy_sum(image_to_text, same_image[None], label_smoothing)
+            + _soft_cross_entropy_sum(text_to_image, same_image[None], label_smoothing)
+        ) / (2 * batch * num_captions)
 
     # Text column j * K + k is caption k of image j; local text row j * K + k likewise.
     image_to_text = scale * images @ all_texts.reshape(batch * num_captions, width).T  # [b, B*K]
     positives = jnp.repeat(same_image, num_captions, axis=1)  # [b, B*K]
     if kind == "softmax_union":
         text_to_image = scale * texts.reshape(rows * num_captions, width) @ all_images.T  # [b*K, B]
-        return (_soft_cross_entropy_sum(image_to_text, positives, label_smoothing) / (2 * batch)
-                + _soft_cross_entropy_sum(text_to_image, jnp.repeat(same_image, num_captions, axis=0), label_smoothing)
-                / (2 * batch * num_captions))
+        return _soft_cross_entropy_sum(image_to_text, positives, label_smoothing) / (
+            2 * batch
+        ) + _soft_cross_entropy_sum(text_to_image, jnp.repeat(same_image, num_captions, axis=0), label_smoothing) / (
+            2 * batch * num_captions
+        )
     labels = 2.0 * positives.astype(jnp.float32) - 1.0  # sigmoid: every image-text pair once
     return -jnp.sum(jax.nn.log_sigmoid(labels * (image_to_text + bias))) / (batch * num_captions)
 
@@ -88,7 +93,7 @@ def contrastive_loss(
 
     image_emb: [B, D] and text_emb: [B, K, D], already L2-normalised; text_emb[i] are image i's captions.
     logit_scale: the log of the scale. image_ids: [B] ints; rows with equal ids are the same image, so
-    each one's captions are positives for the other. kind: one of LOSS_KINDS (see METHOD.md section 3).
+    each one's captions are positives for the other. kind: one of LOSS_KINDS (see docs/method.md section 3).
     Computed in float32 whatever the input dtype.
     """
     _check_arguments(image_emb, text_emb, kind, label_smoothing, logit_bias)
@@ -136,8 +141,19 @@ def sharded_contrastive_loss(
 
     def local_share(images, texts, ids, scale, bias):
         gather = lambda x: jax.lax.all_gather(x, axes, axis=0, tiled=True)  # backward: a reduce-scatter
-        share = _chunked_rows_loss(images, texts, ids, gather(images), gather(texts), gather(ids), scale, bias, kind,
-                                   label_smoothing, row_chunk=row_chunk)
+        share = _chunked_rows_loss(
+            images,
+            texts,
+            ids,
+            gather(images),
+            gather(texts),
+            gather(ids),
+            scale,
+            bias,
+            kind,
+            label_smoothing,
+            row_chunk=row_chunk,
+        )
         return jax.lax.psum(share, axes)
 
     return jax.shard_map(

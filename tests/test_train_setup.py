@@ -8,10 +8,10 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rsclip_jax.checkpoint import Checkpointer, restore_params
+from rsclip_jax.accelerators.sharding import make_mesh
 from rsclip_jax.config import load_recipe
-from rsclip_jax.sharding import make_mesh
-from rsclip_jax.train_state import TrainSetup
+from rsclip_jax.training.checkpoints import Checkpointer, restore_params
+from rsclip_jax.training.train_setup import TrainSetup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,8 +45,9 @@ def test_parameters_are_read_whatever_the_optimizer_and_a_wrong_folder_is_an_err
     checkpointer.save(3, state, force=True)
     checkpointer.close()
     # Another optimizer (frozen tower, bfloat16 moments, clipping): another opt_state tree, the same parameters.
-    other = TrainSetup.build(demo_config(freeze=(r"visual\..*",), mu_dtype="bfloat16", grad_clip_norm=1.0),
-                             make_mesh((1, 1, 1)))
+    other = TrainSetup.build(
+        demo_config(freeze=(r"visual\..*",), mu_dtype="bfloat16", grad_clip_norm=1.0), make_mesh((1, 1, 1))
+    )
     assert jax.tree.structure(other.abstract_state["opt_state"]) != jax.tree.structure(state["opt_state"])
     step, params = restore_params(str(tmp_path / "checkpoints"), other)
     assert step == 3

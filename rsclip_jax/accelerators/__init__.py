@@ -1,0 +1,1 @@
+"""Devices: meshes and shardings, several hosts, accelerator targets, memory settings, FLOPs, the CPU's allocator."""
