@@ -11,6 +11,7 @@ _PUBLIC = {
     "ModelConfig": "rsclip_jax.model.config",
     "VARIANTS": "rsclip_jax.model.config",
     "model_config": "rsclip_jax.model.config",
+    "load_model": "rsclip_jax.weights.trained",
     "tokenize": "rsclip_jax.data.tokenizer",
     "stretch_positions": "rsclip_jax.weights.positions",
     "contrastive_loss": "rsclip_jax.training.losses",

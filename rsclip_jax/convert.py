@@ -15,8 +15,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rsclip_jax.config import parse_flags
-from rsclip_jax.training.checkpoints import load_trained_model
 from rsclip_jax.weights.import_export import export_hf, export_open_clip, import_weights
+from rsclip_jax.weights.trained import load_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The recipe the workdir trains with.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints/ folder).")
@@ -39,7 +39,8 @@ def main(argv):
         else:
             if not _OUT.value:
                 raise app.UsageError("export needs --out")
-            model_config, model = load_trained_model(_CONFIG.value, _WORKDIR.value)
+            model, _ = load_model(_WORKDIR.value, config=_CONFIG.value)
+            model_config = model.config
             (export_open_clip if _TO.value == "open_clip" else export_hf)(model_config, model, _OUT.value)
             if model_config.generator:
                 print(

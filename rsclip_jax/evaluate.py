@@ -23,6 +23,7 @@ from rsclip_jax.config import parse_flags
 from rsclip_jax.evals.evaluators import build_evaluators, run_evaluators
 from rsclip_jax.training.checkpoints import restore_params
 from rsclip_jax.training.train_setup import TrainSetup
+from rsclip_jax.weights.trained import workdir_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe; default: the workdir's config.json.", lock_config=True
@@ -35,10 +36,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the results; defau
 def _config(workdir: str) -> ml_collections.ConfigDict:
     if _CONFIG.value is not None:
         return _CONFIG.value
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
-        raise app.UsageError(f"{path} does not exist (workdirs made by `convert import` have none): give --config")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        return workdir_config(workdir)
+    except FileNotFoundError as e:
+        raise app.UsageError(f"{e}: give --config") from None
 
 
 def _checkpoint(workdir: str) -> tuple[str, int | None]:

@@ -13,9 +13,9 @@ from flax import nnx
 from rsclip_jax import CLIP, stretch_positions, tokenize
 from rsclip_jax.config import load_recipe
 from rsclip_jax.model.config import ModelConfig
-from rsclip_jax.training.checkpoints import load_trained_model
 from rsclip_jax.weights.import_export import export_hf, export_open_clip, import_weights
 from rsclip_jax.weights.openai_layout import to_openai_state_dict
+from rsclip_jax.weights.trained import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +61,7 @@ def test_import_stretches_to_the_configs_context_length(tmp_path, context_length
     path, original = safetensors_source(tmp_path, 77)
     config = demo_config(context_length=context_length)
     import_weights(config, str(tmp_path / "run"), path, stretch=True)
-    _, ours = load_trained_model(config, str(tmp_path / "run"))
+    ours, _ = load_model(str(tmp_path / "run"), config=config)
     positions = np.asarray(ours.positional_embedding[...])
     assert positions.shape[0] == context_length
     np.testing.assert_allclose(positions, stretch_positions(original, context_length), atol=1e-6)
@@ -82,7 +82,7 @@ def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_sha
     workdir = str(tmp_path / "run")
     import_weights(config, workdir, path, stretch=True)
 
-    _, ours = load_trained_model(config, workdir)
+    ours, _ = load_model(workdir, config=config)
     original = theirs.state_dict()["positional_embedding"].numpy()
     np.testing.assert_allclose(ours.positional_embedding[...], stretch_positions(original), atol=1e-6)
     with torch.no_grad():
@@ -130,7 +130,7 @@ def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
     path = str(tmp_path / "open_clip_state.pt")
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)  # as open_clip trains
     import_weights(config, str(tmp_path / "run"), path, stretch=False)
-    _, ours = load_trained_model(config, str(tmp_path / "run"))
+    ours, _ = load_model(str(tmp_path / "run"), config=config)
     expected = embeddings(ours, model_config, IMAGES, TEXTS)
 
     export_open_clip(model_config, ours, str(tmp_path / "open_clip"))
@@ -156,6 +156,6 @@ def test_state_dict_import_and_export_to_open_clip_and_hf(tmp_path):
         np.testing.assert_allclose(torch.nn.functional.normalize(a, dim=-1).numpy(), b, atol=1e-5)
 
     import_weights(config, str(tmp_path / "from_hf"), str(tmp_path / "hf"), stretch=False)  # and back in
-    _, again = load_trained_model(config, str(tmp_path / "from_hf"))
+    again, _ = load_model(str(tmp_path / "from_hf"), config=config)
     for a, b in zip(embeddings(again, model_config, IMAGES, TEXTS), expected):
         np.testing.assert_allclose(a, b, atol=1e-5)

@@ -1,17 +1,20 @@
-"""Evals during training, `rsclip_jax.evaluate` on the checkpoints afterwards, and `rsclip_jax.report`."""
+"""Evals during training, `rsclip_jax.evaluate` on the checkpoints afterwards, `rs.load_model`, `rsclip_jax.report`."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 from recipes import REPO, write_recipe
 from test_evaluators import write_retrieval_folder
 from test_train import free_port
 
+import rsclip_jax as rs
 from rsclip_jax.data.records import read_shard
+from rsclip_jax.evals.retrieval import retrieval_recall
 
 ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
@@ -90,6 +93,17 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
         env=ONE_DEVICE,
     )
     assert mismatch.returncode != 0 and f"the checkpoint {workdir}/checkpoints/4 does not fit" in mismatch.stderr
+
+    # As a user loads it in Python: the same recalls from the model and preprocessing `load_model` gives.
+    model, preprocess = rs.load_model(workdir)
+    with open(os.path.join(root, "captions.jsonl")) as f:
+        entries = [json.loads(line) for line in f]
+    images = np.stack([preprocess(Image.open(os.path.join(root, entry["image"]))) for entry in entries])
+    texts = ["A photo of " + text for entry in entries for text in entry["captions"]]
+    text_image = [i for i, entry in enumerate(entries) for _ in entry["captions"]]
+    loaded = retrieval_recall(model.encode_image(images), model.encode_text(np.asarray(rs.tokenize(texts))), text_image)
+    assert loaded["i2t_r1"] == pytest.approx(during[(4, "heldout")]["i2t_r1"])
+    assert loaded["t2i_r1"] == pytest.approx(during[(4, "heldout")]["t2i_r1"])
 
     out = run("rsclip_jax.report", workdir).stdout.strip().splitlines()[-1]
     for name in ("training.png", "eval.png"):

@@ -6,10 +6,6 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from flax import nnx
-
-from rsclip_jax.accelerators.sharding import make_mesh
-from rsclip_jax.training.train_setup import TrainSetup
 
 
 def _absolute(directory: str) -> epath.Path:
@@ -78,10 +74,3 @@ def restore_params(directory: str, setup, step: int | None = None) -> tuple[int,
             ) from None
     finally:
         manager.close()
-
-
-def load_trained_model(config, workdir: str):
-    """(model config, our CLIP with the parameters of the latest checkpoint in `workdir`), on one device."""
-    setup = TrainSetup.build(config, make_mesh((1, 1, 1)))
-    _, params = restore_params(os.path.join(workdir, "checkpoints"), setup)
-    return setup.model, nnx.merge(setup.graphdef, params)

@@ -1,0 +1,44 @@
+"""A trained model in Python, as open_clip's `create_model_and_transforms` gives one: the CLIP of a workdir's
+checkpoint, and the image preprocessing it was evaluated with."""
+
+import json
+import os
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+from PIL import Image
+
+from rsclip_jax.accelerators.sharding import make_mesh
+from rsclip_jax.data.preprocess import CLIP_MEAN, CLIP_STD, resize_center_crop
+from rsclip_jax.model.clip import CLIP
+from rsclip_jax.training.checkpoints import restore_params
+from rsclip_jax.training.train_setup import TrainSetup
+
+
+def workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (DIR/config.json, which `rsclip_jax.train` writes)."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (workdirs made by `convert import` have none)")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_model(
+    workdir: str, *, config: ml_collections.ConfigDict | None = None, step: int | None = None
+) -> tuple[CLIP, Callable[[Image.Image], np.ndarray]]:
+    """(CLIP with the parameters of checkpoint `step` of `workdir` (default: the latest), `preprocess`), on one
+    device. `config` defaults to the workdir's own. `preprocess(image)` is open_clip's evaluation transform: a PIL
+    image -> float32 [image_size, image_size, 3], resized, centre-cropped and CLIP-normalised."""
+    config = workdir_config(workdir) if config is None else config
+    setup = TrainSetup.build(config, make_mesh((1, 1, 1)))
+    _, params = restore_params(os.path.join(workdir, "checkpoints"), setup, step)
+    size = setup.model.image_size
+
+    def preprocess(image: Image.Image) -> np.ndarray:
+        pixels = resize_center_crop(image.convert("RGB"), size).astype(np.float32) / 255.0
+        return (pixels - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+
+    return nnx.merge(setup.graphdef, params), preprocess
