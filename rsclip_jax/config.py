@@ -33,6 +33,16 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     # MFU's denominator, dense bf16 TFLOP/s per device; 0: looked up from the device kind (flops.py).
     config.peak_tflops_per_device = 0.0
+    # Weights & Biases beside metrics.jsonl and TensorBoard (training/metrics.py), the same scalars at the same steps,
+    # from process 0 only; needs the wandb extra (pip install -e '.[wandb]'). The run's id is kept in
+    # DIR/wandb_run_id: a resumed run continues the same W&B run.
+    config.wandb = ml_collections.ConfigDict()
+    config.wandb.enabled = False
+    config.wandb.project = "rsclip-jax"
+    config.wandb.entity = placeholder(str)  # None: the logged-in user's default entity
+    config.wandb.name = placeholder(str)  # None: the workdir's folder name
+    config.wandb.tags = ()
+    config.wandb.mode = "online"  # "offline": kept under DIR/wandb, uploaded later with `wandb sync DIR/wandb/...`
 
     model = _defaults(ModelConfig)  # what each key means: ModelConfig (rsclip_jax/model/config.py)
     config.model = ml_collections.ConfigDict()

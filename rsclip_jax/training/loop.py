@@ -121,7 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     except (ValueError, FileNotFoundError) as e:
         raise SetupError(str(e)) from None
     train_step = make_train_step(setup, spec.slot_kinds)
-    writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step)
+    writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step, config=config)
     throughput = partial(
         utilization,
         config.batch_size

@@ -1,18 +1,35 @@
-"""Training metrics: DIR/metrics.jsonl, TensorBoard event files and a console line (process 0 only).
+"""Training metrics: DIR/metrics.jsonl, TensorBoard event files, Weights & Biases when config.wandb.enabled, and a
+console line (process 0 only).
 
 The workdir may be a bucket: paths go through etils.epath (gs:// with gcsfs installed).
 """
 
+import importlib.util
 import json
+import os
+import secrets
+import string
+import sys
 
 from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter
 
+# The W&B run of a workdir: its id, written by the first run and read by every resumed one.
+WANDB_RUN_ID = "wandb_run_id"
+
 
 class MetricWriter:
-    def __init__(self, workdir: str, *, enabled: bool, resumed_from_step: int = 0):
+    """`write(step, metrics)` appends to DIR/metrics.jsonl and logs the numbers to TensorBoard and, where
+    `config.wandb.enabled`, to W&B (with `config` as the run's config). Does nothing where not `enabled` (every
+    process but 0); W&B is then never imported or started."""
+
+    def __init__(self, workdir: str, *, enabled: bool, resumed_from_step: int = 0, config=None):
         self.enabled = enabled
+        self.wandb = None
+        use_wandb = config is not None and config.get("wandb") is not None and config.wandb.enabled
+        if use_wandb:
+            _check_wandb_installed()  # on every process, so that they all stop, not process 0 alone
         if not enabled:
             return
         self.path = epath.Path(workdir) / "metrics.jsonl"
@@ -20,6 +37,10 @@ class MetricWriter:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         self.lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= resumed_from_step]
         self.tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+        if use_wandb:
+            self.wandb = _start_wandb(workdir, config)
+            # Resumed, W&B holds the steps logged before the interruption and ignores earlier ones: skip those.
+            self.wandb_from_step = self.wandb.starting_step if self.wandb.resumed else 0
 
     def write(self, step: int, metrics: dict):
         if not self.enabled:
@@ -29,14 +50,55 @@ class MetricWriter:
         staged = self.path.with_name(self.path.name + ".tmp")
         staged.write_text("\n".join(self.lines) + "\n")
         staged.replace(self.path)
-        for name, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.tensorboard.add_scalar(name, value, step)
+        scalars = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
+        for name, value in scalars.items():
+            self.tensorboard.add_scalar(name, value, step)
         self.tensorboard.flush()
+        if self.wandb is not None and step >= self.wandb_from_step:
+            # Not committed: the training and eval lines of one step make one W&B row, sent at the next step.
+            self.wandb.log(scalars, step=step)
 
     def close(self):
         if self.enabled:
             self.tensorboard.close()
+        if self.wandb is not None:
+            # Called from the loop's `finally`: a run stopped by an exception is marked failed in W&B.
+            self.wandb.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)
+            self.wandb = None
+
+
+def _check_wandb_installed():
+    if importlib.util.find_spec("wandb") is None:
+        raise ImportError(
+            "config.wandb.enabled is True but the wandb package is not installed: pip install -e '.[wandb]' "
+            "(or set --config.wandb.enabled=False)"
+        )
+
+
+def _start_wandb(workdir: str, config):
+    """wandb.init for the run of `workdir`: a new W&B run the first time, the same one (DIR/wandb_run_id) after."""
+    import wandb  # only here: the extra is optional
+
+    settings = config.wandb
+    id_path = epath.Path(workdir) / WANDB_RUN_ID
+    if id_path.exists():
+        run_id = id_path.read_text().strip()
+    else:  # as W&B's own ids: 8 lowercase letters and digits
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        id_path.write_text(run_id + "\n")
+    local = "://" not in str(workdir)
+    return wandb.init(
+        project=settings.project,
+        entity=settings.entity,
+        name=settings.name or epath.Path(workdir).name,
+        tags=list(settings.tags),
+        mode=settings.mode,
+        id=run_id,
+        resume="allow",
+        config=json.loads(config.to_json_best_effort()),  # as DIR/config.json holds it
+        # W&B's files under DIR/wandb, beside the rest of the run; $WANDB_DIR or the current folder for a bucket.
+        dir=str(workdir) if local and "WANDB_DIR" not in os.environ else None,
+    )
 
 
 def console_line(step: int, total_steps: int, m: dict) -> str:
