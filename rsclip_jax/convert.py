@@ -8,7 +8,9 @@
 (imported parameters, fresh optimizer state) that `rsclip_jax.train` resumes from. `--stretch`
 stretches 77 text positions to the config's context length (Long-CLIP). `export` writes the latest
 checkpoint of a workdir as an open_clip folder (`open_clip.create_model("local-dir:FOLDER")`) or an HF
-`save_pretrained` folder. Needs the `torch` extra; no pickled objects are ever loaded.
+`save_pretrained` folder, with a model card, FOLDER/README.md (rsclip_jax/weights/model_card.py): the model, the
+recipe, the data, the evaluation numbers the workdir holds and how to load the folder. Needs the `torch` extra; no
+pickled objects are ever loaded.
 """
 
 from absl import app, flags
@@ -16,6 +18,7 @@ from ml_collections import config_flags
 
 from rsclip_jax.config import parse_flags
 from rsclip_jax.weights.import_export import export_hf, export_open_clip, import_weights
+from rsclip_jax.weights.model_card import latest_step, write_model_card
 from rsclip_jax.weights.trained import load_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The recipe the workdir trains with.", lock_config=True)
@@ -39,9 +42,12 @@ def main(argv):
         else:
             if not _OUT.value:
                 raise app.UsageError("export needs --out")
-            model, _ = load_model(_WORKDIR.value, config=_CONFIG.value)
+            step = latest_step(_WORKDIR.value)  # None: load_model says the workdir has no checkpoint
+            model, _ = load_model(_WORKDIR.value, config=_CONFIG.value, step=step)
             model_config = model.config
             (export_open_clip if _TO.value == "open_clip" else export_hf)(model_config, model, _OUT.value)
+            card = write_model_card(_CONFIG.value, model_config, _WORKDIR.value, _TO.value, step, _OUT.value)
+            print(f"exported step {step} of {_WORKDIR.value} to {_OUT.value} ({_TO.value}), with its model card {card}")
             if model_config.generator:
                 print(
                     f"note: {_OUT.value} holds the CLIP towers only; the caption generator is not exported, as "
