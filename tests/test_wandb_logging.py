@@ -13,8 +13,6 @@ import pytest
 from rsclip_jax.config import base_config
 from rsclip_jax.training.metrics import WANDB_RUN_ID, MetricWriter
 
-wandb = pytest.importorskip("wandb")
-
 TRAINING = [
     (2, {"loss": 2.5, "learning_rate": 1e-4, "logit_scale": 14.3, "skipped_records": 0}),
     (2, {"eval/heldout/image_to_text_R@1": 0.25, "eval/heldout/images": 16}),
@@ -60,6 +58,7 @@ def wandb_files(workdir) -> list[str]:
 
 
 def test_wandb_logs_what_metrics_jsonl_holds_and_resumes_the_same_run(tmp_path, offline):
+    wandb = pytest.importorskip("wandb")  # the wandb extra
     config = offline
     workdir = str(tmp_path / "tiny-run")
     os.makedirs(workdir)
