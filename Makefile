@@ -35,12 +35,24 @@ $(CAPTION_VENV)/.installed: captioning/requirements.txt pyproject.toml
 
 captioning-env: $(CAPTION_VENV)/.installed
 
-test: $(VENV)/.installed-test $(CAPTION_VENV)/.installed
-	CAPTIONING_PYTHON=$(abspath $(CAPTION_PY)) $(PY) -m pytest
-	cd tests/captioning && $(abspath $(CAPTION_PY)) -m pytest -p no:cacheprovider .
+# The two environments build at once, and the captioning suite runs beside the training suite (its two pytest-xdist
+# workers): each leaves the cores idle at times (process starts, vLLM's engine waiting) that the other fills. The
+# captioning suite's log is printed when both have ended; either failing fails the target.
+TEST_WORKERS ?= 2
+CAPTION_LOG := .cache/captioning-tests.log
+
+test:
+	$(MAKE) -j2 $(VENV)/.installed-test $(CAPTION_VENV)/.installed
+	mkdir -p .cache
+	(cd tests/captioning && $(abspath $(CAPTION_PY)) -m pytest -p no:cacheprovider --durations=10 . \
+	  > $(abspath $(CAPTION_LOG)) 2>&1) & captioning=$$!; \
+	CAPTIONING_PYTHON=$(abspath $(CAPTION_PY)) $(PY) -m pytest -n $(TEST_WORKERS) --durations=20; training=$$?; \
+	wait $$captioning; captioned=$$?; \
+	echo "---- tests/captioning, in $(CAPTION_VENV):"; cat $(CAPTION_LOG); \
+	exit $$(( training || captioned ))
 
 demo: $(VENV)/.installed-base
 	$(PY) -m rsclip_jax.demo
 
 clean:
-	rm -rf $(VENV) $(CAPTION_VENV)
+	rm -rf $(VENV) $(CAPTION_VENV) .cache

@@ -101,7 +101,11 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
     images = np.stack([preprocess(Image.open(os.path.join(root, entry["image"]))) for entry in entries])
     texts = ["A photo of " + text for entry in entries for text in entry["captions"]]
     text_image = [i for i, entry in enumerate(entries) for _ in entry["captions"]]
-    loaded = retrieval_recall(model.encode_image(images), model.encode_text(np.asarray(rs.tokenize(texts))), text_image)
+    loaded = retrieval_recall(
+        model.encode_image(images),
+        model.encode_text(np.asarray(rs.tokenize(texts, model.config.context_length))),
+        text_image,
+    )
     assert loaded["i2t_r1"] == pytest.approx(during[(4, "heldout")]["i2t_r1"])
     assert loaded["t2i_r1"] == pytest.approx(during[(4, "heldout")]["t2i_r1"])
 

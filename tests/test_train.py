@@ -15,6 +15,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Runs that need only a few steps train 4 with these settings, so that they share one compiled step (the suite's
+# persistent compilation cache, tests/conftest.py).
 def train_command(workdir, shards, *overrides):
     return [
         sys.executable,
@@ -92,20 +94,20 @@ def test_a_cut_shard_stops_the_run_or_with_skip_bad_shards_is_left_out(tmp_path,
     assert f"config.data.train_shards: caption shard {cut} is cut short or damaged" in result.stderr
     assert not (tmp_path / "strict" / "config.json").exists()  # stopped before the run began
 
-    result = train(tmp_path / "skip", shards, "--config.data.skip_bad_shards=True", "--config.total_steps=1")
+    result = train(tmp_path / "skip", shards, "--config.data.skip_bad_shards=True", "--config.total_steps=4")
     assert f"skipping caption shard {cut}: it is cut short or damaged" in result.stderr
     assert "skipped 1 of 3 caption shards of config.data.train_shards" in result.stderr
     with open(tmp_path / "skip" / "metrics.jsonl") as f:
-        assert [json.loads(line)["skipped_shards"] for line in f] == [1]
+        assert [json.loads(line)["skipped_shards"] for line in f] == [1, 1, 1, 1]
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, demo_shards):
-    train(tmp_path, demo_shards["train"], "--config.total_steps=1")
+    train(tmp_path, demo_shards["train"], "--config.total_steps=4")
     result = train(
-        tmp_path, demo_shards["train"], "--config.total_steps=2", "--config.model.context_length=16", check=False
+        tmp_path, demo_shards["train"], "--config.total_steps=8", "--config.model.context_length=16", check=False
     )
     assert result.returncode != 0
-    assert f"the checkpoint of step 1 in {tmp_path}/checkpoints does not fit this config" in result.stderr
+    assert f"the checkpoint of step 4 in {tmp_path}/checkpoints does not fit this config" in result.stderr
 
 
 @pytest.mark.slow
@@ -191,11 +193,11 @@ def test_restore_on_another_mesh(tmp_path, demo_shards):
     shards = demo_shards["train"]
     overrides = ("--config.total_steps=6", "--config.checkpoint_every_steps=3")
     train(tmp_path / "first", shards, *overrides, "--config.mesh.shape=(8,1,1)", devices=8)
+    expected = losses(tmp_path / "first")  # the uninterrupted run, on the first mesh
     shutil.rmtree(tmp_path / "first" / "checkpoints" / "6")  # as if the run had stopped after step 3
     train(tmp_path / "first", shards, *overrides, "--config.mesh.shape=(1,4,2)", devices=8)
-    reference = tmp_path / "reference"
-    train(reference, shards, *overrides, "--config.mesh.shape=(8,1,1)", devices=8)
-    resumed, expected = losses(tmp_path / "first"), losses(reference)
+    resumed = losses(tmp_path / "first")
+    assert sorted(resumed) == list(range(1, 7))
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5)
 

@@ -13,10 +13,23 @@ import sys
 
 from absl import logging
 from etils import epath
-from tensorboardX import SummaryWriter
 
 # The W&B run of a workdir: its id, written by the first run and read by every resumed one.
 WANDB_RUN_ID = "wandb_run_id"
+
+
+def _tensorboard_writer(logdir: str):
+    """tensorboardX's SummaryWriter, imported without torch: where torch is installed, tensorboardX imports it (about
+    2 s of every trainer's start) only to accept torch tensors, and none is ever logged here."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+    else:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir)
 
 
 class MetricWriter:
@@ -36,7 +49,7 @@ class MetricWriter:
         # A resumed run logs again the steps after its checkpoint: keep the lines up to the checkpoint.
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         self.lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= resumed_from_step]
-        self.tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+        self.tensorboard = _tensorboard_writer(str(epath.Path(workdir) / "tensorboard"))
         if use_wandb:
             self.wandb = _start_wandb(workdir, config)
             # Resumed, W&B holds the steps logged before the interruption and ignores earlier ones: skip those.
