@@ -44,7 +44,9 @@ def gcs_bucket():
     gcp-storage-emulator, in memory. The clients are the real ones: gcsfs (etils.epath's gs:// paths) and ArrayRecord's
     own Cloud Storage reader, each sent to the emulator by its own setting; subprocesses inherit them. For the whole
     session: epath keeps the gcsfs client it made first, and with it the emulator's address."""
-    from gcp_storage_emulator.server import create_server
+    # The test extra's; the torch-free install lacks them.
+    create_server = pytest.importorskip("gcp_storage_emulator.server", reason="needs the test extra").create_server
+    pytest.importorskip("gcsfs", reason="needs the test extra (gs:// paths)")
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
