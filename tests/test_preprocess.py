@@ -1,5 +1,5 @@
 """Training crops (DCT-scaled decode through libjpeg-turbo or PIL, OpenCV resize) against open_clip's way (full
-decode, PIL's bicubic), on the kinds of files users' shards hold."""
+decode, PIL's bicubic), on the kinds of files users' shards hold; the evaluation crop against open_clip's own."""
 
 import io
 
@@ -8,12 +8,15 @@ import pytest
 from PIL import Image, ImageFilter
 
 from rsclip_jax.data.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
     EncodedImage,
     UnreadableImageError,
     center_crop_box,
     decode_covering,
     decode_crop,
     random_crop_box,
+    resize_center_crop,
 )
 from rsclip_jax.demo.corpus import random_scene, render
 
@@ -148,3 +151,12 @@ def test_bytes_that_are_no_image_are_an_unreadable_image():
     for data in (b"<html>not an image</html>", b"\xff\xd8\xff\xe0 a JPEG's first bytes, then nothing", b""):
         with pytest.raises(UnreadableImageError, match="does not decode"):
             EncodedImage(data)
+
+
+@pytest.mark.parametrize("width, height", [(56, 40), (640, 480), (333, 500), (40, 41), (97, 64)])
+def test_the_evaluation_crop_is_open_clips_to_the_pixel(width, height):
+    open_clip = pytest.importorskip("open_clip")  # the torch extra
+    image = photo(width, height)
+    theirs = open_clip.image_transform(32, is_train=False)(image).numpy().transpose(1, 2, 0)
+    ours = (resize_center_crop(image, 32) / 255.0 - np.asarray(CLIP_MEAN)) / np.asarray(CLIP_STD)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)

@@ -56,11 +56,15 @@ def load_image(path: str) -> Image.Image:
 
 
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """open_clip's eval transform: bicubic resize of the short side to `size`, centre crop -> uint8 [size, size, 3]."""
+    """open_clip's eval transform: bicubic resize of the short side to `size`, centre crop -> uint8 [size, size, 3].
+    The sizes are torchvision's to the pixel (Resize truncates the long side, CenterCrop rounds the margin), so that
+    scores match open_clip's on images of any shape."""
     width, height = image.size
-    scale = size / min(width, height)
-    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
-    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    if width <= height:
+        resized = image.resize((size, int(size * height / width)), Image.BICUBIC)
+    else:
+        resized = image.resize((int(size * width / height), size), Image.BICUBIC)
+    left, top = int(round((resized.width - size) / 2)), int(round((resized.height - size) / 2))
     return np.asarray(resized.crop((left, top, left + size, top + size)))
 
 
