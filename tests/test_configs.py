@@ -135,6 +135,29 @@ def test_local_principal_components_need_more_rows_a_device_than_components():
     check_batch_settings(config, spec, make_mesh((8, 1, 1)))
 
 
+def test_gradient_caching_keeps_a_devices_whole_batch_for_the_principal_components():
+    config = load("longclip_b16")
+    spec = ExampleSpec.from_config(config, ModelConfig.from_config(config))
+    config.batch_size, config.optim.grad_cache_chunks = 512, 4  # the loss sees 64 rows a device, not 16
+    check_batch_settings(config, spec, make_mesh((8, 1, 1)))
+    config.optim.grad_cache_chunks, config.optim.accum_steps = 1, 4  # accumulation does split the loss's rows
+    with pytest.raises(ValueError, match=r"'local' takes each device's 16 rows"):
+        check_batch_settings(config, spec, make_mesh((8, 1, 1)))
+
+
+def test_a_batch_that_forces_one_row_loss_blocks_warns_with_batches_that_would_not(caplog):
+    config = load("rsclip_b16")
+    spec = ExampleSpec.from_config(config, ModelConfig.from_config(config))
+    config.loss.sharded, config.loss.row_chunk = "on", 16
+    config.batch_size = 8 * 37  # 37 rows a device: a prime above the row chunk
+    check_batch_settings(config, spec, make_mesh((8, 1, 1)))
+    assert "each device 37 loss rows" in caplog.text and "A batch of 256 or 384 would not" in caplog.text
+    caplog.clear()
+    config.batch_size = 8 * 36
+    check_batch_settings(config, spec, make_mesh((8, 1, 1)))
+    assert "loss rows" not in caplog.text
+
+
 def test_loading_a_recipe_imports_nothing_heavy():
     recipes = [
         os.path.join(REPO, "configs", f) for f in sorted(os.listdir(os.path.join(REPO, "configs"))) if f.endswith(".py")

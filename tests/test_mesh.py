@@ -53,3 +53,14 @@ def test_forward_on_mesh_equals_single_device():
     sharded = forward(jax.device_put(params, shardings), jax.device_put(images, batch), jax.device_put(tokens, batch))
     for a, b in zip(sharded, single):
         np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_a_parameter_dimension_the_mesh_cannot_divide_is_logged_once_by_name(caplog):
+    state = nnx.state(nnx.eval_shape(lambda: CLIP(model_config("tiny"), rngs=nnx.Rngs(0))))
+    mesh = make_mesh((1, 1, 8))  # 2 heads over tensor=8
+    for _ in range(2):  # as when evaluation or memory picking builds the setup again
+        shardings = param_shardings(state, mesh, base_config().mesh.rules)
+    name = "parameter visual.transformer.resblocks.0.attn.in_proj.kernel: its 'heads' dimension (2) does not divide"
+    assert caplog.text.count(name) == 1, caplog.text[:2000]
+    assert "over mesh axes ('tensor',) of size 8, so it is replicated" in caplog.text
+    assert "tensor" not in shardings["visual"]["transformer"]["resblocks"][0]["attn"]["in_proj"]["kernel"].spec

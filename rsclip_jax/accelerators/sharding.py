@@ -6,6 +6,7 @@ import contextvars
 import math
 
 import jax
+from absl import logging
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
@@ -89,22 +90,34 @@ def constrain(x, *logical_axes):
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, _partition_spec(logical_axes, x.shape, rules, mesh)))
 
 
-def _partition_spec(logical_axes, shape, rules: dict, mesh) -> PartitionSpec:
+def _partition_spec(logical_axes, shape, rules: dict, mesh, undivided: list | None = None) -> PartitionSpec:
+    """The spec of one array; each dimension its rule's mesh axes do not divide is appended to `undivided` as
+    (logical name, size, axes)."""
     spec, used = [], set()
     for name, size in zip(logical_axes or (None,) * len(shape), shape):
         rule = rules.get(name)
         axes = () if rule is None else (rule,) if isinstance(rule, str) else tuple(rule)
         # A dimension the mesh axes do not divide, or an axis already used, stays replicated.
-        if (
-            not axes
-            or not all(a in mesh.shape and a not in used for a in axes)
-            or size % math.prod(mesh.shape[a] for a in axes)
-        ):
+        if not axes or not all(a in mesh.shape and a not in used for a in axes):
             spec.append(None)
+        elif size % math.prod(mesh.shape[a] for a in axes):
+            spec.append(None)
+            if undivided is not None and math.prod(mesh.shape[a] for a in axes) > 1:
+                undivided.append((name, size, axes))
         else:
             spec.append(axes[0] if len(axes) == 1 else axes)
             used.update(axes)
     return PartitionSpec(*spec)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Each message once a process: the setup is built again for evaluation, export and memory picking."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.warning("%s", message)
 
 
 def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules) -> dict:
@@ -113,7 +126,14 @@ def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules) -> dict:
     rules = dict(rules)
     shardings: dict = {}
     for path, variable in nnx.to_flat_state(state):
-        spec = _partition_spec(variable.get_metadata().get("out_sharding"), variable.shape, rules, mesh)
+        undivided = []
+        spec = _partition_spec(variable.get_metadata().get("out_sharding"), variable.shape, rules, mesh, undivided)
+        for name, size, axes in undivided:
+            _warn_once(
+                f"parameter {'.'.join(map(str, path))}: its {name!r} dimension ({size}) does not divide over mesh "
+                f"axes {axes} of size {math.prod(mesh.shape[a] for a in axes)}, so it is replicated there (more "
+                f"memory, no split); choose a config.mesh.shape that divides it, or a config.mesh.rules entry"
+            )
         node = shardings
         for key in path[:-1]:
             node = node.setdefault(key, {})

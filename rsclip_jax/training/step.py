@@ -7,13 +7,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rsclip_jax.accelerators.sharding import BATCH_AXES, activation_sharding
 from rsclip_jax.data.caption_sampling import ALT_SLOT
 from rsclip_jax.data.preprocess import normalize_images
-from rsclip_jax.training.losses import PCA_SCOPES, contrastive_loss, primary_components, sharded_contrastive_loss
+from rsclip_jax.training.losses import (
+    PCA_SCOPES,
+    block_size,
+    contrastive_loss,
+    primary_components,
+    sharded_contrastive_loss,
+)
 from rsclip_jax.training.train_setup import TrainSetup
 
 
@@ -79,7 +86,8 @@ def check_batch_settings(config: ml_collections.ConfigDict, spec, mesh) -> None:
             problems.append(
                 "config.loss.short_caption_components needs grouped sampling with a 'short' slot and another slot"
             )
-        rows = config.batch_size // (data_parallel * config.optim.accum_steps * chunks)
+        # Gradient caching computes the loss over a device's whole batch at once, so only accumulation divides it.
+        rows = config.batch_size // (data_parallel * config.optim.accum_steps)
         if config.loss.short_caption_pca == "local" and rows <= components + 1:
             # N centred rows span at most N - 1 directions: their top components rebuild them exactly.
             problems.append(
@@ -88,11 +96,30 @@ def check_batch_settings(config: ml_collections.ConfigDict, spec, mesh) -> None:
                 f"use a larger batch, fewer devices or micro-batches, or short_caption_pca='global'"
             )
     try:
-        uses_sharded_loss(config, mesh)
+        if uses_sharded_loss(config, mesh):
+            _warn_of_one_row_loss_blocks(config, data_parallel)
     except ValueError as e:
         problems.append(str(e))
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def _warn_of_one_row_loss_blocks(config: ml_collections.ConfigDict, data_parallel: int) -> None:
+    """The sharded loss takes a device's rows in the largest block of at most config.loss.row_chunk that divides
+    them: rows with no such divisor above 1 (a prime) go one at a time, a loop of thousands of small steps."""
+    per_batch = data_parallel * config.optim.accum_steps  # the loss's rows on a device: one micro-batch's share
+    rows, chunk = config.batch_size // per_batch, config.loss.row_chunk
+    if rows > chunk and block_size(rows, chunk) == 1:
+        lower, upper = rows // chunk * chunk * per_batch, -(-rows // chunk) * chunk * per_batch
+        logging.warning(
+            "config.batch_size %d gives each device %d loss rows, which no block of 2 to config.loss.row_chunk %d "
+            "rows divides: the sharded loss takes them one row at a time, slowly. A batch of %d or %d would not.",
+            config.batch_size,
+            rows,
+            chunk,
+            lower,
+            upper,
+        )
 
 
 def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: tuple[str, ...], mesh):
