@@ -232,6 +232,7 @@ def _train_loop(
         if preempt or last or step % config.checkpoint_every_steps == 0:
             check_finite()
             checkpointer.save(step, state, data_iterator, force=preempt or last)
+            writer.flush()
         if preempt:
             logging.warning("SIGTERM: saved step %d and stopping", step)
             break

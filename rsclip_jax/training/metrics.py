@@ -49,6 +49,12 @@ class MetricWriter:
         # A resumed run logs again the steps after its checkpoint: keep the lines up to the checkpoint.
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         self.lines = [line for line in lines if line.strip() and json.loads(line)["step"] <= resumed_from_step]
+        if len(self.lines) != len(lines) or not self.path.exists():
+            self._replace_file()
+        # A local file grows by appending each line; a bucket has no append: its lines are buffered and the
+        # file replaced by `flush`, with each checkpoint.
+        self.appending = "://" not in str(workdir)
+        self.file = open(self.path, "a") if self.appending else None
         self.tensorboard = _tensorboard_writer(str(epath.Path(workdir) / "tensorboard"))
         if use_wandb:
             self.wandb = _start_wandb(workdir, config)
@@ -58,11 +64,12 @@ class MetricWriter:
     def write(self, step: int, metrics: dict):
         if not self.enabled:
             return
-        self.lines.append(json.dumps({"step": step, **metrics}))
-        # The whole file, written aside and renamed: a bucket has no append, and a crash leaves the old file.
-        staged = self.path.with_name(self.path.name + ".tmp")
-        staged.write_text("\n".join(self.lines) + "\n")
-        staged.replace(self.path)
+        line = json.dumps({"step": step, **metrics})
+        if self.appending:
+            self.file.write(line + "\n")
+            self.file.flush()
+        else:
+            self.lines.append(line)
         scalars = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
         for name, value in scalars.items():
             self.tensorboard.add_scalar(name, value, step)
@@ -71,8 +78,22 @@ class MetricWriter:
             # Not committed: the training and eval lines of one step make one W&B row, sent at the next step.
             self.wandb.log(scalars, step=step)
 
+    def flush(self):
+        """Writes the buffered lines to a bucket's metrics.jsonl (the loop calls it with each checkpoint)."""
+        if self.enabled and not self.appending:
+            self._replace_file()
+
+    def _replace_file(self):
+        # Written aside and renamed: a crash leaves the old file whole.
+        staged = self.path.with_name(self.path.name + ".tmp")
+        staged.write_text("".join(line + "\n" for line in self.lines))
+        staged.replace(self.path)
+
     def close(self):
         if self.enabled:
+            self.flush()
+            if self.file is not None:
+                self.file.close()
             self.tensorboard.close()
         if self.wandb is not None:
             # Called from the loop's `finally`: a run stopped by an exception is marked failed in W&B.
