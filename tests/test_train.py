@@ -217,26 +217,36 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]  # complete, and nothing after it
 
 
-def test_sigterm_saves_and_stops(tmp_path, demo_shards):
+def test_sigterm_to_the_process_group_saves_and_stops(tmp_path, demo_shards):
+    """As SLURM, Cloud TPU and GCE preempt: SIGTERM to the whole process group, the data workers included."""
     run = subprocess.Popen(
         train_command(
-            tmp_path, demo_shards["train"], "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"
+            tmp_path,
+            demo_shards["train"],
+            "--config.total_steps=100000",
+            "--config.checkpoint_every_steps=100000",
+            "--config.data.num_workers=2",
         ),
         env=environment(1),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
         assert run.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    run.send_signal(signal.SIGTERM)
+    os.killpg(run.pid, signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr[-3000:]
     saved = [int(d) for d in os.listdir(tmp_path / "checkpoints")]
-    assert saved and saved[0] >= 1 and "SIGTERM: saved step" in stderr
+    assert saved and saved[0] >= 1 and f"SIGTERM: saved step {saved[0]}" in stderr
+    deadline = time.time() + 30
+    while process_group_alive(run.pid):  # no worker outlives the run
+        assert time.time() < deadline, "the run's worker processes are still running"
+        time.sleep(0.1)
 
 
 @pytest.mark.slow
