@@ -10,6 +10,7 @@ from etils import epath
 from PIL import Image
 
 from rsclip_jax import report
+from rsclip_jax.evals.report import write_report
 
 
 def test_paper_table_from_metrics_and_eval_files(tmp_path, monkeypatch, capsys):
@@ -55,10 +56,10 @@ def test_paper_table_from_metrics_and_eval_files(tmp_path, monkeypatch, capsys):
 
 def test_no_paper_table_without_its_evals(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 4, "eval/heldout/i2t_r1": 10.0}) + "\n")
-    _, table = report.write_report(str(tmp_path))
+    _, table = write_report(str(tmp_path))
     assert table == [] and "paper's table" not in (tmp_path / "report" / "README.md").read_text()
     with pytest.raises(FileNotFoundError, match="metrics.jsonl does not exist"):
-        report.write_report(str(tmp_path / "missing"))
+        write_report(str(tmp_path / "missing"))
 
 
 def test_report_of_a_workdir_in_a_bucket(gcs_bucket):
