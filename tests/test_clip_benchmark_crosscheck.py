@@ -4,12 +4,10 @@ open_clip, and the same images and captions."""
 import io
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
-from recipes import REPO, write_recipe
+from recipes import run_command, write_recipe
 
 from rsclip_jax.data.records import read_shard
 
@@ -33,18 +31,6 @@ def write_set(records, root):
     return entries
 
 
-def run(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_recalls_equal_clip_benchmark_on_the_exported_model(tmp_path, demo_shards):
     records = [r for path in demo_shards["heldout"] for r in read_shard(path)]
@@ -60,8 +46,8 @@ def test_recalls_equal_clip_benchmark_on_the_exported_model(tmp_path, demo_shard
         evals={"heldout": dict(kind="retrieval", dataset="jsonl", root=root, batch_size=8)},
     )
     workdir, exported = str(tmp_path / "run"), str(tmp_path / "open_clip")
-    run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
-    run(
+    run_command("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
+    run_command(
         "rsclip_jax.convert",
         "export",
         f"--config={recipe}",

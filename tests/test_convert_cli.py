@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from recipes import REPO, run_command
 
 from rsclip_jax import CLIP, stretch_positions, tokenize
 from rsclip_jax.config import load_recipe
@@ -16,8 +15,6 @@ from rsclip_jax.model.config import ModelConfig
 from rsclip_jax.weights.import_export import export_hf, export_open_clip, import_weights
 from rsclip_jax.weights.openai_layout import to_openai_state_dict
 from rsclip_jax.weights.trained import load_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def demo_config(**model):
@@ -89,26 +86,16 @@ def test_import_openai_torchscript_with_stretching_then_train(tmp_path, demo_sha
         expected = theirs.encode_image(torch.from_numpy(IMAGES), normalize=True).numpy()
     np.testing.assert_allclose(embeddings(ours, ModelConfig.from_config(config), IMAGES, TEXTS)[0], expected, atol=1e-5)
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rsclip_jax.train",
-            f"--config={REPO}/rsclip_jax/demo/configs/demo.py",
-            f"--workdir={workdir}",
-            f"--config.data.train_shards={','.join(demo_shards['train'])}",
-            "--config.model.context_length=248",
-            "--config.total_steps=2",
-            "--config.log_every_steps=1",
-            "--config.batch_size=8",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+    result = run_command(
+        "rsclip_jax.train",
+        f"--config={REPO}/rsclip_jax/demo/configs/demo.py",
+        f"--workdir={workdir}",
+        f"--config.data.train_shards={','.join(demo_shards['train'])}",
+        "--config.model.context_length=248",
+        "--config.total_steps=2",
+        "--config.log_every_steps=1",
+        "--config.batch_size=8",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from the checkpoint of step 0" in result.stderr
     assert [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))] == [1, 2]
 

@@ -8,23 +8,13 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from recipes import REPO, write_recipe
+from recipes import REPO, one_device, run_command, write_recipe
 from test_evaluators import write_retrieval_folder
 from test_train import free_port
 
 import rsclip_jax as rs
 from rsclip_jax.data.records import read_shard
 from rsclip_jax.evals.retrieval import retrieval_recall
-
-ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-
-
-def run(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=REPO, env=ONE_DEVICE
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def without_seconds(metrics: dict) -> dict:
@@ -49,7 +39,7 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
         },
     )
     workdir = str(tmp_path / "run")
-    run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
+    run_command("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         lines = [json.loads(line) for line in f]
@@ -67,30 +57,22 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
     assert during[(2, "heldout")]["images"] == 16 and during[(4, "shapes")]["classes"] == 2
 
     # Alone, on the workdir's config.json: the same numbers as during training, for each checkpoint.
-    latest = json.loads(run("rsclip_jax.evaluate", f"--workdir={workdir}").stdout.strip().splitlines()[-1])
+    latest = json.loads(run_command("rsclip_jax.evaluate", f"--workdir={workdir}").stdout.strip().splitlines()[-1])
     assert latest["step"] == 4
     for name in ("heldout", "shapes"):
         assert without_seconds(latest["evals"][name]) == pytest.approx(without_seconds(during[(4, name)]))
     with open(os.path.join(workdir, "eval", "step_4.json")) as f:
         assert json.load(f)["evals"].keys() == {"heldout", "shapes"}
-    earlier = run("rsclip_jax.evaluate", f"--workdir={workdir}", f"--checkpoint={workdir}/checkpoints/2")
+    earlier = run_command("rsclip_jax.evaluate", f"--workdir={workdir}", f"--checkpoint={workdir}/checkpoints/2")
     earlier = json.loads(earlier.stdout.strip().splitlines()[-1])
     assert without_seconds(earlier["evals"]["heldout"]) == pytest.approx(without_seconds(during[(2, "heldout")]))
 
-    mismatch = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rsclip_jax.evaluate",
-            f"--workdir={workdir}",
-            f"--config={recipe}",
-            "--config.model.context_length=16",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env=ONE_DEVICE,
+    mismatch = run_command(
+        "rsclip_jax.evaluate",
+        f"--workdir={workdir}",
+        f"--config={recipe}",
+        "--config.model.context_length=16",
+        check=False,
     )
     assert mismatch.returncode != 0 and f"the checkpoint {workdir}/checkpoints/4 does not fit" in mismatch.stderr
 
@@ -109,7 +91,7 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
     assert loaded["i2t_r1"] == pytest.approx(during[(4, "heldout")]["i2t_r1"])
     assert loaded["t2i_r1"] == pytest.approx(during[(4, "heldout")]["t2i_r1"])
 
-    out = run("rsclip_jax.report", workdir).stdout.strip().splitlines()[-1]
+    out = run_command("rsclip_jax.report", workdir).stdout.strip().splitlines()[-1]
     for name in ("training.png", "eval.png"):
         with Image.open(os.path.join(out, name)) as image:
             assert image.format == "PNG" and image.width > 500
@@ -118,14 +100,7 @@ def test_train_with_evals_then_evaluate_and_report(tmp_path, demo_shards, tiny_t
 
 
 def test_evaluate_names_what_is_missing(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "rsclip_jax.evaluate", f"--workdir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=ONE_DEVICE,
-    )
+    result = run_command("rsclip_jax.evaluate", f"--workdir={tmp_path}", check=False, timeout=300)
     assert result.returncode != 0 and "config.json does not exist" in result.stderr and "give --config" in result.stderr
 
 
@@ -140,7 +115,7 @@ def test_evaluate_on_two_processes_is_one_run(tmp_path, demo_shards):
         evals={"heldout": heldout},
     )
     workdir = str(tmp_path / "run")
-    run("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
+    run_command("rsclip_jax.train", f"--config={recipe}", f"--workdir={workdir}")
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         during = {key.split("/")[-1]: value for line in f for key, value in json.loads(line).items() if "eval/" in key}
 
@@ -160,7 +135,7 @@ def test_evaluate_on_two_processes_is_one_run(tmp_path, demo_shards):
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
-            env=ONE_DEVICE,
+            env=one_device(),
         )
         for i in range(2)
     ]

@@ -4,14 +4,13 @@ model's and the recipe's numbers, the data, the workdir's evaluation numbers, an
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
+from recipes import REPO, run_command
 
 from rsclip_jax import CLIP, tokenize
 from rsclip_jax.config import load_recipe
@@ -21,7 +20,6 @@ from rsclip_jax.weights.model_card import latest_step, model_card, write_model_c
 from rsclip_jax.weights.openai_layout import to_openai_state_dict
 from rsclip_jax.weights.trained import load_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py")
 # As `rsclip_jax.evaluate` writes DIR/eval/step_STEP.json: {"checkpoint", "step", "evals": {name: {metric: value}}}.
 EVALS = {
@@ -152,25 +150,15 @@ def test_open_clip_export_writes_a_card_whose_snippet_runs(workdir, tmp_path, mo
     pytest.importorskip("open_clip")
     assert latest_step(workdir) == 0 and latest_step(str(tmp_path / "nothing")) is None
     out = str(tmp_path / "open_clip")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rsclip_jax.convert",
-            "export",
-            f"--config={RECIPE}",
-            "--config.model.context_length=248",
-            f"--workdir={workdir}",
-            "--to=open_clip",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+    result = run_command(
+        "rsclip_jax.convert",
+        "export",
+        f"--config={RECIPE}",
+        "--config.model.context_length=248",
+        f"--workdir={workdir}",
+        "--to=open_clip",
+        f"--out={out}",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert f"exported step 0 of {workdir} to {out} (open_clip), with its model card {out}/README.md" in result.stdout
     with open(os.path.join(out, "README.md")) as f:
         card = f.read()
