@@ -12,7 +12,7 @@ from flax import nnx
 from PIL import Image
 
 from rsclip_jax.accelerators.sharding import make_mesh
-from rsclip_jax.data.preprocess import CLIP_MEAN, CLIP_STD, resize_center_crop
+from rsclip_jax.data.preprocess import normalize_images, resize_center_crop
 from rsclip_jax.model.clip import CLIP
 from rsclip_jax.training.checkpoints import restore_params
 from rsclip_jax.training.train_setup import TrainSetup
@@ -38,7 +38,6 @@ def load_model(
     size = setup.model.image_size
 
     def preprocess(image: Image.Image) -> np.ndarray:
-        pixels = resize_center_crop(image.convert("RGB"), size).astype(np.float32) / 255.0
-        return (pixels - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+        return np.asarray(normalize_images(resize_center_crop(image.convert("RGB"), size)))
 
     return nnx.merge(setup.graphdef, params), preprocess
