@@ -12,7 +12,13 @@ from PIL import Image
 from captioning.alt_text import load_alt_texts
 from captioning.engines import ENGINES, Sampling, make_engine
 from captioning.filter import filter_shards
-from captioning.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PIXELS, list_inputs, load_image
+from captioning.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_PIXELS,
+    covering_short_side,
+    list_inputs,
+    load_image,
+)
 from captioning.prompts import PROMPT_VERSION
 from captioning.roles import load_roles
 from captioning.run import run
@@ -34,9 +40,6 @@ def _add_engine_flags(parser, prefix="", temperature=Sampling.temperature):
     parser.add_argument(f"--{prefix}engine", choices=ENGINES, default="vllm")
     parser.add_argument(
         f"--{prefix}model", required=not prefix, help="local model folder (e.g. Qwen2.5-VL-7B-Instruct)"
-    )
-    parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel cap of the image the model sees"
     )
     parser.add_argument("--max-tokens", type=int, default=Sampling.max_tokens)
     parser.add_argument("--temperature", type=float, default=temperature)
@@ -64,13 +67,14 @@ def _run(args) -> dict:
     alt_texts, unmatched = load_alt_texts(inputs, args.alt_text)
     if unmatched:
         print(f"note: --alt-text {args.alt_text}: {unmatched} of its lines name no input of this run", file=sys.stderr)
+    short_side = covering_short_side(args.max_pixels) if args.short_side is None else args.short_side
     settings = {
         "engine": args.engine,
         "model": args.model,
         "roles": [vars(r) for r in roles.roles],
         "roles_version": roles.version,
         "prompt_version": PROMPT_VERSION,
-        "short_side": args.short_side,
+        "short_side": short_side,
         "max_pixels": args.max_pixels,
         "max_image_pixels": args.max_image_pixels,
         "images_per_shard": args.images_per_shard,
@@ -79,7 +83,7 @@ def _run(args) -> dict:
     }
     Image.MAX_IMAGE_PIXELS = None  # load_image refuses above --max-image-pixels itself, whatever its value
     load = functools.partial(
-        load_image, short_side=args.short_side, max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels
+        load_image, short_side=short_side, max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels
     )
     return run(
         inputs,
@@ -95,6 +99,7 @@ def _run(args) -> dict:
         host_threads=args.host_threads,
         readahead=args.readahead,
         alt_texts=alt_texts,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -102,18 +107,16 @@ def _filter(args) -> dict:
     roles = load_roles(args.roles)
     if args.drop_fraction and not args.judge_model:
         raise ValueError("--drop-fraction needs a judge: give --judge-model")
-    judge = _engine_factory(args, args.judge_engine, args.judge_model)() if args.judge_model else None
     return filter_shards(
         args.in_dir,
         args.out,
         roles,
         min_long_words=args.min_long_words,
         min_short_words=args.min_short_words,
-        judge=judge,
+        make_judge=_engine_factory(args, args.judge_engine, args.judge_model) if args.judge_model else None,
         drop_fraction=args.drop_fraction,
         export_path=args.export_judgements,
         seed=args.seed,
-        max_pixels=args.max_pixels,
     )
 
 
@@ -139,7 +142,6 @@ def _distill(args) -> dict:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        max_pixels=args.max_pixels,
         dtype=args.dtype,
         seed=args.seed,
     )
@@ -166,7 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--images-per-shard", type=int, default=1000)
     run_parser.add_argument("--num-workers", type=int, default=1)
     run_parser.add_argument("--worker-index", type=int, default=0)
-    run_parser.add_argument("--short-side", type=int, default=256, help="short side of the JPEG kept for training")
+    run_parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel cap of the image the captioner sees"
+    )
+    run_parser.add_argument(
+        "--short-side",
+        type=int,
+        help="short side of the JPEG kept for training (default: the square root of --max-pixels, so that the "
+        "judge sees every pixel the captioner saw)",
+    )
     run_parser.add_argument(
         "--max-image-pixels",
         type=int,
@@ -207,9 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.add_argument("--learning-rate", type=float, default=1e-5)
     distill_parser.add_argument("--batch-size", type=int, default=4)
     distill_parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    distill_parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel cap of the training images"
-    )
     distill_parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     distill_parser.add_argument("--seed", type=int, default=0)
 

@@ -1,7 +1,7 @@
 """`python -m captioning distill`: fine-tunes a student VLM on a judge's exported judgements.
 
-Each judgement with a score becomes one example (the judge prompt, the record's image, the
-teacher's answer) with loss on the answer tokens only. The student is saved as a plain model folder
+Each judgement with a score becomes one example (the judge prompt, the record's image as the judge saw
+it, the teacher's answer) with loss on the answer tokens only. The student is saved as a plain model folder
 (LoRA adapters merged in) that `captioning filter --judge-model` serves with either engine.
 """
 
@@ -14,19 +14,20 @@ import torch.nn.functional as F
 import transformers
 
 from captioning.engines import chat_prompt
-from captioning.images import decode_record_image, for_captioner
-from rsclip_jax.data.records import read_shard
+from captioning.images import record_for_captioner
+from rsclip_jax.data.records import CaptionRecord, read_shard
 
-_FIELDS = {"messages": (list,), "answer": (str,), "shard": (str,), "record": (int,)}
+_FIELDS = {"messages": (list,), "answer": (str,), "shard": (str,), "record": (int,), "max_pixels": (int,)}
 # The language model's projections: the judge's skill is in how it answers; the vision tower stays as it is.
 _LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # Padding per token-aligned key; padded input ids are masked out by attention_mask and labels, so any id serves.
 _PAD = {"input_ids": 0, "attention_mask": 0, "mm_token_type_ids": 0, "labels": -100}
 
 
-def load_judgements(path: str) -> tuple[list[tuple[list, bytes, str]], int]:
-    """(messages, image JPEG, answer) per judgement with a score, and how many had none (the answer did not
-    parse, or the judge could not take the request): a student taught those would only learn to fail."""
+def load_judgements(path: str) -> tuple[list[tuple[list, CaptionRecord, int, str]], int]:
+    """(messages, caption record, the captioner's max_pixels, answer) per judgement with a score, and how many had
+    none (the answer did not parse, or the judge could not take the request): a student taught those would only
+    learn to fail."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--judgements {path} does not exist")
     scored, unscored = [], 0
@@ -59,34 +60,33 @@ def load_judgements(path: str) -> tuple[list[tuple[list, bytes, str]], int]:
     if not scored:
         raise ValueError(f"{path} holds no judgement with a score ({unscored} without one)")
     wanted = {(j["shard"], j["record"]) for _, j in scored}
-    images = {}  # (shard, record) -> JPEG, for the judged records only, each shard read once
+    records = {}  # (shard, record) -> the judged records only, each shard read once
     for shard in sorted({shard for shard, _ in wanted}):
-        images.update(
-            {(shard, r): record.image_jpeg for r, record in enumerate(read_shard(shard)) if (shard, r) in wanted}
-        )
+        records.update({(shard, r): record for r, record in enumerate(read_shard(shard)) if (shard, r) in wanted})
     for n, judgement in scored:
-        if (judgement["shard"], judgement["record"]) not in images:
+        if (judgement["shard"], judgement["record"]) not in records:
             raise ValueError(f"{path} line {n}: shard {judgement['shard']} has no record {judgement['record']}")
-    return [(j["messages"], images[j["shard"], j["record"]], j["answer"]) for _, j in scored], unscored
+    examples = [(j["messages"], records[j["shard"], j["record"]], j["max_pixels"], j["answer"]) for _, j in scored]
+    return examples, unscored
 
 
 class _Examples(torch.utils.data.Dataset):
-    """Prepared lazily, as the judge's engines prepare a request: the image sized by `for_captioner`, the
-    prompt by the chat template, the image tokens by the processor."""
+    """Prepared lazily, as the judge's engines prepare a request: the image the judge saw (`record_for_captioner`),
+    the prompt by the chat template, the image tokens by the processor."""
 
-    def __init__(self, examples, processor, max_pixels):
-        self.examples, self.processor, self.max_pixels = examples, processor, max_pixels
+    def __init__(self, examples, processor):
+        self.examples, self.processor = examples, processor
 
     def __len__(self):
         return len(self.examples)
 
     def __getitem__(self, i):
-        messages, jpeg, answer = self.examples[i]
+        messages, record, max_pixels, answer = self.examples[i]
         prompt = chat_prompt(self.processor, messages)
         full = self.processor.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the student's chat template does not render an answered prompt as the prompt and more")
-        image = for_captioner(decode_record_image(jpeg), self.max_pixels)
+        image = record_for_captioner(record, max_pixels)
         inputs = self.processor(text=[prompt], images=[image], return_tensors="pt")
         # The answer and its end-of-turn tokens, tokenized apart from the prompt as in generation.
         target = self.processor.tokenizer(full[len(prompt) :], add_special_tokens=False, return_tensors="pt")
@@ -131,7 +131,6 @@ def distill(
     learning_rate,
     batch_size,
     gradient_accumulation_steps,
-    max_pixels,
     dtype,
     seed,
 ) -> dict:
@@ -163,7 +162,7 @@ def distill(
             remove_unused_columns=False,
             seed=seed,
         )
-        dataset = _Examples(examples, processor, max_pixels)
+        dataset = _Examples(examples, processor)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collate)
         trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -2,7 +2,8 @@
 
 Two passes over the shards: the first judges every caption that passed the length rules (keeping only
 scores in memory), the second writes the surviving captions, with their scores and rationales, into
-shards of the same names. An image left without captions is dropped and counted.
+shards of the same names. An image left without captions is dropped and counted. The judge sees the image the
+captioner saw, rebuilt at the --max-pixels that `--in`'s captioner.json records; it goes to `--out` too.
 """
 
 import collections
@@ -14,8 +15,9 @@ import os
 import re
 
 from captioning.engines import Request, request_seed
-from captioning.images import decode_record_image, for_captioner
+from captioning.images import record_for_captioner
 from captioning.prompts import JUDGE_SCHEMA, judge_messages
+from captioning.run import captioner_info_path, read_json
 from captioning.tally import CaptionTally
 from rsclip_jax.data.records import read_shard, write_shard
 
@@ -60,7 +62,7 @@ def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, exp
             out[s] += 1  # held until the shard is listed, so an early answer cannot release it
             for r, record in enumerate(records[s]):
                 judged = kept_by_length(record)
-                image = for_captioner(decode_record_image(record.image_jpeg), max_pixels) if judged else None
+                image = record_for_captioner(record, max_pixels) if judged else None
                 for c in judged:
                     caption = record.captions[c]
                     if caption.role not in roles_by_name:
@@ -97,9 +99,10 @@ def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, exp
                         "answer": answer,
                         "error": error,
                         "score": parsed[0] if parsed else None,
-                        # where the image is, so that `captioning distill` can train on it
+                        # where the image is and how it was sized, so that `captioning distill` trains on it
                         "shard": os.path.abspath(shards[s]),
                         "record": r,
+                        "max_pixels": max_pixels,
                     }
                 )
                 + "\n"
@@ -108,13 +111,20 @@ def _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, exp
 
 
 def filter_shards(
-    in_dir, out_dir, roles, *, min_long_words, min_short_words, judge, drop_fraction, export_path, seed, max_pixels
+    in_dir, out_dir, roles, *, min_long_words, min_short_words, make_judge, drop_fraction, export_path, seed
 ) -> dict:
-    """Writes the filtered shards to `out_dir`; returns what was dropped and kept. No defaults here: each is written
-    once, in the CLI."""
+    """Writes the filtered shards to `out_dir`; returns what was dropped and kept. `make_judge` (None: no judge)
+    starts the judge's engine once the input is known to be judgeable. No defaults here: each is written once, in
+    the CLI."""
     shards = sorted(glob.glob(os.path.join(in_dir, "*.array_record")))
     if not shards:
         raise FileNotFoundError(f"--in {in_dir} holds no caption shards (*.array_record)")
+    captioner = read_json(captioner_info_path(in_dir))
+    if make_judge is not None and captioner is None:
+        raise ValueError(
+            f"--in {in_dir} has no captioner.json, which gives the judge the captioner's --max-pixels (`captioning "
+            f'run` writes it); for shards from before, write {{"max_pixels": N}} there with the run\'s --max-pixels'
+        )
     roles_by_name = {r.name: r for r in roles.roles}
     counts = collections.Counter()
     scores = {}  # (shard index, record index, caption index) -> (score, rationale)
@@ -124,12 +134,18 @@ def filter_shards(
             i for i, c in enumerate(record.captions) if passes_length(c.kind, c.text, min_long_words, min_short_words)
         ]
 
-    if judge is not None:
+    if make_judge is not None:
+        judge = make_judge()
         with open(export_path, "w") if export_path else contextlib.nullcontext() as export:
-            _judge_all(shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, max_pixels)
+            _judge_all(
+                shards, judge, roles_by_name, kept_by_length, scores, counts, export, seed, captioner["max_pixels"]
+            )
     dropped_by_judge = lowest_fraction(scores, drop_fraction)
 
     os.makedirs(out_dir, exist_ok=True)
+    if captioner is not None:  # so that the filtered shards can be judged again
+        with open(captioner_info_path(out_dir), "w") as f:
+            json.dump(captioner, f)
     tally = CaptionTally()
     for s, path in enumerate(shards):
         survivors = []

@@ -1,5 +1,6 @@
-"""Input images: listing them, cutting the list into shards, reading them as a viewer shows them, and
-shaping the copy the captioner sees so that no model limit turns an odd image into a lost one."""
+"""Input images: listing them, cutting the list into shards, reading them as a viewer shows them, shaping the
+copy the captioner sees so that no model limit turns an odd image into a lost one, and rebuilding that copy
+from a caption record for the judge and a distilled student."""
 
 import io
 import math
@@ -14,7 +15,7 @@ from captioning.alt_text import sidecars_among
 # well inside both leaves room for its own rounding to multiples of 28.
 MAX_CAPTIONER_ASPECT = 100
 MIN_CAPTIONER_SIDE = 28
-# The pixel cap of the captioner's copy (--max-pixels): the judge and a distilled student see what the captioner saw.
+# The pixel cap of the captioner's copy (--max-pixels).
 DEFAULT_MAX_PIXELS = 448 * 448
 # Pillow's own guard; an image above it is refused, not captioned (a decompression bomb or a scan).
 # `captioning run` lifts Pillow's own checks and applies --max-image-pixels in their place.
@@ -117,25 +118,51 @@ def _scaled(image: Image.Image, scale: float) -> Image.Image:
     return image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC)
 
 
-def for_captioner(image: Image.Image, max_pixels: int) -> Image.Image:
-    """The captioner's copy: padded with white to MAX_CAPTIONER_ASPECT:1 where it is longer (within a pixel after
-    scaling), scaled to at most `max_pixels`, then up to a short side of MIN_CAPTIONER_SIDE where it is smaller
-    (which wins over `max_pixels`: a model cannot see less)."""
-    width, height = image.size
+def _padded(width: int, height: int) -> tuple[int, int]:
+    """(width, height) padded to MAX_CAPTIONER_ASPECT:1 where the image is longer."""
     long_side, short_side = max(width, height), min(width, height)
-    if long_side > MAX_CAPTIONER_ASPECT * short_side:
-        padded_short = -(-long_side // MAX_CAPTIONER_ASPECT)
-        size = (width, padded_short) if width >= height else (padded_short, height)
-        canvas = Image.new("RGB", size, "white")
-        canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
-        image = canvas
-    width, height = image.size
+    if long_side <= MAX_CAPTIONER_ASPECT * short_side:
+        return width, height
+    padded_short = -(-long_side // MAX_CAPTIONER_ASPECT)
+    return (width, padded_short) if width >= height else (padded_short, height)
+
+
+def captioner_size(shown: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """The size of the captioner's copy of an image shown at `shown`: padded to MAX_CAPTIONER_ASPECT:1, scaled to
+    at most `max_pixels`, then up to a short side of MIN_CAPTIONER_SIDE (which wins over `max_pixels`: a model
+    cannot see less)."""
+    width, height = _padded(*shown)
     if width * height > max_pixels:  # rounded down: the processor's own cap would resize again
         scale = (max_pixels / (width * height)) ** 0.5
-        image = image.resize((max(1, int(width * scale)), max(1, int(height * scale))), Image.BICUBIC)
-    if min(image.size) < MIN_CAPTIONER_SIDE:
-        image = _scaled(image, MIN_CAPTIONER_SIDE / min(image.size))
-    return image
+        width, height = max(1, int(width * scale)), max(1, int(height * scale))
+    if min(width, height) < MIN_CAPTIONER_SIDE:
+        scale = MIN_CAPTIONER_SIDE / min(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return width, height
+
+
+def for_captioner(image: Image.Image, max_pixels: int, shown: tuple[int, int] | None = None) -> Image.Image:
+    """The captioner's copy: padded with white where it is longer than MAX_CAPTIONER_ASPECT:1, resized to
+    `captioner_size(shown, max_pixels)`. `shown` (default: the image's own size) is the size of the source as
+    shown; the copy's size follows from it alone, so a reduced decode of the source and the stored training
+    JPEG give the same copy size."""
+    shown = shown or image.size
+    width, height = image.size
+    padded = _padded(*shown)
+    # the padded frame in this image's own pixels, never cropping it
+    canvas = (max(width, round(padded[0] * width / shown[0])), max(height, round(padded[1] * height / shown[1])))
+    if canvas != image.size:
+        framed = Image.new("RGB", canvas, "white")
+        framed.paste(image, ((canvas[0] - width) // 2, (canvas[1] - height) // 2))
+        image = framed
+    size = captioner_size(shown, max_pixels)
+    return image if image.size == size else image.resize(size, Image.BICUBIC)
+
+
+def covering_short_side(max_pixels: int) -> int:
+    """The stored short side that keeps every pixel of the captioner's copy: that copy's content has a short side
+    of at most the square root of `max_pixels` (a square's)."""
+    return math.isqrt(max_pixels)
 
 
 def load_image(
@@ -148,9 +175,16 @@ def load_image(
     training = _scaled(rgb, scale) if scale < 1 else rgb
     buffer = io.BytesIO()
     training.save(buffer, format="JPEG", quality=90)
-    return for_captioner(rgb, max_pixels), buffer.getvalue(), size
+    return for_captioner(rgb, max_pixels, size), buffer.getvalue(), size
 
 
 def decode_record_image(jpeg: bytes) -> Image.Image:
     with Image.open(io.BytesIO(jpeg)) as image:
         return image.convert("RGB")
+
+
+def record_for_captioner(record, max_pixels: int) -> Image.Image:
+    """The captioner's copy rebuilt from a caption record, for the judge and a distilled student: the size the
+    captioner saw (from the record's size as shown and the run's `max_pixels`), its detail up to the stored
+    JPEG's, all of it where the stored short side is at least the square root of `max_pixels`."""
+    return for_captioner(decode_record_image(record.image_jpeg), max_pixels, record.original_size)

@@ -70,16 +70,25 @@ def _write_json(path: str, payload) -> None:
     _atomic_write(path, lambda temporary: _dump_json(temporary, payload))
 
 
-def _write_run_info(out_dir: str, worker_index: int, info: dict) -> None:
-    """run.json, the run's size and hash for `captioning status` and later workers. Workers may start together:
-    each writes the same content under its own temporary name, so any rename leaves a whole file."""
-    path = run_info_path(out_dir)
+def captioner_info_path(shards_dir: str) -> str:
+    """captioner.json beside a folder's shards: the captioner's --max-pixels, with which the judge and a distilled
+    student rebuild the image the captioner saw (images.record_for_captioner), whatever the run's settings."""
+    return os.path.join(shards_dir, "captioner.json")
+
+
+def _write_once(path: str, worker_index: int, info: dict) -> None:
+    """Workers may start together: each writes the same content under its own temporary name, so any rename
+    leaves a whole file."""
     if not os.path.exists(path):
         _atomic_write(path, lambda temporary: _dump_json(temporary, info), temporary=f"{path}.{worker_index}.tmp")
 
 
+def write_captioner_info(out_dir: str, worker_index: int, max_pixels: int) -> None:
+    _write_once(captioner_info_path(out_dir), worker_index, {"max_pixels": max_pixels})
+
+
 def read_json(path: str) -> dict | None:
-    """A manifest entry or run.json; None where it is not written (yet)."""
+    """A manifest entry, run.json or captioner.json; None where it is not written (yet)."""
     if not os.path.exists(path):
         return None
     try:
@@ -210,18 +219,21 @@ def run(
     host_threads: int,
     readahead: int,
     alt_texts: dict | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """Captions this worker's unfinished shards; returns the summary of what it wrote. `load(path)` reads an
     input (load_image with the run's sizes); `host_threads` threads run it `readahead` images ahead;
-    `alt_texts` (image id -> text, captioning/alt_text.py) goes into the records as it is."""
+    `alt_texts` (image id -> text, captioning/alt_text.py) goes into the records as it is; `max_pixels`, the
+    pixel cap `load` sizes the captioner's copy to, goes into captioner.json (not written without it)."""
     if not 0 <= worker_index < num_workers:
         raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
     config_hash = run_config_hash(settings, inputs, alt_texts)
     os.makedirs(manifest_dir(out_dir), exist_ok=True)
     shards = shard_slices(len(inputs), images_per_shard)
     todo = _unfinished_shards(out_dir, shards, config_hash, num_workers=num_workers, worker_index=worker_index)
-    _write_run_info(
-        out_dir,
+    # run.json: the run's size and hash, for `captioning status` and later workers
+    _write_once(
+        run_info_path(out_dir),
         worker_index,
         {
             "config_hash": config_hash,
@@ -230,6 +242,8 @@ def run(
             "images_with_alt_text": len(alt_texts or {}),
         },
     )
+    if max_pixels is not None:
+        write_captioner_info(out_dir, worker_index, max_pixels)
     totals, tally = collections.Counter(), CaptionTally()
     summary = {
         "shards_written": len(todo),

@@ -5,11 +5,17 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 from safetensors import safe_open
-from test_filter import run_filter, write_input
+from test_filter import ROLE, SizeRecordingJudge, filter_with, run_filter, write_input
+from test_images import SHAPES
 
 from captioning.distill import load_judgements
+from captioning.images import covering_short_side, load_image, record_for_captioner
+from captioning.run import write_captioner_info
+from rsclip_jax.data.records import Caption, CaptionRecord, write_shard
 
 # The teacher's answer in the judge's JSON format (the random tiny model's own answers never parse).
 TEACHER_ANSWER = '{"score": 87, "rationale": "the caption matches the role"}'
@@ -137,6 +143,29 @@ def test_lora_is_merged_into_a_plain_model_folder(tiny_model, shards_and_judgeme
     judge_with(out, shards_and_judgements[0], str(tmp_path / "filtered"), "transformers")
 
 
+def test_the_judge_and_its_student_see_the_captioners_image_size(tmp_path):
+    """Shards captioned at another --max-pixels than the default, as `captioning run` writes them: the filter's
+    judge is given each image at the size the captioner saw, and so is `distill`, from the export."""
+    max_pixels, records, captioners = 320 * 320, [], {}
+    for name, shape in SHAPES.items():
+        path = str(tmp_path / f"{name}.jpg")
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (*shape[::-1], 3), np.uint8)).save(path)
+        copy, jpeg, size = load_image(path, short_side=covering_short_side(max_pixels), max_pixels=max_pixels)
+        captioners[name] = copy.size
+        records.append(CaptionRecord(name, jpeg, size, (Caption(ROLE, "short", "a caption of four words", "m", "v1"),)))
+    os.makedirs(tmp_path / "in")
+    write_shard(str(tmp_path / "in" / "captions-00000.array_record"), records)
+    write_captioner_info(str(tmp_path / "in"), 0, max_pixels)
+    judge, export = SizeRecordingJudge(), str(tmp_path / "judgements.jsonl")
+    filter_with(str(tmp_path / "in"), str(tmp_path / "out"), judge, export)
+    assert {records[r].image_id: size for (_, r, _), size in judge.sizes.items()} == captioners
+    examples, _ = load_judgements(export)
+    # what the student's dataset (distill._Examples) gives the processor for each example
+    assert {record.image_id: record_for_captioner(record, pixels).size for _, record, pixels, _ in examples} == (
+        captioners
+    )
+
+
 def weight_names(folder):
     with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
         return set(f.keys())
@@ -162,6 +191,10 @@ def test_bad_judgements_are_errors_naming_the_file_and_line(shards_and_judgement
             "line 2: shard",
         ),
         "no_record": ([json.dumps({**json.loads(good), "record": 9})], "line 1: shard"),
+        "no_max_pixels": (
+            [json.dumps({k: v for k, v in json.loads(good).items() if k != "max_pixels"})],
+            "line 1: missing 'max_pixels'",
+        ),
         "unscored_only": (
             [
                 json.dumps({**json.loads(good), "score": None}),

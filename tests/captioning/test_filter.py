@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from captioning.cli import build_parser
-from captioning.filter import lowest_fraction, parse_judgement
+from captioning.filter import filter_shards, lowest_fraction, parse_judgement
+from captioning.images import DEFAULT_MAX_PIXELS
 from captioning.prompts import JUDGE_SCHEMA, judge_messages
 from captioning.roles import load_roles
+from captioning.run import captioner_info_path, write_captioner_info
 from rsclip_jax.data.records import Caption, CaptionRecord, read_shard, write_shard
 
 ROLE = "Observer of Details"
@@ -35,6 +37,33 @@ def write_input(folder):
         CaptionRecord("c", jpeg, (64, 48), (caption("long", 10), caption("short", 4))),
     ]
     write_shard(os.path.join(folder, "captions-00000.array_record"), records)
+    write_captioner_info(folder, 0, DEFAULT_MAX_PIXELS)
+
+
+class SizeRecordingJudge:
+    """An engine that gives every request the same score and keeps the size of the image it was shown."""
+
+    def __init__(self):
+        self.sizes = {}
+
+    def stream(self, keyed_requests):
+        for key, request in keyed_requests:
+            self.sizes[key] = request.image.size
+            yield key, '{"score": 50, "rationale": "fine"}', None
+
+
+def filter_with(in_dir, out_dir, judge, export_path=None):
+    return filter_shards(
+        in_dir,
+        out_dir,
+        load_roles(),
+        min_long_words=10,
+        min_short_words=4,
+        make_judge=lambda: judge,
+        drop_fraction=0.0,
+        export_path=export_path,
+        seed=0,
+    )
 
 
 def run_filter(in_dir, out_dir, *extra):
@@ -55,6 +84,16 @@ def test_length_rules_drop_short_captions_and_empty_images(tmp_path):
     kept = list(read_shard(tmp_path / "out" / "captions-00000.array_record"))
     assert [(r.image_id, [len(c.text.split()) for c in r.captions]) for r in kept] == [("a", [12, 5]), ("c", [10, 4])]
     assert [r.alt_text for r in kept] == ["a green card", None]  # carried through as it was
+
+
+def test_the_judge_needs_the_captioners_max_pixels_and_the_filtered_shards_keep_it(tmp_path):
+    write_input(str(tmp_path / "in"))
+    filter_with(str(tmp_path / "in"), str(tmp_path / "out"), SizeRecordingJudge())
+    assert json.load(open(captioner_info_path(str(tmp_path / "out")))) == {"max_pixels": DEFAULT_MAX_PIXELS}
+    os.remove(captioner_info_path(str(tmp_path / "in")))
+    with pytest.raises(ValueError, match=r"has no captioner.json.*\{\"max_pixels\": N\}"):
+        filter_with(str(tmp_path / "in"), str(tmp_path / "judged"), SizeRecordingJudge())
+    run_filter(str(tmp_path / "in"), str(tmp_path / "lengths only"))  # without a judge, none is needed
 
 
 @pytest.mark.parametrize(

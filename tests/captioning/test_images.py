@@ -9,13 +9,24 @@ from odd_images import BLUE, RED, WHITE, close, top_and_bottom, write_odd_images
 from PIL import Image
 
 from captioning.images import (
+    DEFAULT_MAX_PIXELS,
     MAX_CAPTIONER_ASPECT,
     MIN_CAPTIONER_SIDE,
     ImageRefused,
+    covering_short_side,
+    decode_record_image,
     for_captioner,
     load_image,
     read_image,
+    record_for_captioner,
 )
+from rsclip_jax.data.records import CaptionRecord
+
+# (width, height) as shown: square, wide, tall, small (below --max-pixels), a banner padded to 100:1, and a JPEG
+# large enough to be decoded at a reduced scale. Before the judge's copy was sized from the size as shown, the
+# stored 256-px JPEG gave it about a third of the captioner's pixels, and its own rounding another size.
+SHAPES = {"square": (900, 900), "wide": (1000, 600), "tall": (700, 1900), "small": (60, 40)}
+SHAPES |= {"banner": (20000, 10), "large": (4000, 3000)}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +87,21 @@ def test_captioner_copy_is_within_the_model_limits(size):
         assert image.size == size  # an ordinary image is left alone
     if size == (4000, 12):
         assert close(image.getpixel((width // 2, 0)), WHITE) and close(image.getpixel((width // 2, height // 2)), RED)
+
+
+@pytest.mark.parametrize("max_pixels", [DEFAULT_MAX_PIXELS, 300 * 300])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_judges_copy_of_a_record_is_the_captioners_size(shape, max_pixels, tmp_path):
+    """A record written as `captioning run` writes it (load_image, the default --short-side) gives the judge and
+    a distilled student (record_for_captioner) the size the captioner saw, and by default every pixel of it."""
+    path = str(tmp_path / "image.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*SHAPES[shape][::-1], 3), np.uint8)).save(path)
+    captioners, jpeg, size = load_image(path, short_side=covering_short_side(max_pixels), max_pixels=max_pixels)
+    judges = record_for_captioner(CaptionRecord(shape, jpeg, size, ()), max_pixels)
+    assert judges.size == captioners.size, (judges.size, captioners.size)
+    stored = decode_record_image(jpeg).size
+    if shape != "banner":  # the banner's copy is padding around a 10-px strip, which the stored copy holds whole
+        assert stored[0] >= captioners.size[0] and stored[1] >= captioners.size[1], (stored, captioners.size)
 
 
 def test_decompression_bombs_are_refused_with_the_reason(tmp_path):

@@ -89,6 +89,7 @@ def test_run_writes_every_role_and_kind_and_counts_bad_files(images, tiny_model,
     assert sorted(e["image_id"] for e in errors) == ["broken.jpg", "notes.txt"]
     manifest = [json.load(open(p)) for p in glob.glob(os.path.join(out, "manifest", "*.json"))]
     assert sum(m["records"] for m in manifest) == 6 and len({m["config_hash"] for m in manifest}) == 1
+    assert json.load(open(os.path.join(out, "captioner.json"))) == {"max_pixels": 448 * 448}  # for the judge
 
 
 def test_run_killed_midway_and_restarted_captions_everything_once(tiny_model, tmp_path):
