@@ -63,16 +63,16 @@ def test_same_seed_same_batches_other_seed_other_batches(demo_shards):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_from_iterator_state_mid_epoch(demo_shards, num_workers):
+def test_a_run_resumes_at_any_global_batch_with_any_number_of_workers(demo_shards, num_workers):
+    """Batch s is a function of s: what a run resuming after step s reads, mid-epoch or across one, with workers
+    or without."""
     spec = dataclasses.replace(SPEC, random_resized_crop=True)
-    dataset, _ = train_dataset(demo_shards["train"], spec, batch_size=6, seed=0, num_workers=num_workers)
-    _, iterator = batches(dataset, 4)  # 24 of 40 records: mid-epoch
-    state = iterator.get_state()
-    expected = [next(iterator) for _ in range(5)]  # crosses into the second epoch
-    resumed, _ = batches(
-        train_dataset(demo_shards["train"], spec, batch_size=6, seed=0, num_workers=num_workers)[0], 5, state
+    expected, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=6, seed=0)[0], 9)  # 54 of 40 records
+    resumed, iterator = batches(
+        train_dataset(demo_shards["train"], spec, batch_size=6, seed=0, num_workers=num_workers, start_batch=4)[0], 5
     )
-    assert_same_batches(resumed, expected)
+    iterator.close()
+    assert_same_batches(resumed, expected[4:])
 
 
 def test_rows_mode_yields_every_caption_once_per_epoch(demo_shards):
@@ -87,52 +87,24 @@ def test_rows_mode_yields_every_caption_once_per_epoch(demo_shards):
     assert seen == expected
 
 
-def test_process_slices_make_up_the_global_batch(demo_shards):
-    paths = demo_shards["train"]
-    (whole,), _ = batches(train_dataset(paths, SPEC, batch_size=8, seed=0)[0], 1)
+def test_each_process_reads_its_rows_of_the_one_global_batch(demo_shards):
+    """The global batches do not depend on the number of processes: process p of P reads rows p*b .. p*b + b-1 of
+    each, with the same crops and captions."""
+    spec = dataclasses.replace(SPEC, random_resized_crop=True)
+    whole, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], 6)
     halves = [
-        batches(train_dataset(paths, SPEC, batch_size=4, seed=0, process_index=p, process_count=2)[0], 1)[0][0]
+        batches(train_dataset(demo_shards["train"], spec, batch_size=4, seed=0, process_index=p, process_count=2)[0], 6)
         for p in range(2)
     ]
-    merged = np.concatenate([h["image_id"] for h in halves])
-    assert sorted(merged.tolist()) == sorted(whole["image_id"].tolist())
-    for half in halves:  # the same image gets the same captions whichever process reads it
-        for image_id, tokens in zip(half["image_id"], half["tokens"]):
-            np.testing.assert_array_equal(tokens, whole["tokens"][list(whole["image_id"]).index(image_id)])
+    halves = [half for half, _ in halves]
+    assert_same_batches([{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*halves)], whole)
 
 
-def test_corrupt_records_are_skipped_and_counted(demo_shards, tmp_path):
-    good = list(read_shard(demo_shards["heldout"][0]))
-    path = str(tmp_path / "mixed.array_record")
+def spoil(records, path, spoilt: dict[int, str]) -> str:
+    """A shard of `records` in which record i is spoilt as spoilt[i] says: cut short, an image that does not decode,
+    or no captions."""
     writer = ArrayRecordWriter(path, "group_size:1")
-    for i, record in enumerate(good):
-        if i == 3:
-            writer.write(encode_record(record)[:15])  # truncated record
-        elif i == 5:
-            writer.write(encode_record(dataclasses.replace(record, image_jpeg=b"\xff\xd8 not a jpeg")))
-        elif i == 7:
-            writer.write(encode_record(dataclasses.replace(record, captions=())))
-        else:
-            writer.write(encode_record(record))
-    writer.close()
-    dataset, skips = train_dataset([path], SPEC, batch_size=13, seed=0)
-    (batch,), _ = batches(dataset, 1)  # the 13 good records of the first epoch
-    assert sorted(batch["image_id"].tolist()) == [i for i in range(16) if i not in (3, 5, 7)]
-    assert skips.counts == {"bad_record": 1, "bad_image": 1, "no_captions": 1}
-
-
-@pytest.mark.slow
-def test_skips_in_workers_reach_the_counter_exactly(demo_shards, tmp_path):
-    """Each of 2 workers counts the records it skips and hands the counts over with its next batch. The records
-    are spoilt where each worker meets them before its last good record of the epoch, so one epoch of batches
-    must bring every skip of that epoch, none twice."""
-    good = list(read_shard(demo_shards["heldout"][0]))
-    order = list(grain.MapDataset.range(len(good)).seed(0).shuffle())  # the pipeline's epoch order, seed 0
-    # Worker w makes the examples at positions w, w + 2, ... of that order; none at the last two positions.
-    spoilt = {order[0]: "bad_record", order[1]: "bad_image", order[3]: "no_captions"}
-    path = str(tmp_path / "mixed.array_record")
-    writer = ArrayRecordWriter(path, "group_size:1")
-    for i, record in enumerate(good):
+    for i, record in enumerate(records):
         if spoilt.get(i) == "bad_record":
             writer.write(encode_record(record)[:15])
         elif spoilt.get(i) == "bad_image":
@@ -142,19 +114,41 @@ def test_skips_in_workers_reach_the_counter_exactly(demo_shards, tmp_path):
         else:
             writer.write(encode_record(record))
     writer.close()
-    dataset, skips = train_dataset([path], SPEC, batch_size=1, seed=0, num_workers=2)
-    epoch, iterator = batches(dataset, len(good) - len(spoilt))
+    return path
+
+
+def test_bad_records_are_counted_and_their_positions_filled_from_a_later_epoch(demo_shards, tmp_path):
+    good = list(read_shard(demo_shards["heldout"][0]))
+    spoilt = {3: "bad_record", 5: "bad_image", 7: "no_captions"}
+    path = spoil(good, str(tmp_path / "mixed.array_record"), spoilt)
+    dataset, skips = train_dataset([path], SPEC, batch_size=len(good), seed=0)
+    (batch,), _ = batches(dataset, 1)  # the first epoch's positions
+    ids = batch["image_id"].tolist()
+    assert len(ids) == 16 and not set(ids) & set(spoilt)
+    assert set(ids) == set(range(16)) - set(spoilt)  # every good record of the epoch, and 3 of a later one
+    assert set(skips.counts) == set(spoilt.values()) and sum(skips.counts.values()) >= 3
+
+
+def test_shards_of_unusable_records_are_an_error_not_a_hang(demo_shards, tmp_path):
+    records = list(read_shard(demo_shards["heldout"][0]))[:4]
+    path = spoil(records, str(tmp_path / "bad.array_record"), dict.fromkeys(range(4), "no_captions"))
+    with pytest.raises(DataError, match=r"config.data.train_shards: no example could be built at position 0 .* in 64"):
+        next(iter(train_dataset([path], SPEC, batch_size=2, seed=0)[0]))
+
+
+@pytest.mark.slow
+def test_workers_make_the_same_batches_and_skip_counts(demo_shards, tmp_path):
+    """Each of 2 workers makes every other batch; the batches, and the skips counted with them, are those the
+    training process makes alone."""
+    good = list(read_shard(demo_shards["heldout"][0]))
+    path = spoil(good, str(tmp_path / "mixed.array_record"), {0: "bad_record", 1: "bad_image", 4: "no_captions"})
+    alone, skips_alone = train_dataset([path], SPEC, batch_size=2, seed=0)
+    expected, _ = batches(alone, 16)  # two epochs
+    dataset, skips = train_dataset([path], SPEC, batch_size=2, seed=0, num_workers=2)
+    received, iterator = batches(dataset, 16)
     iterator.close()
-    assert sorted(int(b["image_id"][0]) for b in epoch) == sorted(set(range(len(good))) - set(spoilt))
-    assert skips.counts == {"bad_record": 1, "bad_image": 1, "no_captions": 1}
-
-
-def assert_same_crops(received, expected):
-    """Each received image is the image of its record in `expected`."""
-    crops = {int(i): image for batch in expected for i, image in zip(batch["image_id"], batch["image"])}
-    for batch in received:
-        for image_id, image in zip(batch["image_id"], batch["image"]):
-            np.testing.assert_array_equal(image, crops[int(image_id)])
+    assert_same_batches(received, expected)
+    assert skips.counts == skips_alone.counts and sum(skips.counts.values()) >= 6
 
 
 def shared_memory_blocks() -> set[str]:
@@ -175,10 +169,7 @@ def test_batches_from_workers_in_shared_memory_hold_the_training_processes_examp
     )
     iterator.close()
     assert isinstance(received[0]["image"], grain.multiprocessing.SharedMemoryArray)
-    if num_workers == 1:  # one worker makes the whole slice: the very same batches
-        assert_same_batches(received, expected[:4])
-    else:  # each of 2 makes every other example; an image is its record's centre crop, whoever makes it
-        assert_same_crops(received, expected)
+    assert_same_batches(received, expected[:4])
     del received, iterator
     gc.collect()
     deadline = time.monotonic() + 30  # the training process unlinks dropped blocks in a thread
@@ -244,11 +235,11 @@ def test_alt_slots_take_the_alt_text_whole_and_images_without_are_skipped(demo_s
     spec = ExampleSpec(
         image_size=32, context_length=32, slot_kinds=("any", "alt"), sub_caption=mode, sub_caption_tokens=3
     )
-    dataset, skips = train_dataset(demo_shards["train"], spec, batch_size=len(with_alt), seed=0)
-    (batch,), _ = batches(dataset, 1)  # the first epoch's images with alt text
-    assert batch["tokens"].shape == (len(with_alt), 2, 5) and "caption_tokens" not in batch
-    assert sorted(batch["image_id"].tolist()) == with_alt
-    assert set(skips.counts) == {"no_alt_text"} and 0 < skips.counts["no_alt_text"] <= len(records) - len(with_alt)
+    dataset, skips = train_dataset(demo_shards["train"], spec, batch_size=len(records), seed=0)
+    (batch,), _ = batches(dataset, 1)  # the first epoch's positions; those without alt text filled from later ones
+    assert batch["tokens"].shape == (len(records), 2, 5) and "caption_tokens" not in batch
+    assert set(batch["image_id"].tolist()) == set(with_alt)
+    assert set(skips.counts) == {"no_alt_text"} and skips.counts["no_alt_text"] >= len(records) - len(with_alt)
     for image_id, tokens in zip(batch["image_id"], batch["tokens"]):
         # cut at 5 tokens, never sampled: the web caption's first words, whatever the mode
         np.testing.assert_array_equal(tokens[1], tokenize(records[image_id].alt_text, 5)[0])

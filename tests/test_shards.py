@@ -10,6 +10,7 @@ from etils import epath
 
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
 from rsclip_jax.data.pipeline import resolve_shards, train_dataset
+from rsclip_jax.data.records import read_shard
 
 KEY = "config.data.train_shards"
 BLOCK = 1 << 16  # Riegeli's block: the index and postscript at a shard's end sit on these boundaries
@@ -66,8 +67,8 @@ def test_skip_bad_shards_names_each_and_counts_them(demo_shards, tmp_path, caplo
     good = demo_shards["train"]
     cuts = cut_copies(good[0], tmp_path)
     with caplog.at_level(logging.WARNING):
-        paths, bad = resolve_shards([*good, str(tmp_path / "*.array_record")], KEY, skip_bad=True)
-    assert paths == good and bad == sorted(cuts)
+        shards, bad = resolve_shards([*good, str(tmp_path / "*.array_record")], KEY, skip_bad=True)
+    assert shards == {path: len(list(read_shard(path))) for path in good} and bad == sorted(cuts)
     for cut in cuts:
         assert f"skipping caption shard {cut}: it is cut short or damaged" in caplog.text
     assert f"skipped {len(cuts)} of {len(cuts) + len(good)} caption shards of {KEY}" in caplog.text
@@ -84,12 +85,13 @@ def test_shards_in_a_bucket_are_listed_checked_and_read(demo_shards, gcs_bucket)
     with pytest.raises(DataError, match=f"caption shard {folder}/train-cut.array_record is cut short"):
         resolve_shards(pattern, KEY)
 
-    paths, bad = resolve_shards(pattern, KEY, skip_bad=True)
+    shards, bad = resolve_shards(pattern, KEY, skip_bad=True)
+    paths = list(shards)
     assert paths == [f"{folder}/{os.path.basename(path)}" for path in demo_shards["train"]]
     assert bad == [f"{folder}/train-cut.array_record"]
     # Read through ArrayRecord's own Cloud Storage reader: the same batches as from the local copies.
     spec = ExampleSpec(image_size=32, context_length=32)
-    from_bucket = next(iter(train_dataset(paths, spec, batch_size=8, seed=0)[0]))
+    from_bucket = next(iter(train_dataset(paths, spec, batch_size=8, seed=0, records_per_shard=[*shards.values()])[0]))
     local = next(iter(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0]))
     for key in local:
         np.testing.assert_array_equal(from_bucket[key], local[key])

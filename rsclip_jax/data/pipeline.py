@@ -1,9 +1,13 @@
 """Grain input pipeline: caption shards -> shuffled, per-process batches of images and K captions.
 
-The order of work: shuffle and repeat the records (a fresh permutation each epoch), build each example
-with a random map seeded by its global index (so what an example holds does not depend on how many
-processes read), take this process's slice, drop and count the examples that could not be built, and
-batch; with worker processes, all of that runs in the workers and each batch crosses over whole.
+The global batches are a function of the seed and the shards alone, not of how many processes, devices or workers
+read them, so that a run restarted on another number of hosts or workers continues with exactly the batches it
+would have seen. Everything up to the batch is a Grain MapDataset indexed by global position: shuffle and repeat
+the records (a fresh permutation each epoch), build each example with a random map seeded by its position, put
+the same position of a later epoch where an example could not be built (counting why), and cut the positions
+into rows of this process's batch size; global batch g is rows g*P .. g*P + P-1 of P processes, process p's share
+row g*P + p. Batch g is then row-indexed: a run resuming after step s starts at batch s; worker processes each
+make every Nth batch, and Grain hands them back in order.
 """
 
 import bisect
@@ -34,10 +38,12 @@ from rsclip_jax.data.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemory
 from rsclip_jax.data.tokenizer import tokenize
 
 
-def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[list[str], list[str]]:
-    """(the shards matching `patterns`, the bad ones left out). `patterns`: a comma-separated string or a list of
-    paths or globs, local or gs:// (listed through etils.epath, read by ArrayRecord's own Cloud Storage reader). A bad
-    shard (empty, cut short, damaged, or holding no records) is a DataError, or with `skip_bad` a warning."""
+def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[dict[str, int], list[str]]:
+    """({shard: its record count} of the shards matching `patterns`, in order; the bad ones left out). `patterns`: a
+    comma-separated string or a list of paths or globs, local or gs:// (listed through etils.epath, read by
+    ArrayRecord's own Cloud Storage reader). A bad shard (empty, cut short, damaged, or holding no records) is a
+    DataError, or with `skip_bad` a warning. Each shard is opened once, here; the counts spare the data source
+    opening them again."""
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p.strip()]
     if not patterns:
@@ -50,7 +56,9 @@ def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[list[
         paths += matches
     # In threads: on a bucket each check is a few round trips, and the reader lets go of the GIL while it waits.
     with ThreadPoolExecutor(min(16, len(paths))) as pool:
-        problems = dict(zip(paths, pool.map(_shard_problem, paths)))
+        records, problems = {}, {}
+        for path, (count, problem) in zip(paths, pool.map(_check_shard, paths)):
+            records[path], problems[path] = count, problem
     bad = [path for path in paths if problems[path]]
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more of the {len(paths)} shards)" if len(bad) > 1 else ""
@@ -58,7 +66,7 @@ def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[list[
             f"{key}: caption shard {bad[0]} {problems[bad[0]]}{more}: copy or write it again, or set "
             f"config.data.skip_bad_shards=True to train on the good shards"
         )
-    good = [path for path in paths if not problems[path]]
+    good = {path: records[path] for path in paths if not problems[path]}
     if not good:
         raise DataError(
             f"{key}: none of its {len(paths)} caption shards can be read; the first, {bad[0]}, {problems[bad[0]]}"
@@ -81,21 +89,21 @@ def _glob(pattern: str, key: str) -> list[str]:
         raise DataError(f"{key}: listing {pattern!r} needs gcsfs: `pip install gcsfs` ({e})") from None
 
 
-def _shard_problem(path: str) -> str | None:
-    """What makes a shard unusable, or None. A cut or truncated file (an interrupted copy) fails the reader's own
-    checks of the footer and index at its end; reading the last record also checks the chunk the index points to
-    last (a cut before it moves it). Neither reads the whole shard."""
+def _check_shard(path: str) -> tuple[int, str | None]:
+    """(its record count, what makes it unusable or None). A cut or truncated file (an interrupted copy) fails the
+    reader's own checks of the footer and index at its end; reading the last record also checks the chunk the index
+    points to last (a cut before it moves it). Neither reads the whole shard."""
     if epath.Path(path).stat().length == 0:
-        return "is an empty file"
+        return 0, "is an empty file"
     try:
         reader = ArrayRecordReader(path)
-        count = reader.num_records() if reader.ok() else None
+        count = reader.num_records() if reader.ok() else 0
         if count:
             reader.read([count - 1])
         reader.close()  # raises the reader's own account of a file it could not open
     except (RuntimeError, ValueError) as e:  # a damaged header can throw C++'s length_error: a ValueError here
-        return "is cut short or damaged (an interrupted copy?)" + (f": {e}" if str(e) else "")  # some say nothing
-    return None if count else "holds no records"
+        return 0, "is cut short or damaged (an interrupted copy?)" + (f": {e}" if str(e) else "")  # some say nothing
+    return count, None if count else "holds no records"
 
 
 def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 64) -> None:
@@ -122,18 +130,27 @@ def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 
 
 
 class IndexedRecords:
-    """Record bytes with their global index; each record repeated `rows_per_image` times (rows mode)."""
+    """Record bytes with their global index; each record repeated `rows_per_image` times (rows mode). Shards are
+    named with their record counts (`path[0:N]`), so that ArrayRecord's source opens each only when it first reads
+    it."""
 
-    def __init__(self, paths: list[str], rows_per_image: int):
-        self.source = grain.sources.ArrayRecordDataSource(paths)
+    def __init__(self, paths: list[str], records_per_shard: list[int], rows_per_image: int):
+        self.source = grain.sources.ArrayRecordDataSource(
+            [f"{path}[0:{count}]" for path, count in zip(paths, records_per_shard)]
+        )
         self.rows_per_image = rows_per_image
 
     def __len__(self):
         return len(self.source) * self.rows_per_image
 
     def __getitem__(self, index):
-        record_index, slot = divmod(index, self.rows_per_image)
-        return record_index, slot, self.source[record_index]
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """A whole batch's records in one call: ArrayRecord reads them shard by shard, the shards in threads."""
+        places = [divmod(index, self.rows_per_image) for index in indices]
+        data = self.source.__getitems__([record_index for record_index, _ in places])
+        return [(record_index, slot, item) for (record_index, slot), item in zip(places, data)]
 
 
 class MakeExample(grain.transforms.RandomMap):
@@ -193,32 +210,58 @@ class MakeExample(grain.transforms.RandomMap):
 # What a skipped record is counted as ("empty_slot", an image with fewer captions than rows_per_image, is expected and
 # not counted).
 SKIP_REASONS = ("bad_record", "no_captions", "no_alt_text", "bad_image")
+# Later epochs tried for a position whose example cannot be built, before the shards are taken for unusable.
+MAX_TRIES = 64
 
 
-class SkipFilter:
-    """Where the examples are made (a worker, or the training process when there are none): drops skip markers,
-    counting them by reason."""
+class UsableExamples(grain.MapDataset):
+    """The examples of a repeated dataset, with each one that could not be built (a {"skip": reason} marker)
+    replaced by the example at the same position of the next epoch that can: a record of another permutation. So
+    every position holds an example, and which one is decided by the position alone, wherever it is read. Each
+    example carries "skipped", the count by reason of the markers it replaced."""
 
-    def __init__(self):
-        self.counts = np.zeros(len(SKIP_REASONS), np.int64)
+    def __init__(self, parent: grain.MapDataset, epoch_length: int, shards_key: str):
+        super().__init__(parent)
+        self.epoch_length = epoch_length
+        self.shards_key = shards_key
 
-    def __call__(self, element) -> bool:
-        reason = element.get("skip")
-        if reason is None:
-            return True
-        if reason in SKIP_REASONS:
-            self.counts[SKIP_REASONS.index(reason)] += 1
-        return False
+    def __len__(self):
+        return len(self._parent)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._getitems([index])[0]
+
+    def _getitems(self, indices):
+        examples = list(self._parent._getitems(list(indices)))
+        skipped = np.zeros((len(examples), len(SKIP_REASONS)), np.int64)
+        for attempt in range(1, MAX_TRIES + 1):
+            retry = [i for i, example in enumerate(examples) if "skip" in example]
+            if not retry:
+                break
+            for i in retry:
+                if examples[i]["skip"] in SKIP_REASONS:
+                    skipped[i, SKIP_REASONS.index(examples[i]["skip"])] += 1
+            later = self._parent._getitems([indices[i] + attempt * self.epoch_length for i in retry])
+            for i, example in zip(retry, later):
+                examples[i] = example
+        else:
+            raise DataError(
+                f"{self.shards_key}: no example could be built at position {indices[retry[0]]} of the data order in "
+                f"{MAX_TRIES} epochs (see the warnings for why): are most records of these shards unusable?"
+            )
+        for example, counts in zip(examples, skipped):
+            example["skipped"] = counts
+        return examples
 
 
 class BatchWithSkips:
-    """Grain's batch_fn: stacks examples into a batch and gives it the counts of the records skipped while it was
-    made. In a worker, the big arrays are stacked straight into shared memory, which Grain hands over as it is, with
-    no second copy (rsclip_jax/data/shared_batches.py)."""
+    """Grain's batch_fn: stacks examples into a batch and sums their skip counts. In a worker, the big arrays are
+    stacked straight into shared memory, which Grain hands over as it is, with no second copy
+    (rsclip_jax/data/shared_batches.py)."""
 
-    def __init__(self, skip_filter: SkipFilter):
-        self.skip_filter = skip_filter
-        self.reported = skip_filter.counts.copy()
+    def __init__(self):
         self.stacker = SharedMemoryStacker()
 
     def enable_shared_memory_output(self) -> None:
@@ -226,8 +269,7 @@ class BatchWithSkips:
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = {key: self.stacker.stack([example[key] for example in examples]) for key in examples[0]}
-        batch["skipped"] = self.skip_filter.counts - self.reported
-        self.reported = self.skip_filter.counts.copy()
+        batch["skipped"] = batch["skipped"].sum(axis=0)
         return batch
 
 
@@ -260,12 +302,13 @@ def _exit_with_the_training_process(worker_index: int, worker_count: int) -> Non
 
 
 def _read_options(paths: list[str], num_workers: int) -> grain.ReadOptions:
-    """Workers reading local shards make their examples without threads: the workers are the parallelism, and
-    threads contending for the GIL cost more than they overlap (bench/README.md). Otherwise Grain's threads, which
-    hide each read's round trip to a bucket."""
+    """Workers reading local shards make their batches without threads: the workers are the parallelism, and
+    threads contending for the GIL cost more than they overlap (bench/README.md). Otherwise two threads, each making
+    a batch, to hide reads behind the step; a batch's records are read shard by shard in ArrayRecord's own threads.
+    Grain's default buffer of 500 elements would be 500 batches."""
     if num_workers and not any("://" in path for path in paths):
         return grain.ReadOptions(num_threads=0)
-    return grain.ReadOptions()
+    return grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
 def train_dataset(
@@ -274,40 +317,43 @@ def train_dataset(
     *,
     batch_size: int,
     seed: int,
+    records_per_shard: list[int] | None = None,
     process_index: int = 0,
     process_count: int = 1,
     num_workers: int = 0,
+    start_batch: int = 0,
+    shards_key: str = "config.data.train_shards",
 ) -> tuple[grain.IterDataset, SkipCounter]:
-    """An endless dataset of this process's batches: image uint8 [b, S, S, 3], tokens int32 [b, K, L] (L =
-    spec.text_length), image_id int64 [b], with the generator caption_tokens int32 [b, T] (T =
-    spec.generator_caption_tokens); and the counter of skipped records."""
-    records_per_shard = []
-    for path in paths:
-        reader = ArrayRecordReader(path)
-        records_per_shard.append(reader.num_records())
-        reader.close()
-    dataset = (
-        grain.MapDataset.source(IndexedRecords(paths, spec.rows_per_image if spec.sampling == "rows" else 1))
+    """An endless dataset of this process's batches from global batch `start_batch` on: image uint8 [b, S, S, 3],
+    tokens int32 [b, K, L] (L = spec.text_length), image_id int64 [b], with the generator caption_tokens int32
+    [b, T] (T = spec.generator_caption_tokens); and the counter of skipped records. `batch_size` is this process's
+    share of a global batch of batch_size * process_count; `records_per_shard` (resolve_shards' counts) spares
+    opening the shards to count them."""
+    paths = list(paths)
+    if records_per_shard is None:
+        records_per_shard = list(resolve_shards(paths, shards_key)[0].values())
+    records = IndexedRecords(paths, records_per_shard, spec.rows_per_image if spec.sampling == "rows" else 1)
+    examples = (
+        grain.MapDataset.source(records)
         .seed(seed)
         .shuffle()
         .repeat()
         .random_map(MakeExample(spec, paths, records_per_shard))
     )
-    # Workers make whole batches (decode, crop, tokenize, filter, batch) and hand each over in one piece, its arrays
-    # in shared memory: a transfer per batch, not per example. The batch is the last step, so that Grain has it
-    # stacked into shared memory (BatchWithSkips).
-    skip_filter = SkipFilter()
+    batch_fn = BatchWithSkips()
+    batches = UsableExamples(examples, len(records), shards_key).batch(batch_size, batch_fn=batch_fn)
     dataset = grain.experimental.WithOptionsIterDataset(
-        dataset[process_index::process_count].to_iter_dataset(_read_options(paths, num_workers)),
+        batches[process_index::process_count][start_batch:].to_iter_dataset(_read_options(paths, num_workers)),
         grain.experimental.DatasetOptions(min_shm_size=SHARED_MEMORY_MIN_BYTES),
     )
-    dataset = dataset.filter(skip_filter).batch(batch_size, drop_remainder=True, batch_fn=BatchWithSkips(skip_filter))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():
             # Grain reads its absl flags when the workers start; a program that absl's app.run did not start (a
             # notebook, a script) has parsed none, and their defaults are what it means.
             flags.FLAGS.mark_as_parsed()
-        dataset.enable_shared_memory_output()  # Grain does so itself for 2 workers or more, not for 1
+        # Each worker makes whole batches (decode, crop, tokenize, stack) and hands each over in one piece, its
+        # arrays in shared memory: a transfer per batch, not per example.
+        batch_fn.enable_shared_memory_output()
         dataset = dataset.mp_prefetch(
             grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers),
             worker_init_fn=_exit_with_the_training_process,

@@ -1,8 +1,8 @@
-"""Orbax checkpoints holding the train state and the Grain iterator state in one step directory."""
+"""Orbax checkpoints holding the train state and what the run was (rsclip_jax/training/resume.py) in one step
+directory. The data's position needs no state of its own: global batch s follows step s (data/pipeline.py)."""
 
 import os
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -26,21 +26,24 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
+    def save(self, step: int, state, run: dict | None = None, *, force: bool = False) -> bool:
         """Saves when the interval says so (or `force`); returns whether it did. Device arrays are
-        copied out before this returns, so the caller may donate `state` to the next step. Without a
-        data iterator (imported weights), a run resuming from it starts its data from the beginning."""
+        copied out before this returns, so the caller may donate `state` to the next step. `run`: the
+        JSON description a resume is checked against (none for imported weights)."""
         items = {"state": ocp.args.StandardSave(state)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if run is not None:
+            items["run"] = ocp.args.JsonSave(run)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def restore(self, step: int, setup, data_iterator=None):
-        """The state of `step` placed in `setup`'s shardings (any mesh), and `data_iterator` (when given, and
-        when the checkpoint holds a data state) moved to where it was."""
+    def saved_run(self, step: int) -> dict | None:
+        """The run description saved with `step`, or None where it has none."""
+        if not (self.directory / str(step) / "run").exists():
+            return None
+        return self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
+
+    def restore(self, step: int, setup):
+        """The state of `step` placed in `setup`'s shardings (any mesh)."""
         items = {"state": ocp.args.StandardRestore(setup.state_target())}
-        if data_iterator is not None and (self.directory / str(step) / "data").exists():
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items)).state
 
     def close(self):

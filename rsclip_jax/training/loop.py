@@ -24,10 +24,11 @@ from rsclip_jax.accelerators.memory_settings import pick_for_local_devices
 from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.data.caption_sampling import ALT_SLOT
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
-from rsclip_jax.data.pipeline import check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.data.pipeline import SKIP_REASONS, check_alt_text, resolve_shards, train_dataset
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.training.checkpoints import Checkpointer
 from rsclip_jax.training.metrics import MetricWriter, log_console
+from rsclip_jax.training.resume import describe_run, differences
 from rsclip_jax.training.step import batch_sharding, check_batch_settings, check_loss_settings, make_train_step
 from rsclip_jax.training.train_setup import TrainSetup
 
@@ -40,12 +41,13 @@ class SetupError(ValueError):
     """A config, shard or checkpoint that cannot work, found before the first step."""
 
 
-def _check_same_shards(paths: list[str]) -> None:
+def _check_same_shards(shards: dict[str, int]) -> None:
     """Each process found and checked the shards itself (a read error on one host, with skip_bad_shards, would
     leave it a different set): every process must read the same ones, or the global batches would not be
     one data order."""
     if jax.process_count() > 1:
-        digest = np.frombuffer(hashlib.sha256("\n".join(paths).encode()).digest(), np.uint8)
+        listing = "\n".join(f"{path} {count}" for path, count in shards.items())
+        digest = np.frombuffer(hashlib.sha256(listing.encode()).digest(), np.uint8)
         digests = multihost_utils.process_allgather(digest)
         differ = [index for index, other in enumerate(digests) if not np.array_equal(other, digests[0])]
         if differ:
@@ -66,18 +68,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         check_loss_settings(
             config
         )  # before anything compiles (picking memory settings compiles on accelerators), as are the shards
-        shard_paths, bad_shards = resolve_shards(
+        shards, bad_shards = resolve_shards(
             config.data.train_shards, "config.data.train_shards", skip_bad=config.data.skip_bad_shards
         )
-        _check_same_shards(shard_paths)
-        # Memory settings the config leaves unset: the fastest whose compiled step fits these devices.
-        config, picked = pick_for_local_devices(config)
-        if picked:
-            logging.info("picked for %s: %s", jax.devices()[0].device_kind, picked)
+        _check_same_shards(shards)
+        # Memory settings the config leaves unset: the fastest whose compiled step fits these devices (process 0
+        # logs them), compiled into WORKDIR/jax-cache, where the step's own compile and a restart's find them.
+        config, _ = pick_for_local_devices(config, workdir)
         mesh = mesh_from_config(config.mesh)
         setup = TrainSetup.build(config, mesh)
         spec = ExampleSpec.from_config(config, setup.model)
-        check_alt_text(shard_paths, spec.slot_kinds)
+        check_alt_text(list(shards), spec.slot_kinds)
         check_batch_settings(config, spec, mesh)
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from None
@@ -86,19 +87,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1))
 
-    # ---- Data ------------------------------------------------------------------------------------
-    dataset, skipped = train_dataset(
-        shard_paths,
-        spec,
-        batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.data.num_workers,
-    )
-    data_iterator = iter(dataset)
-
     # ---- Model, optimizer, state: fresh or restored ----------------------------------------------
+    run = describe_run(config, list(shards.values()))
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
     )
@@ -108,14 +98,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         state = setup.init_state()
     else:
         logging.info("resuming from the checkpoint of step %d", start_step)
-        try:
-            state = checkpointer.restore(start_step, setup, data_iterator)
-        except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
-            raise SetupError(
-                f"the checkpoint of step {start_step} in {workdir}/checkpoints does not fit this config (model "
-                f"variant, context_length, logit_bias_init, optimizer): use the config it was trained with, or "
-                f"another --workdir. Orbax said: {e}"
-            ) from None
+        state = _restore(checkpointer, start_step, setup, run, workdir)
+
+    # ---- Data: global batch s is step s's, on any number of processes and workers -----------------
+    dataset, skipped = train_dataset(
+        list(shards),
+        spec,
+        batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed,
+        records_per_shard=list(shards.values()),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=config.data.num_workers,
+        start_batch=start_step,
+    )
+    data_iterator = iter(dataset)
     try:
         evaluators = build_evaluators(setup)
     except (ValueError, FileNotFoundError) as e:
@@ -149,6 +146,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
             len(bad_shards),
             mesh,
             checkpointer,
+            run,
             writer,
             preempted,
             workdir,
@@ -158,6 +156,49 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     finally:
         checkpointer.close()  # lets a save in flight finish, so the last good checkpoint is complete
         writer.close()
+
+
+def _per_process(value: np.ndarray) -> np.ndarray:
+    """[processes, ...]: each process's `value`; every process must call it at the same step."""
+    if jax.process_count() == 1:
+        return value[None]
+    return multihost_utils.process_allgather(value)
+
+
+def _sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    return _per_process(counts).sum(axis=0)
+
+
+def _data_wait(seconds: float, elapsed: float, steps: int) -> dict:
+    """The seconds a step waited for its batch: the mean over the processes, and the slowest process's, which holds
+    every other back (its share of the window is data_wait_fraction)."""
+    waits = _per_process(np.array(seconds / steps))
+    return dict(
+        data_wait_s=float(waits.mean()),
+        data_wait_max_s=float(waits.max()),
+        data_wait_fraction=float(waits.max() * steps / elapsed),
+    )
+
+
+def _restore(checkpointer, step: int, setup, run: dict, workdir: str):
+    """The state of checkpoint `step`, once its run is known to continue exactly under this config."""
+    where = f"{workdir}/checkpoints/{step}"
+    saved = checkpointer.saved_run(step)
+    differ = differences(saved, run) if saved else []
+    if differ:
+        raise SetupError(
+            f"the checkpoint {where} cannot be continued exactly under this config:\n  "
+            + "\n  ".join(differ)
+            + f"\ngive the saved settings (the whole config is in {where}/run), or train in another --workdir. "
+            "The mesh, memory settings, processes, devices and data workers may change."
+        )
+    try:
+        return checkpointer.restore(step, setup)
+    except Exception as e:  # Orbax and TensorStore raise many types for a tree or shape mismatch
+        raise SetupError(
+            f"the checkpoint {where} does not fit this config's model or optimizer: use the config it was trained "
+            f"with, or another --workdir. Orbax said: {e}"
+        ) from None
 
 
 def _preemption_check():
@@ -180,6 +221,7 @@ def _train_loop(
     skipped_shards,
     mesh,
     checkpointer,
+    run,
     writer,
     preempted,
     workdir,
@@ -196,28 +238,39 @@ def _train_loop(
 
     sharding = batch_sharding(mesh)
     start_step = int(state["step"])
-    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+    window_start, data_wait, window_steps, first_step_s = time.perf_counter(), 0.0, 0, None
     for step in range(start_step + 1, config.total_steps + 1):
         wait_start = time.perf_counter()
         local_batch = next(data_iterator)
         data_wait += time.perf_counter() - wait_start
         batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
         state, metrics = train_step(state, batch)
-        window_steps += 1
+        if step == start_step + 1:  # it compiled the step: its time is not throughput
+            jax.block_until_ready(metrics)
+            first_step_s = time.perf_counter() - window_start
+            window_start, data_wait = time.perf_counter(), 0.0
+        else:
+            window_steps += 1
 
         last = step == config.total_steps
         if step % config.log_every_steps == 0 or last:
             check_finite()
             elapsed = time.perf_counter() - window_start
             logged = {name: float(value) for name, value in jax.device_get(metrics).items()}
+            if window_steps:
+                logged.update(
+                    examples_per_sec=config.batch_size * window_steps / elapsed,
+                    **throughput(elapsed / window_steps),
+                    **_data_wait(data_wait, elapsed, window_steps),
+                )
+            if first_step_s is not None:  # compile included, at the run's first log
+                logged.update(first_step_s=first_step_s)
+                first_step_s = None
+            skips = _sum_over_processes(np.array([skipped.counts[reason] for reason in SKIP_REASONS]))
             logged.update(
-                examples_per_sec=config.batch_size * window_steps / elapsed,
-                **throughput(elapsed / window_steps),
-                data_wait_s=data_wait / window_steps,
-                data_wait_fraction=data_wait / elapsed,
                 skipped_shards=skipped_shards,
-                skipped_records=sum(skipped.counts.values()),
-                **{f"skipped_{reason}": count for reason, count in skipped.counts.items()},
+                skipped_records=int(skips.sum()),
+                **{f"skipped_{reason}": int(count) for reason, count in zip(SKIP_REASONS, skips) if count},
             )
             writer.write(step, logged)
             if jax.process_index() == 0:
@@ -231,7 +284,7 @@ def _train_loop(
         preempt = preempted(step)
         if preempt or last or step % config.checkpoint_every_steps == 0:
             check_finite()
-            checkpointer.save(step, state, data_iterator, force=preempt or last)
+            checkpointer.save(step, state, run, force=preempt or last)
             writer.flush()
         if preempt:
             logging.warning("SIGTERM: saved step %d and stopping", step)

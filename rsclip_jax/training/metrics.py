@@ -137,13 +137,20 @@ def _start_wandb(workdir: str, config):
 
 def console_line(step: int, total_steps: int, m: dict) -> str:
     """open_clip's spirit: progress, loss, lr, scale, throughput (with MFU when the device's peak is
-    known) and the time spent waiting for data."""
+    known) and the time spent waiting for data. A window of the first step alone shows that step's time, compile
+    included, in place of throughput."""
+    if "examples_per_sec" in m:
+        speed = (
+            f"{m['examples_per_sec']:.1f} samples/s | {m['tflops_per_device']:.2f} TFLOP/s/device"
+            + (f" (MFU {100 * m['mfu']:.1f}%)" if "mfu" in m else "")
+            + f" | data {m['data_wait_s']:.3f}s ({100 * m['data_wait_fraction']:.0f}%)"
+        )
+    else:
+        speed = f"first step {m['first_step_s']:.1f}s (compile included)"
     return (
         f"Train step {step}/{total_steps} ({100 * step / total_steps:.0f}%) | loss {m['loss']:.4f} | "
         f"lr {m['learning_rate']:.3e} | logit_scale {m['logit_scale']:.2f} | grad_norm {m['grad_norm']:.3f} | "
-        f"{m['examples_per_sec']:.1f} samples/s | {m['tflops_per_device']:.2f} TFLOP/s/device"
-        + (f" (MFU {100 * m['mfu']:.1f}%)" if "mfu" in m else "")
-        + f" | data {m['data_wait_s']:.3f}s ({100 * m['data_wait_fraction']:.0f}%) | skipped {m['skipped_records']}"
+        f"{speed} | skipped {m['skipped_records']}"
     )
 
 
