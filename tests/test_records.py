@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import msgpack
+import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -10,6 +11,7 @@ from rsclip_jax.data import records
 from rsclip_jax.data.records import (
     Caption,
     CaptionRecord,
+    ImageEmbedding,
     RecordError,
     decode_record,
     encode_record,
@@ -54,7 +56,7 @@ def test_decode_rejects_each_kind_of_defect():
 
     missing_captions = {k: v for k, v in good.items() if k != "captions"}
     cases = [
-        (encoded(schema_version=records.SCHEMA_VERSION + 1), "schema version 2.*upgrade rsclip-jax"),
+        (encoded(schema_version=records.SCHEMA_VERSION + 1), f"schema version {records.SCHEMA_VERSION + 1}.*upgrade"),
         (encode_record(make_record())[:-7], "not a valid msgpack record"),
         (b"\xc1\x00garbage\x93", "not a valid msgpack record"),
         (msgpack.packb([1, 2, 3]), "record is a list, expected a map"),
@@ -77,6 +79,45 @@ def test_decode_rejects_each_kind_of_defect():
     # A later writer's extra fields are passed over.
     later = encoded(camera="x100", captions=[{**good["captions"][0], "language": "en"}])
     assert decode_record(later).captions == (make_record().captions[0],)
+
+
+def test_records_without_an_image_round_trip_as_version_2_and_image_records_stay_version_1(tmp_path):
+    """Version-1 readers keep reading shards of images; captions of imagined images (`captioning synthesize`) and
+    pairs that carry an image embedding need version 2, which such a reader refuses as newer than it knows."""
+    captions_only = dataclasses.replace(make_record(1), image_jpeg=None, original_size=None)
+    embedded = [
+        dataclasses.replace(captions_only, image_embedding=ImageEmbedding("final", np.arange(4, dtype=np.float16))),
+        dataclasses.replace(make_record(2), image_embedding=ImageEmbedding("tokens:3", np.ones((5, 4), np.float32))),
+    ]
+    assert msgpack.unpackb(encode_record(make_record()))["schema_version"] == 1
+    for record in (captions_only, *embedded):
+        assert msgpack.unpackb(encode_record(record))["schema_version"] == 2
+    path = tmp_path / "mixed.array_record"
+    write_shard(path, [make_record(0), captions_only, *embedded])
+    plain, no_image, final, tokens = read_shard(path)
+    assert plain == make_record(0) and no_image == captions_only and no_image.content == "captions only"
+    assert final.content == "image_embedding" and final.image_embedding.depth == "final"
+    np.testing.assert_array_equal(final.image_embedding.values, np.arange(4, dtype=np.float16))
+    assert tokens.content == "image" and tokens.image_embedding.values.shape == (5, 4)
+
+
+def test_image_embedding_defects_are_named():
+    good = msgpack.unpackb(
+        encode_record(
+            dataclasses.replace(make_record(), image_embedding=ImageEmbedding("tokens:2", np.zeros((3, 2), np.float32)))
+        )
+    )
+    embedding = good["image_embedding"]
+    cases = [
+        ({**good, "image_jpeg": None}, "image_jpeg and original_size must both be given or both be nil"),
+        ({**good, "image_embedding": {**embedding, "dtype": "int8"}}, "dtype 'int8' must be one of"),
+        ({**good, "image_embedding": {**embedding, "shape": [4, 2]}}, r"does not hold its shape \[4, 2\]"),
+        ({**good, "image_embedding": {**embedding, "depth": "layer:2"}}, "'layer:2' must be 'final' or 'tokens:K'"),
+        ({**good, "image_embedding": {**embedding, "shape": [6]}}, "tokens:2' is a 2-D array"),
+    ]
+    for obj, message in cases:
+        with pytest.raises(RecordError, match=f"record 0: .*{message}"):
+            decode_record(msgpack.packb(obj, use_bin_type=True))
 
 
 def test_read_shard_names_the_corrupt_record(tmp_path):

@@ -1,5 +1,6 @@
 """Caption shards as `resolve_shards` finds and checks them: copies cut short or damaged, and shards in a bucket."""
 
+import dataclasses
 import logging
 import os
 
@@ -10,7 +11,7 @@ from etils import epath
 
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
 from rsclip_jax.data.pipeline import resolve_shards, train_dataset
-from rsclip_jax.data.records import read_shard
+from rsclip_jax.data.records import ImageEmbedding, read_shard, write_shard
 
 KEY = "config.data.train_shards"
 BLOCK = 1 << 16  # Riegeli's block: the index and postscript at a shard's end sit on these boundaries
@@ -95,3 +96,22 @@ def test_shards_in_a_bucket_are_listed_checked_and_read(demo_shards, gcs_bucket)
     local = next(iter(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0]))
     for key in local:
         np.testing.assert_array_equal(from_bucket[key], local[key])
+
+
+def test_shards_of_captions_only_or_embeddings_are_refused_naming_the_field(demo_shards, tmp_path):
+    records = list(read_shard(demo_shards["heldout"][0]))[:2]
+    captions_only = str(tmp_path / "synthesized.array_record")
+    write_shard(captions_only, [dataclasses.replace(r, image_jpeg=None, original_size=None) for r in records])
+    with pytest.raises(
+        DataError, match=f"caption shard {captions_only} holds captions of imagined images .* no image_jpeg"
+    ):
+        resolve_shards(captions_only, KEY)
+    pairs = str(tmp_path / "pairs.array_record")
+    embedding = ImageEmbedding("final", np.zeros(8, np.float16))
+    write_shard(
+        pairs, [dataclasses.replace(r, image_jpeg=None, original_size=None, image_embedding=embedding) for r in records]
+    )
+    with pytest.raises(
+        DataError, match=f"caption shard {pairs} holds synthetic pairs, image_embedding in place of image_jpeg"
+    ):
+        resolve_shards(pairs, KEY)

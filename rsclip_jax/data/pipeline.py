@@ -37,13 +37,25 @@ from rsclip_jax.data.records import RecordError, decode_record
 from rsclip_jax.data.shared_batches import SHARED_MEMORY_MIN_BYTES, SharedMemoryStacker
 from rsclip_jax.data.tokenizer import tokenize
 
+# What the records of a shard hold, by their content (records.CaptionRecord.content), for the error of a reader
+# that expects another.
+_CONTENT_ADVICE = {
+    "captions only": "captions of imagined images (`captioning synthesize`) with no image_jpeg: they train a CLIP "
+    "only once image embeddings have been made for them",
+    "image_embedding": "synthetic pairs, image_embedding in place of image_jpeg, which the image pipeline cannot read",
+    "image": "images (image_jpeg) where image embeddings were expected",
+}
 
-def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[dict[str, int], list[str]]:
+
+def resolve_shards(
+    patterns, key: str, *, skip_bad: bool = False, content: str = "image"
+) -> tuple[dict[str, int], list[str]]:
     """({shard: its record count} of the shards matching `patterns`, in order; the bad ones left out). `patterns`: a
     comma-separated string or a list of paths or globs, local or gs:// (listed through etils.epath, read by
     ArrayRecord's own Cloud Storage reader). A bad shard (empty, cut short, damaged, or holding no records) is a
-    DataError, or with `skip_bad` a warning. Each shard is opened once, here; the counts spare the data source
-    opening them again."""
+    DataError, or with `skip_bad` a warning; so is one whose last record holds other than `content` ("image",
+    "image_embedding": records.CaptionRecord.content). Each shard is opened once, here; the counts spare the data
+    source opening them again."""
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p.strip()]
     if not patterns:
@@ -57,7 +69,7 @@ def resolve_shards(patterns, key: str, *, skip_bad: bool = False) -> tuple[dict[
     # In threads: on a bucket each check is a few round trips, and the reader lets go of the GIL while it waits.
     with ThreadPoolExecutor(min(16, len(paths))) as pool:
         records, problems = {}, {}
-        for path, (count, problem) in zip(paths, pool.map(_check_shard, paths)):
+        for path, (count, problem) in zip(paths, pool.map(lambda path: _check_shard(path, content), paths)):
             records[path], problems[path] = count, problem
     bad = [path for path in paths if problems[path]]
     if bad and not skip_bad:
@@ -89,21 +101,26 @@ def _glob(pattern: str, key: str) -> list[str]:
         raise DataError(f"{key}: listing {pattern!r} needs gcsfs: `pip install gcsfs` ({e})") from None
 
 
-def _check_shard(path: str) -> tuple[int, str | None]:
+def _check_shard(path: str, content: str) -> tuple[int, str | None]:
     """(its record count, what makes it unusable or None). A cut or truncated file (an interrupted copy) fails the
     reader's own checks of the footer and index at its end; reading the last record also checks the chunk the index
-    points to last (a cut before it moves it). Neither reads the whole shard."""
+    points to last (a cut before it moves it), and tells what the records hold. Neither reads the whole shard."""
     if epath.Path(path).stat().length == 0:
         return 0, "is an empty file"
     try:
         reader = ArrayRecordReader(path)
         count = reader.num_records() if reader.ok() else 0
-        if count:
-            reader.read([count - 1])
+        last = reader.read([count - 1])[0] if count else None
         reader.close()  # raises the reader's own account of a file it could not open
     except (RuntimeError, ValueError) as e:  # a damaged header can throw C++'s length_error: a ValueError here
         return 0, "is cut short or damaged (an interrupted copy?)" + (f": {e}" if str(e) else "")  # some say nothing
-    return count, None if count else "holds no records"
+    if not count:
+        return 0, "holds no records"
+    try:
+        found = decode_record(last, shard=path, index=count - 1).content
+    except RecordError:
+        return count, None  # one bad record: the pipeline skips and counts it
+    return count, None if found == content else f"holds {_CONTENT_ADVICE[found]}"
 
 
 def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 64) -> None:
@@ -176,6 +193,9 @@ class MakeExample(grain.transforms.RandomMap):
         except RecordError as e:
             logging.warning("skipping a bad record: %s", e)
             return {"skip": "bad_record"}
+        if record.image_jpeg is None:
+            logging.warning("skipping record %d of %s: it has no image_jpeg", index_in_shard, shard)
+            return {"skip": "bad_image"}
         captions = eligible_captions(record.captions, spec.roles, spec.kinds)
         if spec.sampling == "rows":
             if slot >= len(captions):

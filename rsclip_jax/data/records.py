@@ -3,11 +3,16 @@
 One record per image, msgpack-encoded (no pickle), stored one per ArrayRecord entry.
 Importing this module pulls in neither JAX nor vLLM.
 
-Schema version 1, a msgpack map:
-  schema_version  int     SCHEMA_VERSION of the writer
-  image_id        str     stable id of the source image (e.g. its relative path)
-  image_jpeg      bytes   the (resized) image, JPEG-encoded
-  original_size   [w, h]  size of the source image before resizing
+Schema version 2, a msgpack map:
+  schema_version  int     the lowest version that describes the record: 1 for an image with captions, so that
+                          readers that predate version 2 read such shards; 2 otherwise
+  image_id        str     stable id of the source image (e.g. its relative path), or of the imagined one
+  image_jpeg      bytes | nil   the (resized) image, JPEG-encoded; nil for captions of an image that does not
+                          exist (`captioning synthesize`) and for synthetic pairs
+  original_size   [w, h] | nil  size of the source image before resizing; nil where there is no image
+  image_embedding map | nil     (version 2) a CLIP image tower's output for the image: depth ("final", the
+                          projected embedding [width]; "tokens:K", the tokens after block K [tokens, width]),
+                          dtype ("float16" or "float32"), shape, data (the array's bytes, C order)
   alt_text        str | nil   source alt-text, if the image came with one
   captions        list of maps:
     role            str     role name, e.g. "Observer of Details"
@@ -28,9 +33,11 @@ import os
 from collections.abc import Iterable, Iterator
 
 import msgpack
+import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CAPTION_KINDS = ("long", "short")
+EMBEDDING_DTYPES = ("float16", "float32")
 
 
 class RecordError(ValueError):
@@ -48,13 +55,48 @@ class Caption:
     judge_rationale: str | None = None
 
 
+def embedding_depth(depth: str, what: str = "depth") -> int | None:
+    """None for "final", K for "tokens:K"; ValueError naming `what` for anything else."""
+    if depth == "final":
+        return None
+    kind, _, block = depth.partition(":")
+    if kind != "tokens" or not block.isdigit():
+        raise ValueError(f"{what} {depth!r} must be 'final' or 'tokens:K' (the tokens after image block K)")
+    return int(block)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageEmbedding:
+    """A CLIP image tower's output for one image: at "final" the projected embedding [width], at "tokens:K" the
+    token sequence after block K [tokens, width]."""
+
+    depth: str
+    values: np.ndarray
+
+    def __post_init__(self):
+        embedding_depth(self.depth)
+        if self.values.dtype.name not in EMBEDDING_DTYPES or self.values.ndim != (1 if self.depth == "final" else 2):
+            raise ValueError(
+                f"an image embedding at depth {self.depth!r} is a {'1' if self.depth == 'final' else '2'}-D array of "
+                f"{' or '.join(EMBEDDING_DTYPES)}, got {self.values.ndim}-D {self.values.dtype}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionRecord:
     image_id: str
-    image_jpeg: bytes
-    original_size: tuple[int, int]
+    image_jpeg: bytes | None
+    original_size: tuple[int, int] | None
     captions: tuple[Caption, ...]
     alt_text: str | None = None
+    image_embedding: ImageEmbedding | None = None
+
+    @property
+    def content(self) -> str:
+        """What stands for the image: "image", "image_embedding" or "captions only"."""
+        if self.image_jpeg is not None:
+            return "image"
+        return "image_embedding" if self.image_embedding is not None else "captions only"
 
 
 class _Fields:
@@ -97,14 +139,26 @@ _CAPTION_FIELDS = _Fields(
     judge_score=(int, float, _NIL),
     judge_rationale=(str, _NIL),
 )
-_RECORD_FIELDS = _Fields(
-    schema_version=(int,),
-    image_id=(str,),
-    image_jpeg=(bytes,),
-    original_size=(list,),
-    alt_text=(str, _NIL),
-    captions=(list,),
-)
+_RECORD_FIELDS = {
+    1: _Fields(
+        schema_version=(int,),
+        image_id=(str,),
+        image_jpeg=(bytes,),
+        original_size=(list,),
+        alt_text=(str, _NIL),
+        captions=(list,),
+    ),
+    2: _Fields(
+        schema_version=(int,),
+        image_id=(str,),
+        image_jpeg=(bytes, _NIL),
+        original_size=(list, _NIL),
+        image_embedding=(dict, _NIL),
+        alt_text=(str, _NIL),
+        captions=(list,),
+    ),
+}
+_EMBEDDING_FIELDS = _Fields(depth=(str,), dtype=(str,), shape=(list,), data=(bytes,))
 
 
 def encode_record(record: CaptionRecord) -> bytes:
@@ -114,14 +168,25 @@ def encode_record(record: CaptionRecord) -> bytes:
             raise ValueError(
                 f"caption kind {caption.kind!r} of image {record.image_id!r} must be one of {CAPTION_KINDS}"
             )
+    if (record.image_jpeg is None) != (record.original_size is None):
+        raise ValueError(f"image {record.image_id!r}: image_jpeg and original_size go together")
     payload = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": 1,
         "image_id": record.image_id,
-        "image_jpeg": bytes(record.image_jpeg),
-        "original_size": [int(record.original_size[0]), int(record.original_size[1])],
+        "image_jpeg": None if record.image_jpeg is None else bytes(record.image_jpeg),
+        "original_size": None if record.original_size is None else [int(v) for v in record.original_size],
         "alt_text": record.alt_text,
         "captions": [dataclasses.asdict(c) for c in record.captions],
     }
+    if record.image_jpeg is None or record.image_embedding is not None:
+        embedding = record.image_embedding
+        payload["schema_version"] = 2
+        payload["image_embedding"] = embedding and {
+            "depth": embedding.depth,
+            "dtype": embedding.values.dtype.name,
+            "shape": list(embedding.values.shape),
+            "data": np.ascontiguousarray(embedding.values).tobytes(),
+        }
     return msgpack.packb(payload, use_bin_type=True)
 
 
@@ -138,10 +203,14 @@ def decode_record(data: bytes, *, shard: str = "<bytes>", index: int = 0) -> Cap
                 f"{where}: written with schema version {obj['schema_version']}, this reader knows up to "
                 f"{SCHEMA_VERSION}; upgrade rsclip-jax to read it"
             )
-    _RECORD_FIELDS.check(obj, "record", where)
+    version = obj.get("schema_version") if isinstance(obj, dict) else None
+    _RECORD_FIELDS.get(version, _RECORD_FIELDS[SCHEMA_VERSION]).check(obj, "record", where)
     size = obj["original_size"]
-    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+    if (size is None) != (obj["image_jpeg"] is None):
+        raise RecordError(f"{where}: image_jpeg and original_size must both be given or both be nil")
+    if size is not None and (len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)):
         raise RecordError(f"{where}: original_size must be [width, height] > 0, got {size!r}")
+    embedding = obj.get("image_embedding") and _decode_embedding(obj["image_embedding"], where)
     captions = []
     for i, c in enumerate(obj["captions"]):
         _CAPTION_FIELDS.check(c, f"caption {i}", where)
@@ -151,10 +220,22 @@ def decode_record(data: bytes, *, shard: str = "<bytes>", index: int = 0) -> Cap
     return CaptionRecord(
         image_id=obj["image_id"],
         image_jpeg=obj["image_jpeg"],
-        original_size=(size[0], size[1]),
+        original_size=None if size is None else (size[0], size[1]),
         captions=tuple(captions),
         alt_text=obj["alt_text"],
+        image_embedding=embedding,
     )
+
+
+def _decode_embedding(obj: dict, where: str) -> ImageEmbedding:
+    _EMBEDDING_FIELDS.check(obj, "image_embedding", where)
+    if obj["dtype"] not in EMBEDDING_DTYPES:
+        raise RecordError(f"{where}: image_embedding dtype {obj['dtype']!r} must be one of {EMBEDDING_DTYPES}")
+    try:
+        values = np.frombuffer(obj["data"], obj["dtype"]).reshape(obj["shape"])
+        return ImageEmbedding(obj["depth"], values)
+    except (ValueError, TypeError) as e:
+        raise RecordError(f"{where}: image_embedding does not hold its shape {obj['shape']}: {e}") from None
 
 
 def write_shard(path: str | os.PathLike, records: Iterable[CaptionRecord]) -> int:
