@@ -23,7 +23,7 @@ from rsclip_jax.config import parse_flags
 from rsclip_jax.evals.evaluators import build_evaluators, run_evaluators
 from rsclip_jax.training.checkpoints import restore_params
 from rsclip_jax.training.train_setup import TrainSetup
-from rsclip_jax.weights.trained import workdir_config
+from rsclip_jax.weights.trained import checkpoint_to_read, workdir_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe; default: the workdir's config.json.", lock_config=True
@@ -42,16 +42,6 @@ def _config(workdir: str) -> ml_collections.ConfigDict:
         raise app.UsageError(f"{e}: give --config") from None
 
 
-def _checkpoint(workdir: str) -> tuple[str, int | None]:
-    """(checkpoints folder, step) of --checkpoint, or the workdir's checkpoints and None: the latest."""
-    if not _CHECKPOINT.value:
-        return os.path.join(workdir, "checkpoints"), None
-    path = epath.Path(_CHECKPOINT.value)
-    if not path.name.isdigit() or not path.is_dir():
-        raise app.UsageError(f"--checkpoint={_CHECKPOINT.value} is not a step folder such as DIR/checkpoints/1000")
-    return str(path.parent), int(path.name)
-
-
 def main(argv):
     del argv
     workdir = _WORKDIR.value
@@ -63,8 +53,8 @@ def main(argv):
         raise app.UsageError(
             "the config has no evals: add entries to config.evals (see rsclip_jax/evals/evaluators.py)"
         )
-    folder, step = _checkpoint(workdir)
     try:
+        folder, step = checkpoint_to_read(workdir, _CHECKPOINT.value)
         setup = TrainSetup.build(config, mesh_from_config(config.mesh))
         evaluators = build_evaluators(setup)
     except (ValueError, FileNotFoundError) as e:

@@ -258,11 +258,11 @@ def write_shard(path: str | os.PathLike, records: Iterable[CaptionRecord]) -> in
 
 
 def read_shard(path: str | os.PathLike) -> Iterator[CaptionRecord]:
-    """Yields every record of an ArrayRecord shard; a defective record raises RecordError."""
+    """Yields every record of an ArrayRecord shard, local or gs://; a defective record raises RecordError."""
     from array_record.python.array_record_module import ArrayRecordReader
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if "://" not in path and not os.path.isfile(path):  # ArrayRecord reads a bucket's shards itself
         raise FileNotFoundError(f"caption shard {path} does not exist")
     reader = ArrayRecordReader(path)
     try:

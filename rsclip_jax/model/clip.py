@@ -51,13 +51,23 @@ class VisionTransformer(nnx.Module):
     def __call__(self, images):
         """images [B, H, W, 3], CLIP-normalised -> (unnormalised embeddings [B, embed_dim], the last layer's
         tokens [B, 1 + patches, width], class token first)."""
+        return self.from_tokens(self.tokens_after(images, 0), 0)
+
+    def tokens_after(self, images, blocks: int):
+        """images [B, H, W, 3] -> the tokens after the first `blocks` residual blocks [B, 1 + patches, width] (0: the
+        embedded patches, as the first block takes them)."""
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"images must be [batch, {self.image_size}, {self.image_size}, 3], got {images.shape}")
         patches = self.conv1(images.astype(self.dtype))
         x = patches.reshape(patches.shape[0], -1, patches.shape[-1])
         cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(self.dtype)
-        tokens = self.ln_post(self.transformer(self.ln_pre(x), causal=False))
+        return self.transformer(self.ln_pre(x), causal=False, blocks=slice(blocks))
+
+    def from_tokens(self, tokens, blocks: int):
+        """The tokens after the first `blocks` residual blocks -> (unnormalised embeddings, the last layer's tokens):
+        the rest of the tower."""
+        tokens = self.ln_post(self.transformer(tokens.astype(self.dtype), causal=False, blocks=slice(blocks, None)))
         return tokens[:, 0] @ self.proj[...].astype(self.dtype), tokens
 
 

@@ -150,8 +150,9 @@ class Transformer(nnx.Module):
             ]
         )
 
-    def __call__(self, x, *, causal: bool, mask=None):
-        """x [B, T, width]; `mask` [B, T, T] (True: may attend), when given, in place of `causal`."""
+    def __call__(self, x, *, causal: bool, mask=None, blocks: slice = slice(None)):
+        """x [B, T, width]; `mask` [B, T, T] (True: may attend), when given, in place of `causal`; `blocks`: which
+        of the blocks to run, in order (Synth²'s embeddings at a depth run the first K, or the rest)."""
         graphdef = nnx.graphdef(self.resblocks[0])
 
         def run_block(state, x):
@@ -164,8 +165,10 @@ class Transformer(nnx.Module):
                 policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[self.remat_policy]),
                 prevent_cse=not self.scan,
             )
-        states = [nnx.state(block) for block in self.resblocks]
+        states = [nnx.state(block) for block in self.resblocks][blocks]
         x = constrain(x, "batch", None, None)
+        if not states:
+            return x
         if not self.scan:
             for state in states:
                 x = run_block(state, x)

@@ -26,6 +26,17 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def checkpoint_to_read(workdir: str, checkpoint: str | None) -> tuple[str, int | None]:
+    """(checkpoints folder, step) of a step folder `checkpoint` (DIR/checkpoints/STEP), or without one the
+    workdir's checkpoints and None: the latest. ValueError for a folder that is not a step folder."""
+    if not checkpoint:
+        return os.path.join(workdir, "checkpoints"), None
+    path = epath.Path(checkpoint)
+    if not path.name.isdigit() or not path.is_dir():
+        raise ValueError(f"--checkpoint={checkpoint} is not a step folder such as DIR/checkpoints/1000")
+    return str(path.parent), int(path.name)
+
+
 def load_model(
     workdir: str, *, config: ml_collections.ConfigDict | None = None, step: int | None = None
 ) -> tuple[CLIP, Callable[[Image.Image], np.ndarray]]:

@@ -1,0 +1,1 @@
+"""Synth² (docs/method.md): image embeddings of captions, from a generator trained on a CLIP's own embeddings."""
