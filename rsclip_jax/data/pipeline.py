@@ -3,11 +3,12 @@
 The global batches are a function of the seed and the shards alone, not of how many processes, devices or workers
 read them, so that a run restarted on another number of hosts or workers continues with exactly the batches it
 would have seen. Everything up to the batch is a Grain MapDataset indexed by global position: shuffle and repeat
-the records (a fresh permutation each epoch), build each example with a random map seeded by its position, put
-the same position of a later epoch where an example could not be built (counting why), and cut the positions
-into rows of this process's batch size; global batch g is rows g*P .. g*P + P-1 of P processes, process p's share
-row g*P + p. Batch g is then row-indexed: a run resuming after step s starts at batch s; worker processes each
-make every Nth batch, and Grain hands them back in order.
+the records (a fresh permutation each epoch; with `examples_per_epoch`, of the same seeded subset of them each
+epoch), build each example with a random map seeded by its position, put the same position of a later epoch where
+an example could not be built (counting why), and cut the positions into rows of this process's batch size;
+global batch g is rows g*P .. g*P + P-1 of P processes, process p's share row g*P + p. Batch g is then
+row-indexed: a run resuming after step s starts at batch s; worker processes each make every Nth batch, and Grain
+hands them back in order.
 """
 
 import bisect
@@ -146,6 +147,47 @@ def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 
     )
 
 
+def check_roles(paths: list[str], spec: ExampleSpec, sample: int = 64) -> None:
+    """With `spec.roles` set: DataError when one of them has no caption among the first records of the shards (a
+    misspelt role would train on none of its captions, or on nothing); in rows sampling, a warning when
+    `rows_per_image` exceeds the eligible captions any of those records holds (the other row slots are empty, and
+    each is filled with a row of a later epoch)."""
+    if not spec.roles:
+        return
+    reader = ArrayRecordReader(paths[0])
+    try:
+        data = reader.read(list(range(min(sample, reader.num_records()))))
+    finally:
+        reader.close()
+    found, most = set(), 0
+    for index, item in enumerate(data):
+        try:
+            captions = decode_record(item, shard=paths[0], index=index).captions
+        except RecordError:
+            continue
+        found.update(c.role for c in captions)
+        most = max(most, len(eligible_captions(captions, spec.roles, spec.kinds)))
+    missing = [role for role in spec.roles if role not in found]
+    if missing:
+        raise DataError(
+            f"config.data.roles {spec.roles!r}: no caption of {', '.join(map(repr, missing))} among the first "
+            f"{len(data)} records of {paths[0]}, whose roles are {sorted(found)!r}: name roles as the shards do"
+        )
+    if spec.sampling == "rows" and 0 < most < spec.rows_per_image:
+        logging.warning(
+            "config.data.rows_per_image is %d, but none of the first %d records of %s holds more than %d captions of "
+            "config.data.roles %r and kinds %r: the other row slots of each image are empty, each filled with the row "
+            "at its position in a later epoch (with examples_per_epoch, a repeat); set config.data.rows_per_image=%d",
+            spec.rows_per_image,
+            len(data),
+            paths[0],
+            most,
+            spec.roles,
+            spec.kinds,
+            most,
+        )
+
+
 class IndexedRecords:
     """Record bytes with their global index; each record repeated `rows_per_image` times (rows mode). Shards are
     named with their record counts (`path[0:N]`), so that ArrayRecord's source opens each only when it first reads
@@ -156,6 +198,9 @@ class IndexedRecords:
             [f"{path}[0:{count}]" for path, count in zip(paths, records_per_shard)]
         )
         self.rows_per_image = rows_per_image
+        # A batch's reads from a bucket go out at once, shard by shard in ArrayRecord's threads, which hide their round
+        # trips; from a local disk one by one: a thread pool per batch cost a worker more than the reads.
+        self.read_in_threads = any("://" in path for path in paths)
 
     def __len__(self):
         return len(self.source) * self.rows_per_image
@@ -164,9 +209,11 @@ class IndexedRecords:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices):
-        """A whole batch's records in one call: ArrayRecord reads them shard by shard, the shards in threads."""
         places = [divmod(index, self.rows_per_image) for index in indices]
-        data = self.source.__getitems__([record_index for record_index, _ in places])
+        if self.read_in_threads:
+            data = self.source.__getitems__([record_index for record_index, _ in places])
+        else:
+            data = [self.source[record_index] for record_index, _ in places]
         return [(record_index, slot, item) for (record_index, slot), item in zip(places, data)]
 
 
@@ -331,6 +378,22 @@ def _read_options(paths: list[str], num_workers: int) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
+def _check_examples_per_epoch(spec: ExampleSpec, examples: int, global_batch: int) -> None:
+    """DataError naming config.data.examples_per_epoch when the shards hold fewer examples than it keeps, or a
+    global batch would span epochs (and could hold one example twice)."""
+    what = "caption rows (images x config.data.rows_per_image)" if spec.sampling == "rows" else "images"
+    if spec.examples_per_epoch > examples:
+        raise DataError(
+            f"config.data.examples_per_epoch {spec.examples_per_epoch} exceeds the {examples} {what} the shards "
+            f"hold: lower it, or train on more shards"
+        )
+    if spec.examples_per_epoch < global_batch:
+        raise DataError(
+            f"config.data.examples_per_epoch {spec.examples_per_epoch} must be at least the global batch, "
+            f"config.batch_size {global_batch}"
+        )
+
+
 def train_dataset(
     paths: list[str],
     spec: ExampleSpec,
@@ -352,16 +415,18 @@ def train_dataset(
     paths = list(paths)
     if records_per_shard is None:
         records_per_shard = list(resolve_shards(paths, shards_key)[0].values())
+    check_roles(paths, spec)
     records = IndexedRecords(paths, records_per_shard, spec.rows_per_image if spec.sampling == "rows" else 1)
-    examples = (
-        grain.MapDataset.source(records)
-        .seed(seed)
-        .shuffle()
-        .repeat()
-        .random_map(MakeExample(spec, paths, records_per_shard))
-    )
+    epoch_length = spec.examples_per_epoch or len(records)
+    examples = grain.MapDataset.source(records).seed(seed).shuffle()
+    if spec.examples_per_epoch:
+        _check_examples_per_epoch(spec, len(records), batch_size * process_count)
+        # The same examples every epoch: the first N of the first epoch's permutation (`repeat(1, reseed_each_epoch=
+        # False)` reads that permutation at index % N, never a later epoch's), in a fresh order each epoch.
+        examples = examples[:epoch_length].repeat(1, reseed_each_epoch=False).shuffle()
+    examples = examples.repeat().random_map(MakeExample(spec, paths, records_per_shard))
     batch_fn = BatchWithSkips()
-    batches = UsableExamples(examples, len(records), shards_key).batch(batch_size, batch_fn=batch_fn)
+    batches = UsableExamples(examples, epoch_length, shards_key).batch(batch_size, batch_fn=batch_fn)
     dataset = grain.experimental.WithOptionsIterDataset(
         batches[process_index::process_count][start_batch:].to_iter_dataset(_read_options(paths, num_workers)),
         grain.experimental.DatasetOptions(min_shm_size=SHARED_MEMORY_MIN_BYTES),
