@@ -310,3 +310,134 @@ def test_workers_start_from_a_program_absl_did_not_start(demo_shards):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == "(4, 32, 32, 3)"
+
+
+ROLE = "Narrative Setter"
+
+
+def role_rows(demo_shards, roles=()):
+    """{(image id, token row): role} for every caption of `roles` (all when empty) of the training shards."""
+    rows = {}
+    for image_id, record in enumerate(train_records(demo_shards)):
+        captions = [c for c in record.captions if not roles or c.role in roles]
+        for caption, row in zip(captions, tokenize([c.text for c in captions], 32)):
+            rows[image_id, tuple(row)] = caption.role
+    return rows
+
+
+def rows_of(received):
+    """(image id, token row) of each example of rows-sampling batches, in order."""
+    return [(int(i), tuple(t[0])) for batch in received for i, t in zip(batch["image_id"], batch["tokens"])]
+
+
+def test_roles_keep_only_their_captions_in_rows_and_grouped_sampling(demo_shards):
+    rows = ExampleSpec(image_size=32, context_length=32, sampling="rows", rows_per_image=2, roles=(ROLE,))
+    received, _ = batches(train_dataset(demo_shards["train"], rows, batch_size=20, seed=0)[0], 4)  # 40 images x 2
+    assert collections.Counter(rows_of(received)) == collections.Counter(list(role_rows(demo_shards, (ROLE,))))
+    grouped = dataclasses.replace(SPEC, roles=(ROLE,))
+    (batch,), _ = batches(train_dataset(demo_shards["train"], grouped, batch_size=8, seed=0)[0], 1)
+    records = train_records(demo_shards)
+    for image_id, tokens in zip(batch["image_id"], batch["tokens"]):
+        for slot, kind in enumerate(("long", "short")):
+            (text,) = [c.text for c in records[image_id].captions if c.role == ROLE and c.kind == kind]
+            np.testing.assert_array_equal(tokens[slot], tokenize(text, 32)[0])
+
+
+def test_a_role_no_record_has_is_refused_naming_the_roles_found(demo_shards, caplog):
+    spec = ExampleSpec(image_size=32, context_length=32, roles=(ROLE, "Observer of Detail"))
+    with pytest.raises(DataError) as error:
+        train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)
+    assert str(error.value).startswith(
+        f"config.data.roles ('{ROLE}', 'Observer of Detail'): no caption of 'Observer of Detail' among the first 25 "
+        f"records of {demo_shards['train'][0]}, whose roles are ['Compositional Analyst', 'Emotional Responder', "
+        f"'Interpreter of Context', 'Narrative Setter', 'Observer of Details']"
+    )
+    # One role's two captions in ten row slots: eight of them empty, which the user is told.
+    train_dataset(
+        demo_shards["train"],
+        ExampleSpec(image_size=32, context_length=32, sampling="rows", roles=(ROLE,)),
+        batch_size=8,
+        seed=0,
+    )
+    assert "set config.data.rows_per_image=2" in caplog.text
+
+
+def capped(sampling="rows", **settings):
+    defaults = dict(rows_per_image=10) if sampling == "rows" else dict(slot_kinds=("long", "short"))
+    return ExampleSpec(image_size=32, context_length=32, sampling=sampling, **{**defaults, **settings})
+
+
+def test_examples_per_epoch_keeps_the_same_rows_every_epoch_in_a_fresh_order(demo_shards):
+    """60 of the 400 caption rows: the same 60 distinct rows in epochs 1 and 2 (batches 0-4 and 5-9), shuffled
+    afresh; the same global batches split over 2 processes, and from a resume mid-way."""
+    spec = capped(examples_per_epoch=60)
+    received, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=12, seed=0)[0], 10)
+    first, second = rows_of(received[:5]), rows_of(received[5:])
+    assert len(set(first)) == 60 and set(first) == set(second) and first != second
+    assert set(first) <= set(role_rows(demo_shards))
+    halves = [
+        batches(
+            train_dataset(demo_shards["train"], spec, batch_size=6, seed=0, process_index=p, process_count=2)[0], 10
+        )[0]
+        for p in range(2)
+    ]
+    assert_same_batches([{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*halves)], received)
+    resumed, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=12, seed=0, start_batch=3)[0], 7)
+    assert_same_batches(resumed, received[3:])
+    other, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=12, seed=1)[0], 5)
+    assert set(rows_of(other)) != set(first)  # the subset is the seed's
+
+
+def test_one_role_and_five_roles_train_on_the_same_number_of_pairs(demo_shards):
+    """Role-SynthCLIP's ablation: one role (its long and short caption, rows_per_image=2) against all five
+    (rows_per_image=10), 40 pairs an epoch each, every one distinct."""
+    one_role = capped(rows_per_image=2, roles=(ROLE,), examples_per_epoch=40)
+    five_roles = capped(examples_per_epoch=40)
+    pairs = {}
+    for name, spec in (("one", one_role), ("five", five_roles)):
+        received, _ = batches(train_dataset(demo_shards["train"], spec, batch_size=8, seed=0)[0], 10)  # 2 epochs
+        pairs[name] = [rows_of(received[:5]), rows_of(received[5:])]
+        assert all(len(epoch) == len(set(epoch)) == 40 for epoch in pairs[name])
+    roles = role_rows(demo_shards)
+    assert {roles[row] for epoch in pairs["one"] for row in epoch} == {ROLE}
+    assert len({roles[row] for row in pairs["five"][0]}) == 5
+
+
+def test_examples_per_epoch_in_grouped_sampling_caps_the_images(demo_shards):
+    received, _ = batches(
+        train_dataset(demo_shards["train"], capped("grouped", examples_per_epoch=16), batch_size=8, seed=0)[0], 4
+    )
+    first, second = [np.concatenate([b["image_id"] for b in half]).tolist() for half in (received[:2], received[2:])]
+    assert len(set(first)) == 16 and set(first) == set(second) and first != second
+
+
+def test_examples_per_epoch_positions_that_cannot_be_built_are_filled_from_the_same_subset(demo_shards, tmp_path):
+    good = list(read_shard(demo_shards["heldout"][0]))
+    spec = capped("grouped", examples_per_epoch=10)
+    (clean,), _ = batches(train_dataset(demo_shards["heldout"][:1], spec, batch_size=10, seed=0)[0], 1)
+    subset = clean["image_id"].tolist()
+    spoilt = {subset[0]: "bad_image", subset[1]: "no_captions"}
+    path = spoil(good, str(tmp_path / "mixed.array_record"), spoilt)
+    dataset, skips = train_dataset([path], spec, batch_size=10, seed=0)
+    (batch,), _ = batches(dataset, 1)
+    assert set(batch["image_id"].tolist()) == set(subset) - set(spoilt)  # 2 positions hold others of the 8 good
+    assert set(skips.counts) == set(spoilt.values())
+
+
+def test_examples_per_epoch_settings_that_cannot_work(demo_shards):
+    with pytest.raises(DataError, match=r"config.data.examples_per_epoch 401 exceeds the 400 caption rows \(images x"):
+        train_dataset(demo_shards["train"], capped(examples_per_epoch=401), batch_size=8, seed=0)
+    with pytest.raises(DataError, match=r"config.data.examples_per_epoch 41 exceeds the 40 images the shards hold"):
+        train_dataset(demo_shards["train"], capped("grouped", examples_per_epoch=41), batch_size=8, seed=0)
+    with pytest.raises(
+        DataError, match=r"examples_per_epoch 12 must be at least the global batch, config.batch_size 16"
+    ):
+        train_dataset(demo_shards["train"], capped(examples_per_epoch=12), batch_size=8, seed=0, process_count=2)
+    with pytest.raises(DataError, match=r"config.data: examples_per_epoch must be >= 0"):
+        capped(examples_per_epoch=-1)
+    config = base_config()
+    config.data.examples_per_epoch = config.batch_size - 1
+    with pytest.raises(DataError, match=r"config.data.examples_per_epoch 255 must be at least config.batch_size 256"):
+        ExampleSpec.from_config(config, ModelConfig.from_config(config))
+    config.data.examples_per_epoch = config.batch_size
+    assert ExampleSpec.from_config(config, ModelConfig.from_config(config)).examples_per_epoch == 256

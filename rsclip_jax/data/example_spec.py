@@ -27,7 +27,7 @@ class ExampleSpec:
     sampling: str = "grouped"
     slot_kinds: tuple[str, ...] = ("any",)  # grouped: one caption per slot of the slot's kind; "alt": the alt text
     rows_per_image: int = 10  # rows: example i uses eligible caption i % rows_per_image of its image
-    roles: tuple[str, ...] = ()  # empty: every role
+    roles: tuple[str, ...] = ()  # the caption roles that train, as the shards name them; empty: every role
     kinds: tuple[str, ...] = CAPTION_KINDS
     prefix: str = ""
     sub_caption: str = "none"  # CLIPS: "sentence" or "token_block" (captions.SUB_CAPTION_MODES)
@@ -36,6 +36,11 @@ class ExampleSpec:
     crop_scale: tuple[float, float] = (0.9, 1.0)  # random_resized_crop: the share of the image area kept
     crop_backend: str = "pil"  # CROP_BACKENDS; evaluation always uses open_clip's (PIL's) transform
     generator_caption_tokens: int = 0  # > 0: "caption_tokens", the first synthetic slot's whole caption, this long
+    # > 0: every epoch the same seeded subset of this many examples (rows: caption rows, i.e. image-text pairs;
+    # grouped: images), shuffled afresh each epoch, as open_clip's --train-num-samples sets an epoch's size; at least
+    # config.batch_size, at most the examples the shards hold. 0: all of them. With `roles`: Role-SynthCLIP's
+    # ablation, one role against five at the same number of pairs (pipeline.train_dataset).
+    examples_per_epoch: int = 0
 
     def __post_init__(self):
         checks = [
@@ -51,6 +56,7 @@ class ExampleSpec:
             ),
             (self.crop_backend in CROP_BACKENDS, f"crop_backend {self.crop_backend!r} must be one of {CROP_BACKENDS}"),
             (self.rows_per_image >= 1, f"rows_per_image must be >= 1, got {self.rows_per_image}"),
+            (self.examples_per_epoch >= 0, f"examples_per_epoch must be >= 0 (0: all), got {self.examples_per_epoch}"),
             (
                 self.sub_caption == "none" or 1 <= self.sub_caption_tokens <= self.context_length - 2,
                 f"sub_caption_tokens {self.sub_caption_tokens} must lie in [1, context_length - 2 = "
@@ -78,6 +84,12 @@ class ExampleSpec:
         generator on (`config.generator.weight`), its target: queries + 1 ids, start of text and then the token
         each query predicts (model/caption_generator.py)."""
         settings = {field.name: config.data[field.name] for field in dataclasses.fields(cls) if field.name in SETTINGS}
+        cap, batch_size = settings.get("examples_per_epoch"), config.get("batch_size")
+        if cap and batch_size and cap < batch_size:
+            # A batch would span epochs and hold the same example twice (false negatives of the loss).
+            raise DataError(
+                f"config.data.examples_per_epoch {cap} must be at least config.batch_size {batch_size} (or 0: no cap)"
+            )
         generator = config.get("generator")
         return cls(
             image_size=model.image_size,
@@ -110,4 +122,5 @@ SETTINGS = (
     "random_resized_crop",
     "crop_scale",
     "crop_backend",
+    "examples_per_epoch",
 )
