@@ -24,7 +24,7 @@ from rsclip_jax.accelerators.memory_settings import pick_for_local_devices
 from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.data.caption_sampling import ALT_SLOT
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
-from rsclip_jax.data.pipeline import SKIP_REASONS, check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.data.pipeline import SKIP_REASONS, check_alt_text, check_roles, resolve_shards, train_dataset
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.training.checkpoints import Checkpointer
 from rsclip_jax.training.metrics import MetricWriter, log_console
@@ -79,6 +79,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         setup = TrainSetup.build(config, mesh)
         spec = ExampleSpec.from_config(config, setup.model)
         check_alt_text(list(shards), spec.slot_kinds)
+        check_roles(list(shards), spec)
         check_batch_settings(config, spec, mesh)
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from None
@@ -101,17 +102,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         state = _restore(checkpointer, start_step, setup, run, workdir)
 
     # ---- Data: global batch s is step s's, on any number of processes and workers -----------------
-    dataset, skipped = train_dataset(
-        list(shards),
-        spec,
-        batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed,
-        records_per_shard=list(shards.values()),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.data.num_workers,
-        start_batch=start_step,
-    )
+    try:
+        dataset, skipped = train_dataset(
+            list(shards),
+            spec,
+            batch_size=config.batch_size // jax.process_count(),
+            seed=config.seed,
+            records_per_shard=list(shards.values()),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            num_workers=config.data.num_workers,
+            start_batch=start_step,
+        )
+    except DataError as e:  # examples_per_epoch against what the shards hold
+        raise SetupError(str(e)) from None
     data_iterator = iter(dataset)
     try:
         evaluators = build_evaluators(setup)

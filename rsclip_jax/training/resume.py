@@ -10,6 +10,8 @@ import json
 
 import ml_collections
 
+from rsclip_jax.config import base_config
+
 # Keys that decide how a run executes, not what it computes: the mesh, the memory settings and their cap (remat
 # and gradient caching give the same loss and gradients), the loss's sharding, where the shards are (their records
 # are compared), workers, logs, checkpoints and evals.
@@ -44,8 +46,10 @@ def _flat(tree, prefix=""):
 
 
 def differences(saved: dict, current: dict) -> list[str]:
-    """ "key: now X, saved Y" for each setting that decides the numbers and differs."""
-    now, then = _flat(current["config"]), _flat(saved["config"])
+    """ "key: now X, saved Y" for each setting that decides the numbers and differs. A key one side lacks (a
+    checkpoint from before the key existed) counts as its default."""
+    defaults = _flat(json.loads(base_config().to_json_best_effort()))
+    now, then = {**defaults, **_flat(current["config"])}, {**defaults, **_flat(saved["config"])}
     keys = sorted(set(now) | set(then))
     found = [
         f"{key}: now {now.get(key, '(absent)')!r}, saved {then.get(key, '(absent)')!r}"
