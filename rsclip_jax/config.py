@@ -33,6 +33,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     # MFU's denominator, dense bf16 TFLOP/s per device; 0: looked up from the device kind (flops.py).
     config.peak_tflops_per_device = 0.0
+    # The most memory the training step may take per device, in GiB; None: the device's own limit (none on a CPU).
+    # The memory settings left unset are picked to fit it, on CPUs too (rsclip_jax.accelerators.memory_settings).
+    # It does not limit what JAX allocates: on a shared GPU set XLA_PYTHON_CLIENT_MEM_FRACTION as well.
+    config.memory_limit_gib = placeholder(float)
     # Weights & Biases beside metrics.jsonl and TensorBoard (training/metrics.py), the same scalars at the same steps,
     # from process 0 only; needs the wandb extra (pip install -e '.[wandb]'). The run's id is kept in
     # DIR/wandb_run_id: a resumed run continues the same W&B run.
@@ -54,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.logit_bias_init = placeholder(float)
     # Memory settings left unset (None) are picked per accelerator by `rsclip_jax.accelerators.memory_settings` when
     # training starts (and by `rsclip_jax.aot`): the fastest that fits in the device's memory. Where they stay unset
-    # (a CPU), ModelConfig's defaults hold.
+    # (a CPU without memory_limit_gib), ModelConfig's defaults hold.
     config.model.remat_policy = placeholder(str)  # off | nothing | dots | dots_no_batch (model.config.REMAT_POLICIES)
     config.model.scan_layers = placeholder(bool)
     config.model.attention = placeholder(str)  # xla | cudnn (NVIDIA GPUs) | flash (TPUs)

@@ -3,12 +3,17 @@ settings a config leaves unset picked so that the step fits: the fastest candida
 HEADROOM to spare."""
 
 import dataclasses
+import json
 import math
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 
 from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.data.example_spec import ExampleSpec
@@ -131,8 +136,9 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
             config[section][key] = value
             picked[f"{section}.{key}"] = value
 
-    # The compute dtype the devices train in, also when compiling for them from a CPU host.
-    pick("model", "dtype", "bfloat16")
+    # The compute dtype the devices train in, also when compiling for them from a CPU host; CPUs, which have no
+    # bfloat16 matrix units, keep float32 (config.memory_limit_gib picks for them too).
+    pick("model", "dtype", "float32" if platform == "cpu" else "bfloat16")
     pick("model", "scan_layers", True)
     fused = ATTENTION_BY_PLATFORM.get(platform, "xla")
     pick("model", "attention", fused if config.model.dtype == "bfloat16" else "xla")
@@ -184,12 +190,93 @@ def largest_batch(config, devices, hbm_bytes, granularity: int) -> int:
     return low
 
 
-def pick_for_local_devices(config: ml_collections.ConfigDict):
-    """`pick_memory_settings` for the devices this run trains on, with the memory each may allocate; on a
-    CPU (no memory limit to fit) the config comes back unchanged. -> (config, {key: what was picked})."""
-    devices = jax.devices()
-    if devices[0].platform not in ("gpu", "tpu"):
+def pick_for_local_devices(config: ml_collections.ConfigDict, workdir: str | None = None):
+    """`pick_memory_settings` for the devices this run trains on, within `memory_limit`; on a CPU without
+    config.memory_limit_gib (no limit to fit) the config comes back unchanged. Every process compiles the
+    candidates for all the run's devices, as the run compiles its step, within the least memory any process
+    allows, and all must pick the same. With `workdir`, the compiles go to WORKDIR/jax-cache
+    (`use_compilation_cache`). Process 0 logs the picks. -> (config, {key: what was picked})."""
+    limit = memory_limit(config)
+    if limit is None:
         return config, {}
-    limit = devices[0].memory_stats()["bytes_limit"]
-    config, picked, _ = pick_memory_settings(config, devices, limit)
+    if workdir:
+        use_compilation_cache(os.path.join(workdir, "jax-cache"))
+    limit = min(_from_every_process(limit))
+    devices = jax.devices()
+    config, picked, result = pick_memory_settings(config, devices, limit)
+    _check_same_picks(picked)
+    if jax.process_index() == 0:
+        _log_picks(config, picked, result, devices)
     return config, picked
+
+
+def memory_limit(config: ml_collections.ConfigDict) -> int | None:
+    """Bytes the step may take on each of this process's devices: the least any of them allows (bytes_limit; on
+    GPUs the share of memory JAX preallocates), capped at config.memory_limit_gib; None on a CPU without a cap."""
+    limits = [
+        device.memory_stats()["bytes_limit"] for device in jax.local_devices() if device.platform in ("gpu", "tpu")
+    ]
+    if config.memory_limit_gib:
+        limits.append(int(config.memory_limit_gib * 2**30))
+    return min(limits, default=None)
+
+
+def use_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache in `directory`, unless the user chose one (JAX_COMPILATION_CACHE_DIR or
+    jax_compilation_cache_dir): the run's own compile of the picked step then reads back what picking compiled, and
+    a restart reads back both. JAX writes entries from process 0 only; the others read them from the shared
+    workdir."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", directory)
+
+
+def _from_every_process(value) -> list:
+    """`value` (anything JSON holds) of every process, in process order."""
+    if jax.process_count() == 1:
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    size = int(multihost_utils.process_allgather(np.int32(data.size)).max())
+    rows = multihost_utils.process_allgather(np.pad(data, (0, size - data.size)))
+    return [json.loads(bytes(row).rstrip(b"\0")) for row in rows]
+
+
+def _check_same_picks(picked: dict) -> None:
+    """ValueError naming the settings the processes picked differently: one program runs on all of them. Having
+    compiled the same candidates within the same limit, only other devices or another JAX make them differ."""
+    picks = [json.dumps(pick, sort_keys=True) for pick in _from_every_process(picked)]
+    if len(set(picks)) == 1:
+        return
+    picks = [json.loads(pick) for pick in picks]
+    differ = sorted(
+        {key for pick in picks for key in pick.keys() | picks[0].keys() if pick.get(key) != picks[0].get(key)}
+    )
+    described = []
+    for key in differ:
+        processes_by_value = {}
+        for process, pick in enumerate(picks):
+            processes_by_value.setdefault(json.dumps(pick.get(key)), []).append(process)
+        described.append(f"{key}: " + ", ".join(f"{value} on processes {p}" for value, p in processes_by_value.items()))
+    raise ValueError(
+        f"the processes picked different memory settings ({'; '.join(described)}): their devices or JAX versions "
+        f"differ; set these keys in the config"
+    )
+
+
+def _log_picks(config, picked: dict, result: CompiledStep, devices) -> None:
+    where = f"memory settings for {len(devices)} x {devices[0].device_kind}"
+    if result.memory is None:
+        logging.warning("%s: the compiler found none that fits (%s); going on with %s", where, result.error, picked)
+        return
+    taken = f"{_gib(result.memory.total_bytes)} of {_gib(result.memory.hbm_bytes)} a device"
+    if config.memory_limit_gib:
+        taken += f" (config.memory_limit_gib {config.memory_limit_gib})"
+    if result.fits_with_headroom:
+        logging.info("%s: picked %s; the step takes %s", where, picked, taken)
+    else:
+        logging.warning(
+            "%s: none leaves %d%% to spare; the leanest, %s, takes %s", where, 100 * HEADROOM, picked, taken
+        )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
