@@ -4,6 +4,7 @@ remat policies, scanned layers, gradient caching. And how they are picked: withi
 process alike, each candidate compiled once."""
 
 import functools
+import json
 import logging
 import math
 import os
@@ -120,7 +121,9 @@ def test_a_memory_cap_picks_on_a_cpu_the_fastest_settings_that_fit(tmp_path, cap
 
 def test_processes_that_pick_differently_stop_naming_the_settings(monkeypatch):
     others = {"model.remat_policy": "nothing", "mesh.shape": [1, -1, 1]}
-    monkeypatch.setattr(memory_settings, "_from_every_process", lambda pick: [pick, pick, others])
+    # As the real gather gives them: through JSON, where tuples become lists.
+    gathered = lambda pick: [json.loads(json.dumps(pick))] * 2 + [others]
+    monkeypatch.setattr(memory_settings, "_from_every_process", gathered)
     with pytest.raises(ValueError) as error:
         memory_settings._check_same_picks({"model.remat_policy": "off", "mesh.shape": (1, -1, 1)})
     assert str(error.value) == (

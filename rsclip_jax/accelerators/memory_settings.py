@@ -136,8 +136,8 @@ def pick_memory_settings(config: ml_collections.ConfigDict, devices, hbm_bytes: 
             config[section][key] = value
             picked[f"{section}.{key}"] = value
 
-    # The compute dtype the devices train in, also when compiling for them from a CPU host; CPUs, which have no
-    # bfloat16 matrix units, keep float32 (config.memory_limit_gib picks for them too).
+    # The compute dtype the devices train in, also when compiling for them from a CPU host; on CPUs (picked for
+    # with config.memory_limit_gib) float32, what config.model.dtype's None means there.
     pick("model", "dtype", "float32" if platform == "cpu" else "bfloat16")
     pick("model", "scan_layers", True)
     fused = ATTENTION_BY_PLATFORM.get(platform, "xla")
@@ -224,8 +224,8 @@ def memory_limit(config: ml_collections.ConfigDict) -> int | None:
 def use_compilation_cache(directory: str) -> None:
     """JAX's persistent compilation cache in `directory`, unless the user chose one (JAX_COMPILATION_CACHE_DIR or
     jax_compilation_cache_dir): the run's own compile of the picked step then reads back what picking compiled, and
-    a restart reads back both. JAX writes entries from process 0 only; the others read them from the shared
-    workdir."""
+    a restart reads back both. JAX writes entries from process 0 only; on GPUs and TPUs the others read them from
+    the shared workdir (on CPUs JAX's keys include the process's own devices, so they compile for themselves)."""
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", directory)
 
@@ -243,13 +243,12 @@ def _from_every_process(value) -> list:
 def _check_same_picks(picked: dict) -> None:
     """ValueError naming the settings the processes picked differently: one program runs on all of them. Having
     compiled the same candidates within the same limit, only other devices or another JAX make them differ."""
-    picks = [json.dumps(pick, sort_keys=True) for pick in _from_every_process(picked)]
-    if len(set(picks)) == 1:
-        return
-    picks = [json.loads(pick) for pick in picks]
+    picks = _from_every_process(picked)
     differ = sorted(
         {key for pick in picks for key in pick.keys() | picks[0].keys() if pick.get(key) != picks[0].get(key)}
     )
+    if not differ:
+        return
     described = []
     for key in differ:
         processes_by_value = {}
