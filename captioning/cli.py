@@ -1,5 +1,5 @@
-"""`python -m captioning run ...`, `... filter ...`, `... status ...` and `... distill ...` (console script:
-rsclip-caption)."""
+"""`python -m captioning run ...`, `... synthesize ...`, `... filter ...`, `... status ...` and `... distill ...`
+(console script: rsclip-caption)."""
 
 import argparse
 import functools
@@ -23,6 +23,7 @@ from captioning.prompts import PROMPT_VERSION
 from captioning.roles import load_roles
 from captioning.run import run
 from captioning.status import run_status, status_table
+from captioning.synthesize import DEFAULT_MAX_CONCEPT_CHARS, synthesize
 
 # vLLM engine arguments passed through when given; on a CPU: --dtype float32 --enforce-eager.
 _ENGINE_FLAGS = {
@@ -51,14 +52,14 @@ def _add_engine_flags(parser, prefix="", temperature=Sampling.temperature):
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
 
 
-def _engine_factory(args, engine, model):
+def _engine_factory(args, engine, model, text_only=False):
     sampling = Sampling(args.max_tokens, args.temperature, args.top_p)
     if engine == "vllm":
         extra = {name: getattr(args, name) for name in _ENGINE_FLAGS if getattr(args, name) is not None}
         extra.update(seed=args.seed, enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching)
     else:  # transformers takes only the dtype
         extra = {"dtype": args.dtype} if args.dtype not in (None, "auto") else {}
-    return functools.partial(make_engine, engine, model, sampling=sampling, **extra)
+    return functools.partial(make_engine, engine, model, sampling=sampling, text_only=text_only, **extra)
 
 
 def _run(args) -> dict:
@@ -100,6 +101,28 @@ def _run(args) -> dict:
         readahead=args.readahead,
         alt_texts=alt_texts,
         max_pixels=args.max_pixels,
+    )
+
+
+def _synthesize(args) -> dict:
+    if args.per_concept > 1 and args.temperature == 0:
+        raise ValueError(f"--per-concept {args.per_concept} needs --temperature above 0: greedy text repeats itself")
+    return synthesize(
+        args.concepts,
+        args.out,
+        _engine_factory(args, args.engine, args.model, text_only=True),
+        load_roles(args.roles) if args.roles else None,
+        settings={
+            "engine": args.engine,
+            "model": args.model,
+            "sampling": [args.max_tokens, args.temperature, args.top_p],
+        },
+        per_concept=args.per_concept,
+        concepts_per_shard=args.concepts_per_shard,
+        num_workers=args.num_workers,
+        worker_index=args.worker_index,
+        seed=args.seed,
+        max_concept_chars=args.max_concept_chars,
     )
 
 
@@ -147,7 +170,7 @@ def _distill(args) -> dict:
     )
 
 
-_COMMANDS = {"run": _run, "filter": _filter, "status": _status, "distill": _distill}
+_COMMANDS = {"run": _run, "synthesize": _synthesize, "filter": _filter, "status": _status, "distill": _distill}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_parser.add_argument("--readahead", type=int, default=64, help="images decoded ahead of the engine")
     _add_engine_flags(run_parser)
+
+    synth_parser = commands.add_parser(
+        "synthesize", help="a text-only LLM captions imagined photos of concepts (Synth²), shards without images"
+    )
+    synth_parser.add_argument(
+        "--concepts", required=True, help="UTF-8 text file, one concept a line; # starts a comment line"
+    )
+    synth_parser.add_argument("--out", required=True)
+    synth_parser.add_argument(
+        "--roles",
+        help="role file (JSON, as for run): each imagined photo also gets a long and a short caption per role; "
+        "without it, the annotator's description alone",
+    )
+    synth_parser.add_argument("--per-concept", type=int, default=1, help="imagined photos per concept")
+    synth_parser.add_argument("--concepts-per-shard", type=int, default=1000, help="concept file lines per shard")
+    synth_parser.add_argument(
+        "--max-concept-chars",
+        type=int,
+        default=DEFAULT_MAX_CONCEPT_CHARS,
+        help="longer lines are skipped and counted",
+    )
+    synth_parser.add_argument("--num-workers", type=int, default=1)
+    synth_parser.add_argument("--worker-index", type=int, default=0)
+    _add_engine_flags(synth_parser)
 
     filter_parser = commands.add_parser("filter", help="length rules and the role-aware judge")
     filter_parser.add_argument("--in", dest="in_dir", required=True)

@@ -1,9 +1,12 @@
-"""Engines that answer chat requests about one image each: vLLM (real runs) and transformers (small scale).
+"""Engines that answer chat requests about one image each, or about none: vLLM (real runs) and transformers
+(small scale). A request without an image is plain text, which a text-only LLM answers too (`captioning
+synthesize`).
 
 Both are imported lazily. `stream` takes (key, request) pairs lazily and yields (key, text, error) as
 answers finish; a request the engine cannot take (its processor raises on the image, say) comes back with
 its error and the others go on. When vLLM's engine dies, a new one retries the requests it had in flight one
-at a time, so that only a request that kills it alone is an error.
+at a time, so that only a request that kills it alone is an error. A stream closed before its end aborts the
+requests it left in flight, so the engine serves the next stream.
 """
 
 import collections
@@ -23,7 +26,7 @@ _FAILURES_IN_A_ROW = 20
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    image: Image.Image
+    image: Image.Image | None  # None: a text-only request, whose messages' contents are strings
     messages: list
     seed: int
     json_schema: dict | None = None  # ask for structured output where the engine can enforce it
@@ -85,9 +88,12 @@ def _answer(output) -> tuple[str | None, str | None]:
 
 class VllmEngine:
     """vLLM's offline `LLM` with multimodal prompts; extra keyword arguments go to `LLM(...)` unchanged
-    (tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, ...)."""
+    (tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, ...).
 
-    def __init__(self, model: str, *, sampling: Sampling, **engine_args):
+    `text_only`: every request comes without an image, so a multimodal model is opened with no image per prompt
+    (vLLM then runs its language model alone); a text-only model ignores the multimodal limits either way."""
+
+    def __init__(self, model: str, *, sampling: Sampling, text_only: bool = False, **engine_args):
         vllm = _import("vllm", "vllm")
         transformers = _import("transformers", "vllm")
         from vllm.platforms import current_platform
@@ -99,7 +105,7 @@ class VllmEngine:
         if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_args:
             engine_args.update(_whole_prefills(engine_args))
         self._start = functools.partial(
-            vllm.LLM, model=model, limit_mm_per_prompt={"image": 1, "video": 0}, **engine_args
+            vllm.LLM, model=model, limit_mm_per_prompt={"image": 0 if text_only else 1, "video": 0}, **engine_args
         )
         self.llm = self._start()
         self._vllm = vllm
@@ -126,11 +132,25 @@ class VllmEngine:
 
     def _prompt(self, request: Request) -> dict:
         text = chat_prompt(self.processor, request.messages)
+        if request.image is None:
+            return {"prompt": text}
         return {"prompt": text, "multi_modal_data": {"image": request.image}}
 
     def stream(self, keyed_requests):
-        """Keeps `max_in_flight` requests queued in the engine, taking the next as each finishes."""
-        pending, in_flight, item = iter(keyed_requests), {}, None
+        """Keeps `max_in_flight` requests queued in the engine, taking the next as each finishes.
+
+        `keyed_requests` is asked for its next request again after it once had none, so a source may add
+        requests (follow-ups of an answer) while the stream runs; the stream ends when it has none and none is
+        in flight. Closed early, the stream aborts the requests still in flight."""
+        in_flight = {}  # request id -> (key, request)
+        try:
+            yield from self._stream(iter(keyed_requests), in_flight)
+        finally:
+            if in_flight and self.llm is not None:
+                self.llm.llm_engine.abort_request(list(in_flight))
+
+    def _stream(self, pending, in_flight):
+        item = None
         while True:
             try:
                 while len(in_flight) < self.max_in_flight and (item := next(pending, None)) is not None:
@@ -210,15 +230,21 @@ class VllmEngine:
 
 
 class TransformersEngine:
-    """transformers' generate on the same model folder, one request at a time: for small runs and tests."""
+    """transformers' generate on the same model folder, one request at a time: for small runs and tests. A
+    multimodal model loads as image-text-to-text, any other as a causal LM (which takes text-only requests)."""
 
     def __init__(self, model: str, *, sampling: Sampling, dtype: str = "float32"):
         self.torch = _import("torch", "transformers")
         transformers = _import("transformers", "transformers")
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
         self.model_name = _model_name(model)
         self.sampling = sampling
-        self.processor = transformers.AutoProcessor.from_pretrained(model)
-        self.model = transformers.AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(self.torch, dtype))
+        self.processor = transformers.AutoProcessor.from_pretrained(model)  # a text-only model's: its tokenizer
+        config = transformers.AutoConfig.from_pretrained(model)
+        multimodal = type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+        auto = transformers.AutoModelForImageTextToText if multimodal else transformers.AutoModelForCausalLM
+        self.model = auto.from_pretrained(model, dtype=getattr(self.torch, dtype))
         self.model.eval()
 
     def stream(self, keyed_requests):
@@ -240,7 +266,8 @@ class TransformersEngine:
 
     def _generate(self, request: Request) -> str:
         prompt = chat_prompt(self.processor, request.messages)
-        inputs = self.processor(text=[prompt], images=[request.image], return_tensors="pt")
+        images = {} if request.image is None else {"images": [request.image]}
+        inputs = self.processor(text=[prompt], **images, return_tensors="pt")
         self.torch.manual_seed(request.seed)
         with self.torch.no_grad():
             output = self.model.generate(
@@ -256,11 +283,13 @@ class TransformersEngine:
         return None  # transformers' generate caches no prefixes across requests
 
 
-def make_engine(name: str, model: str, *, sampling: Sampling, **engine_args):
-    """The engine `name` on a local model folder. Images reach it already sized (`images.for_captioner`)."""
+def make_engine(name: str, model: str, *, sampling: Sampling, text_only: bool = False, **engine_args):
+    """The engine `name` on a local model folder. Images reach it already sized (`images.for_captioner`);
+    `text_only`: no request carries an image (a multimodal model's vLLM engine then reserves nothing for images)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; expected one of {ENGINES}")
     if not os.path.isdir(model):
         raise FileNotFoundError(f"model folder {model} does not exist (engines load local folders only)")
-    cls = VllmEngine if name == "vllm" else TransformersEngine
-    return cls(model, sampling=sampling, **engine_args)
+    if name == "vllm":
+        return VllmEngine(model, sampling=sampling, text_only=text_only, **engine_args)
+    return TransformersEngine(model, sampling=sampling, **engine_args)

@@ -43,3 +43,43 @@ def judge_messages(role: Role, caption: str) -> list[dict]:
         {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
     ]
+
+
+# `captioning synthesize`: a text-only LLM captions photos that were never taken (Synth², docs/method.md, section 7).
+SYNTH_PROMPT_VERSION = "rs-synth-prompts-v1"
+# The role of each imagined photo's first caption, the annotator's description the roles' captions then follow.
+SCENE_ROLE = "Annotator"
+SCENE_KIND = "long"
+SCENE_SYSTEM_PROMPT = (
+    "You write the captions of a photo dataset the way its human annotators wrote them. Each photo is imagined: "
+    "make up a realistic photo that contains the concept you are given, and describe it. Describe only what the "
+    "photo shows: the objects, people and animals, what they do, the setting, colours, positions and light. "
+    "No subjective judgement, no opinions, no fluffy or poetic language. Write the description only, with no "
+    "preamble."
+)
+_SCENE_LENGTH = "Write two or three sentences, about 30 to 60 words."
+ROLE_SYSTEM_PROMPT = (
+    "You write captions for a photo you cannot see, from an annotator's description of it. After the description "
+    "you are given an expert role and a length. Describe the same photo as that role would: keep to what the "
+    "description states and what such a photo would plainly show, in plain, factual language, with no fluffy or "
+    "poetic language. Write the caption only, with no preamble."
+)
+
+
+def scene_messages(concept: str) -> list[dict]:
+    """Chat messages asking a text-only LLM for an annotator's description of an imagined photo of `concept`."""
+    instruction = (
+        f"Concept: {concept}\nMake up a human-annotated description of a photo that contains this concept. "
+        f"{_SCENE_LENGTH}"
+    )
+    return [{"role": "system", "content": SCENE_SYSTEM_PROMPT}, {"role": "user", "content": instruction}]
+
+
+def role_messages(description: str, role: Role, kind: str) -> list[dict]:
+    """Chat messages asking `role` for a caption of `kind` of the imagined photo `description` describes. The
+    description comes before the role, so vLLM's prefix cache shares it across the photo's role requests."""
+    instruction = (
+        f"Description of the photo: {description}\n\nYou are the {role.name}, an expert in {role.expertise}. "
+        f"{role.responsibilities} {_LENGTH[kind]}"
+    )
+    return [{"role": "system", "content": ROLE_SYSTEM_PROMPT}, {"role": "user", "content": instruction}]

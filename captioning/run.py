@@ -3,9 +3,13 @@
 Shard k is written aside and renamed into place (by `write_shard`), then its manifest entry (counts, config hash) is
 written the same way; a shard counts as finished only when its manifest entry exists. A run killed at
 any moment and started again redoes only unfinished shards: every (image, role, kind) ends up once.
+
+The machinery (`open_run`, `stream_shards`, `ShardWriter`) serves `captioning synthesize` too, whose inputs are
+concept lines instead of images (captioning/synthesize.py).
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -98,6 +102,11 @@ def read_json(path: str) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it, and a run started again redoes its shard") from e
 
 
+def identity_hash(identity: dict) -> str:
+    """The config hash of a run's identity (JSON-able): what its manifest entries and run.json carry."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_config_hash(settings: dict, inputs: list[tuple[str, str]], alt_texts: dict[str, str] | None = None) -> str:
     """Hash of everything that decides the output: settings, roles, prompts, the input list and the alt texts.
 
@@ -107,16 +116,25 @@ def run_config_hash(settings: dict, inputs: list[tuple[str, str]], alt_texts: di
     identity = {"settings": settings, "inputs": [image_id for image_id, _ in inputs]}
     if alt_texts:
         identity["alt_texts"] = alt_texts
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return identity_hash(identity)
+
+
+class SkippedInput(Exception):
+    """Raised by `stream_shards`' `ask` for an input that gets no request (a file that does not decode, a bad
+    concept line): `row` goes to its shard's errors file and the shard completes without it."""
+
+    def __init__(self, row: dict):
+        super().__init__(row)
+        self.row = row
 
 
 @dataclasses.dataclass
-class _Shard:
-    """A shard in flight: its images as they load, and the engine's answers as they come back."""
+class Shard:
+    """A shard in flight: its inputs as they are asked about, and the engine's answers as they come back."""
 
     size: int
-    loaded: list = dataclasses.field(default_factory=list)  # (input index, image id, jpeg, size as shown)
-    errors: list = dataclasses.field(default_factory=list)
+    loaded: list = dataclasses.field(default_factory=list)  # (input index, what `ask` kept of it)
+    errors: list = dataclasses.field(default_factory=list)  # the rows of skipped inputs
     answers: dict = dataclasses.field(default_factory=dict)  # (input index, slot) -> (text, error)
     seen: int = 0
     asked: int = 0
@@ -125,64 +143,105 @@ class _Shard:
         return self.seen == self.size and len(self.answers) == self.asked
 
 
-def _finish(shard: _Shard, slots, inputs, model_name, alt_texts):
-    """The shard's records and errors; a caption the engine failed is an error, the image keeps the others."""
-    records, errors = [], list(shard.errors)
-    for i, image_id, jpeg, size in shard.loaded:
-        captions = []
-        for s, (role, kind) in enumerate(slots):
-            text, error = shard.answers[i, s]
-            if error is None:
-                captions.append(Caption(role.name, kind, text.strip(), model_name, PROMPT_VERSION))
-            else:
-                errors.append(
-                    {"image_id": image_id, "path": inputs[i][1], "role": role.name, "kind": kind, "reason": error}
-                )
-        if captions:
-            records.append(CaptionRecord(image_id, jpeg, size, tuple(captions), alt_texts.get(image_id)))
-    return records, errors
+class _FollowUpsFirst:
+    """The engine's request source: follow-ups queued from answers first, then the next input's requests. It may
+    run dry and fill again (a follow-up is queued while the engine holds its parent's answer out), so it is no
+    generator: the engines ask it again after it once had nothing."""
+
+    def __init__(self, fresh):
+        self.queue, self._fresh = collections.deque(), fresh
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.queue.popleft() if self.queue else next(self._fresh)
+
+
+def stream_shards(engine, sizes: dict, items, ask, finish, follow_up=None):
+    """Yields (shard index, records, errors) as shards complete, streaming every shard's requests to `engine`.
+
+    - `sizes`: shard index -> how many inputs it holds; `items` yields ((shard index, input index), input) in
+      shard order.
+    - `ask(i, input)` -> (kept, [(slot, Request)]): what `finish` will see of input i, and its requests; or it
+      raises SkippedInput.
+    - `follow_up(i, slot, text, error)` -> [(slot, Request)]: requests that an answer calls for (optional).
+    - `finish(shard)` -> (records, errors) of a complete Shard.
+
+    Each input's requests reach the engine as soon as it is read, across shard boundaries, so neither the host
+    nor the slowest answer of a shard holds the engine up; a shard completes when every request asked for it,
+    follow-ups included, is answered.
+    """
+    flight, touched = {}, set()  # shards with an input seen; those whose state changed since the last check
+
+    def fresh():
+        for (k, i), item in items:
+            shard = flight.setdefault(k, Shard(sizes[k]))
+            shard.seen += 1
+            touched.add(k)
+            try:
+                kept, asked = ask(i, item)
+            except SkippedInput as skipped:
+                shard.errors.append(skipped.row)
+                continue
+            shard.loaded.append((i, kept))
+            shard.asked += len(asked)  # all at once: the shard is not complete while any of them is unanswered
+            for slot, request in asked:
+                yield (k, i, slot), request
+
+    def completed():
+        for k in [k for k in touched if flight[k].complete()]:
+            yield (k, *finish(flight.pop(k)))
+        touched.clear()
+
+    requests = _FollowUpsFirst(fresh())
+    with contextlib.closing(engine.stream(requests)) as answers:  # closed early: the engine aborts what is left
+        for (k, i, slot), text, error in answers:
+            shard = flight[k]
+            for next_slot, request in follow_up(i, slot, text, error) if follow_up else ():
+                shard.asked += 1
+                requests.queue.append(((k, i, next_slot), request))
+            shard.answers[i, slot] = (text, error)
+            touched.add(k)
+            yield from completed()
+    yield from completed()
 
 
 def caption_shards(engine, inputs, shards, roles, images, *, seed, alt_texts=None):
     """Yields (shard index, records, errors) as shards complete; `shards` maps shard index -> input indices,
     `images` yields ((shard index, input index), load_image's result or its exception) in that order, and
-    `alt_texts` maps image id -> the alt text its record keeps.
-
-    Each image's requests stream to the engine as soon as it is loaded, across shard boundaries, so neither
-    the host nor the slowest caption of a shard holds the engine up.
-    """
+    `alt_texts` maps image id -> the alt text its record keeps."""
     slots = [(role, kind) for role in roles.roles for kind in CAPTION_KINDS]
-    flight, touched = {}, set()  # shards with an image loaded; those whose state changed since the last check
+    alt_texts = alt_texts or {}
 
-    def requests():
-        for (k, i), loaded in images:
-            shard, (image_id, path) = flight.setdefault(k, _Shard(len(shards[k]))), inputs[i]
-            shard.seen += 1
-            touched.add(k)
-            if isinstance(loaded, Exception):
-                shard.errors.append(
-                    {"image_id": image_id, "path": path, "reason": f"{type(loaded).__name__}: {loaded}"}
-                )
-                continue
-            image, jpeg, size = loaded
-            shard.loaded.append((i, image_id, jpeg, size))
-            shard.asked += len(slots)  # all at once: the shard is not complete while any of them is unanswered
+    def ask(i, loaded):
+        image_id, path = inputs[i]
+        if isinstance(loaded, Exception):
+            raise SkippedInput({"image_id": image_id, "path": path, "reason": f"{type(loaded).__name__}: {loaded}"})
+        image, jpeg, size = loaded  # the image itself stays with its requests only
+        return (image_id, jpeg, size), [
+            (s, Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind)))
+            for s, (role, kind) in enumerate(slots)
+        ]
+
+    def finish(shard):
+        """The shard's records and errors; a caption the engine failed is an error, the image keeps the others."""
+        records, errors = [], list(shard.errors)
+        for i, (image_id, jpeg, size) in shard.loaded:
+            captions = []
             for s, (role, kind) in enumerate(slots):
-                yield (
-                    (k, i, s),
-                    Request(image, caption_messages(role, kind), request_seed(seed, image_id, role.name, kind)),
-                )
+                text, error = shard.answers[i, s]
+                if error is None:
+                    captions.append(Caption(role.name, kind, text.strip(), engine.model_name, PROMPT_VERSION))
+                else:
+                    errors.append(
+                        {"image_id": image_id, "path": inputs[i][1], "role": role.name, "kind": kind, "reason": error}
+                    )
+            if captions:
+                records.append(CaptionRecord(image_id, jpeg, size, tuple(captions), alt_texts.get(image_id)))
+        return records, errors
 
-    def completed():
-        for k in [k for k in touched if flight[k].complete()]:
-            yield (k, *_finish(flight.pop(k), slots, inputs, engine.model_name, alt_texts or {}))
-        touched.clear()
-
-    for (k, i, s), text, error in engine.stream(requests()):
-        flight[k].answers[i, s] = (text, error)
-        touched.add(k)
-        yield from completed()
-    yield from completed()
+    yield from stream_shards(engine, {k: len(indices) for k, indices in shards.items()}, images, ask, finish)
 
 
 def _unfinished_shards(out_dir, shards, config_hash, *, num_workers, worker_index) -> dict:
@@ -202,6 +261,51 @@ def _unfinished_shards(out_dir, shards, config_hash, *, num_workers, worker_inde
             f"run {config_hash}: other inputs, alt text, model, roles or settings); use another --out"
         )
     return todo
+
+
+def open_run(out_dir, shards, config_hash, *, num_workers, worker_index, info: dict) -> dict:
+    """This worker's unfinished shards (shard index -> input indices), once run.json (the config hash, the number
+    of shards, and `info`) is at the top of `out_dir`; refuses an --out that holds another run."""
+    if not 0 <= worker_index < num_workers:
+        raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
+    os.makedirs(manifest_dir(out_dir), exist_ok=True)
+    todo = _unfinished_shards(out_dir, shards, config_hash, num_workers=num_workers, worker_index=worker_index)
+    # run.json: the run's size and hash, for `captioning status` and later workers
+    _write_once(run_info_path(out_dir), worker_index, {"config_hash": config_hash, "num_shards": len(shards), **info})
+    return todo
+
+
+class ShardWriter:
+    """Writes each finished shard, its errors file and then its manifest entry, each aside and renamed into place;
+    sums the entries' counts (`totals`; counts by key, such as skipped lines by reason, in `breakdowns`) and
+    tallies the captions' words."""
+
+    def __init__(self, out_dir: str, config_hash: str):
+        self.out_dir, self.config_hash = out_dir, config_hash
+        self.totals, self.tally = collections.Counter(), CaptionTally()
+        self.breakdowns = collections.defaultdict(collections.Counter)
+
+    def write(self, k: int, records: list, errors: list, counts: dict) -> dict:
+        """The shard's manifest entry, once written: `counts` (its inputs, its errors) and its records and captions."""
+        shard_path = os.path.join(self.out_dir, shard_name(k) + ".array_record")
+        write_shard(shard_path, records)
+        _write_jsonl(os.path.join(self.out_dir, shard_name(k) + ".errors.jsonl"), errors)
+        shard_tally = CaptionTally().add(c for r in records for c in r.captions)
+        entry = {
+            "shard": os.path.basename(shard_path),
+            "config_hash": self.config_hash,
+            **counts,
+            "records": len(records),
+            "captions": shard_tally.counts(),
+        }
+        _write_json(manifest_path(self.out_dir, k), entry)
+        for key, value in entry.items():
+            if isinstance(value, int):
+                self.totals[key] += value
+            elif isinstance(value, dict) and key != "captions":
+                self.breakdowns[key].update(value)
+        self.tally += shard_tally
+        return entry
 
 
 def run(
@@ -225,26 +329,18 @@ def run(
     input (load_image with the run's sizes); `host_threads` threads run it `readahead` images ahead;
     `alt_texts` (image id -> text, captioning/alt_text.py) goes into the records as it is; `max_pixels`, the
     pixel cap `load` sizes the captioner's copy to, goes into captioner.json (not written without it)."""
-    if not 0 <= worker_index < num_workers:
-        raise ValueError(f"--worker-index {worker_index} must lie in [0, --num-workers={num_workers})")
     config_hash = run_config_hash(settings, inputs, alt_texts)
-    os.makedirs(manifest_dir(out_dir), exist_ok=True)
     shards = shard_slices(len(inputs), images_per_shard)
-    todo = _unfinished_shards(out_dir, shards, config_hash, num_workers=num_workers, worker_index=worker_index)
-    # run.json: the run's size and hash, for `captioning status` and later workers
-    _write_once(
-        run_info_path(out_dir),
-        worker_index,
-        {
-            "config_hash": config_hash,
-            "num_shards": len(shards),
-            "images_total": len(inputs),
-            "images_with_alt_text": len(alt_texts or {}),
-        },
+    todo = open_run(
+        out_dir,
+        shards,
+        config_hash,
+        num_workers=num_workers,
+        worker_index=worker_index,
+        info={"images_total": len(inputs), "images_with_alt_text": len(alt_texts or {})},
     )
     if max_pixels is not None:
         write_captioner_info(out_dir, worker_index, max_pixels)
-    totals, tally = collections.Counter(), CaptionTally()
     summary = {
         "shards_written": len(todo),
         "images": 0,
@@ -266,36 +362,27 @@ def run(
         threads=host_threads,
         depth=readahead,
     )
+    writer, alt_texts_written = ShardWriter(out_dir, config_hash), 0
     start = time.perf_counter()
     with tqdm(total=sum(map(len, todo.values())), unit="img", desc=f"worker {worker_index}") as bar:
         for k, records, errors in caption_shards(engine, inputs, todo, roles, images, seed=seed, alt_texts=alt_texts):
-            shard_path = os.path.join(out_dir, shard_name(k) + ".array_record")
-            write_shard(shard_path, records)
-            _write_jsonl(os.path.join(out_dir, shard_name(k) + ".errors.jsonl"), errors)
-            shard_tally = CaptionTally().add(c for r in records for c in r.captions)
-            entry = {
-                "shard": os.path.basename(shard_path),
-                "config_hash": config_hash,
+            counts = {
                 "images": len(shards[k]),
-                "records": len(records),
                 "decode_errors": sum("role" not in e for e in errors),
                 "caption_errors": sum("role" in e for e in errors),
-                "captions": shard_tally.counts(),
             }
-            _write_json(manifest_path(out_dir, k), entry)
-            totals.update({key: entry[key] for key in ("records", "decode_errors", "caption_errors")})
-            totals["alt_texts"] += sum(r.alt_text is not None for r in records)
-            tally += shard_tally
+            writer.write(k, records, errors, counts)
+            alt_texts_written += sum(r.alt_text is not None for r in records)
             bar.update(len(shards[k]))
     seconds = time.perf_counter() - start
     return {
         **summary,
-        "images": totals["records"],
-        "decode_errors": totals["decode_errors"],
-        "caption_errors": totals["caption_errors"],
-        "captions": tally.counts(),
-        "mean_words": tally.mean_words(),
-        "alt_texts": totals["alt_texts"],
+        "images": writer.totals["records"],
+        "decode_errors": writer.totals["decode_errors"],
+        "caption_errors": writer.totals["caption_errors"],
+        "captions": writer.tally.counts(),
+        "mean_words": writer.tally.mean_words(),
+        "alt_texts": alt_texts_written,
         "seconds": round(seconds, 1),
         # Time the feed blocked on an image still being read: the most the engine can have waited for the host,
         # less where it still had queued requests to run.

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
+from tiny_qwen2 import build_tiny_qwen2  # noqa: E402
 from tiny_qwen2vl import build_tiny_qwen2vl  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -14,6 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return build_tiny_qwen2vl(str(tmp_path_factory.mktemp("tiny-qwen2vl")))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory):
+    """A text-only LLM, for `captioning synthesize`."""
+    return build_tiny_qwen2(str(tmp_path_factory.mktemp("tiny-qwen2")))
 
 
 def make_images(folder, count):

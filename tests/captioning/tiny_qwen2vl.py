@@ -45,7 +45,8 @@ CORPUS = [
 ]
 
 
-def build_tiny_qwen2vl(folder: str) -> str:
+def build_tokenizer() -> tuple[PreTrainedTokenizerFast, dict]:
+    """The byte-level BPE with the chat template, and the ids of its special tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -60,11 +61,24 @@ def build_tiny_qwen2vl(folder: str) -> str:
         additional_special_tokens=SPECIAL_TOKENS[1:],
     )
     fast.chat_template = CHAT_TEMPLATE
-    ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    return fast, {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+
+
+def name_tokenizer_class(folder: str) -> None:
+    """Saved tokenizers name the fast class; Qwen2's loaders expect Qwen2Tokenizer."""
+    with open(os.path.join(folder, "tokenizer_config.json")) as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["tokenizer_class"] = "Qwen2Tokenizer"
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config, f)
+
+
+def build_tiny_qwen2vl(folder: str) -> str:
+    fast, ids = build_tokenizer()
 
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=tokenizer.get_vocab_size(),
+            vocab_size=len(fast),
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -102,10 +116,6 @@ def build_tiny_qwen2vl(folder: str) -> str:
         chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(folder)
-    with open(os.path.join(folder, "tokenizer_config.json")) as f:
-        tokenizer_config = json.load(f)
-    tokenizer_config["tokenizer_class"] = "Qwen2Tokenizer"
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump(tokenizer_config, f)
+    name_tokenizer_class(folder)
     AutoProcessor.from_pretrained(folder)  # fails here, not in a test, if the folder is incomplete
     return folder
