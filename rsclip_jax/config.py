@@ -118,6 +118,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.generator.queries = 128  # the caption tokens it predicts (CLIPS: 128)
     config.generator.loss_chunk = 32  # query positions per block of vocabulary logits (model/caption_generator.py)
 
+    # What trains: "clip", or "synth2_generator", Synth²'s generator of image embeddings from captions
+    # (rsclip_jax/synth2/, docs/synth2.md), on shards `python -m rsclip_jax.embed` wrote with the frozen CLIP of
+    # clip_workdir. Its `model` keys are that CLIP's.
+    config.task = "clip"
+    config.synth2_generator = ml_collections.ConfigDict()
+    config.synth2_generator.clip_workdir = ""  # the CLIP whose text tower reads the captions
+    config.synth2_generator.clip_checkpoint = ""  # a step folder of clip_workdir; "": its latest
+    config.synth2_generator.depth = "final"  # what it generates: "final" (the image embedding) or "tokens:K"
+    config.synth2_generator.width = 512
+    config.synth2_generator.layers = 6
+    config.synth2_generator.heads = 8
+    config.synth2_generator.caption_dropout = 0.1  # rows trained on the null caption, for classifier-free guidance
+
     config.mesh = ml_collections.ConfigDict()
     # (data, fsdp, tensor) within a slice; -1 takes the devices left over. None: picked per accelerator
     # (rsclip_jax.accelerators.memory_settings; (-1, 1, 1) on a CPU).

@@ -24,6 +24,7 @@ from rsclip_jax.config import parse_flags
 from rsclip_jax.data.example_spec import DataError
 from rsclip_jax.data.pipeline import resolve_shards
 from rsclip_jax.synth2.image_embeddings import check_settings, embed_shards, image_embedder
+from rsclip_jax.synth2.shard_jobs import agree_with_earlier_runs
 from rsclip_jax.training.checkpoints import restore_params
 from rsclip_jax.training.train_setup import TrainSetup
 from rsclip_jax.weights.trained import checkpoint_to_read, workdir_config
@@ -53,7 +54,7 @@ def main(argv):
             raise ValueError("--shards: two shards have the same file name, which would be one output shard")
         mesh = make_mesh((jax.local_device_count(), 1, 1), devices=jax.local_devices())  # no collectives
         setup = TrainSetup.build(config, mesh)
-        check_settings(_DEPTH.value, _DTYPE.value, setup.model.vision_layers)
+        check_settings(_DEPTH.value, _DTYPE.value, setup.model)
         if _BATCH_SIZE.value % jax.local_device_count():
             raise ValueError(f"--batch_size {_BATCH_SIZE.value} must divide over {jax.local_device_count()} devices")
         step, params = restore_params(folder, setup, step)
@@ -66,7 +67,7 @@ def main(argv):
         "depth": _DEPTH.value,
         "dtype": _DTYPE.value,
     }
-    _agree_with_earlier_runs(_OUT.value, made_by)
+    agree_with_earlier_runs(epath.Path(_OUT.value) / "embeddings.json", made_by)
     counts = embed_shards(
         list(shards),
         _OUT.value,
@@ -77,26 +78,7 @@ def main(argv):
         dtype=_DTYPE.value,
         batch_size=_BATCH_SIZE.value,
     )
-    print(json.dumps({"process": jax.process_index(), **vars(counts), "skipped": dict(counts.skipped)}))
-
-
-def _agree_with_earlier_runs(out: str, made_by: dict) -> None:
-    """Writes OUT/embeddings.json, or checks that a run before wrote the same: one folder, one embedding."""
-    path = epath.Path(out) / "embeddings.json"
-    if path.exists():
-        earlier = json.loads(path.read_text())
-        differ = [
-            f"{key}: now {made_by[key]!r}, before {earlier.get(key)!r}"
-            for key in made_by
-            if earlier.get(key) != made_by[key]
-        ]
-        if differ:
-            raise app.UsageError(
-                f"{out} holds embeddings made otherwise ({'; '.join(differ)}): give another --out, or the same settings"
-            )
-    elif jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(made_by, indent=1))
+    print(json.dumps({"process": jax.process_index(), **counts.summary()}))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_final_embeddings_are_the_models_and_a_rerun_skips_what_is_written(impor
     again = json.loads(embed(recipe, workdir, f"{demo_shards['train'][0]},{bad}", out).stdout.splitlines()[-1])
     assert again["shards_already_written"] == 2 and again["shards_written"] == 0
     refused = embed(recipe, workdir, demo_shards["train"][0], out, "--depth=tokens:1", check=False)
-    assert refused.returncode != 0 and "holds embeddings made otherwise (depth: now 'tokens:1', before 'final')" in (
+    assert refused.returncode != 0 and "holds shards made otherwise (depth: now 'tokens:1', before 'final')" in (
         refused.stderr
     )
     too_deep = embed(recipe, workdir, demo_shards["train"][0], str(tmp_path / "deep"), "--depth=tokens:9", check=False)

@@ -21,7 +21,7 @@ PEAK_TFLOPS = (
 )
 
 
-def _transformer_forward_flops(tokens: int, width: int, layers: int, mlp_ratio: float) -> float:
+def transformer_forward_flops(tokens: int, width: int, layers: int, mlp_ratio: float) -> float:
     """Per sequence: QKV and output projections (4 W^2 per token), MLP (2 * mlp_ratio * W^2 per
     token), attention scores and their weighted sum (2 N^2 W)."""
     per_layer_macs = tokens * (4 + 2 * mlp_ratio) * width**2 + 2 * tokens**2 * width
@@ -43,11 +43,11 @@ def clip_training_flops_per_example(
     patches = (config.image_size // config.patch_size) ** 2
     image = (
         2.0 * patches * 3 * config.patch_size**2 * config.vision_width  # patch embedding
-        + _transformer_forward_flops(patches + 1, config.vision_width, config.vision_layers, config.mlp_ratio)
+        + transformer_forward_flops(patches + 1, config.vision_width, config.vision_layers, config.mlp_ratio)
         + 2.0 * config.vision_width * config.embed_dim
     )
     text = (
-        _transformer_forward_flops(text_length, config.text_width, config.text_layers, config.mlp_ratio)
+        transformer_forward_flops(text_length, config.text_width, config.text_layers, config.mlp_ratio)
         + 2.0 * config.text_width * config.embed_dim
     )
     logits = 2.0 * batch_size * captions_per_example * config.embed_dim  # this image against every caption
@@ -63,7 +63,7 @@ def _generator_forward_flops(config: ModelConfig, image_tokens: int, web_tokens:
     tokens = image_tokens + web_tokens + config.generator_queries
     projections = 2.0 * width * (image_tokens * config.vision_width + web_tokens * config.text_width)
     head = 2.0 * config.generator_queries * width * config.vocab_size
-    return projections + _transformer_forward_flops(tokens, width, layers, config.mlp_ratio) + head
+    return projections + transformer_forward_flops(tokens, width, layers, config.mlp_ratio) + head
 
 
 def utilization(flops_per_step: float, seconds_per_step: float, devices: int, peak_tflops: float | None) -> dict:

@@ -36,6 +36,9 @@ class ExampleSpec:
     crop_scale: tuple[float, float] = (0.9, 1.0)  # random_resized_crop: the share of the image area kept
     crop_backend: str = "pil"  # CROP_BACKENDS; evaluation always uses open_clip's (PIL's) transform
     generator_caption_tokens: int = 0  # > 0: "caption_tokens", the first synthetic slot's whole caption, this long
+    # A depth ("final" or "tokens:K"): each example's "image_embedding" is its record's image embedding at that depth
+    # (Synth²), in place of an "image" decoded from its JPEG.
+    image_embedding: str = ""
     # > 0: every epoch the same seeded subset of this many examples (rows: caption rows, i.e. image-text pairs;
     # grouped: images), shuffled afresh each epoch, as open_clip's --train-num-samples sets an epoch's size; at least
     # config.batch_size, at most the examples the shards hold. 0: all of them. With `roles`: Role-SynthCLIP's
@@ -96,6 +99,7 @@ class ExampleSpec:
             context_length=model.context_length,
             **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()},
             generator_caption_tokens=generator.queries + 1 if generator and generator.weight else 0,
+            image_embedding=config.synth2_generator.depth if config.get("task") == "synth2_generator" else "",
         )
 
     @property

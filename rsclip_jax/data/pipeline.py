@@ -49,14 +49,14 @@ _CONTENT_ADVICE = {
 
 
 def resolve_shards(
-    patterns, key: str, *, skip_bad: bool = False, content: str = "image"
+    patterns, key: str, *, skip_bad: bool = False, content: str | None = "image"
 ) -> tuple[dict[str, int], list[str]]:
     """({shard: its record count} of the shards matching `patterns`, in order; the bad ones left out). `patterns`: a
     comma-separated string or a list of paths or globs, local or gs:// (listed through etils.epath, read by
     ArrayRecord's own Cloud Storage reader). A bad shard (empty, cut short, damaged, or holding no records) is a
     DataError, or with `skip_bad` a warning; so is one whose last record holds other than `content` ("image",
-    "image_embedding": records.CaptionRecord.content). Each shard is opened once, here; the counts spare the data
-    source opening them again."""
+    "image_embedding": records.CaptionRecord.content; None: any). Each shard is opened once, here; the counts
+    spare the data source opening them again."""
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p.strip()]
     if not patterns:
@@ -121,7 +121,7 @@ def _check_shard(path: str, content: str) -> tuple[int, str | None]:
         found = decode_record(last, shard=path, index=count - 1).content
     except RecordError:
         return count, None  # one bad record: the pipeline skips and counts it
-    return count, None if found == content else f"holds {_CONTENT_ADVICE[found]}"
+    return count, None if content in (None, found) else f"holds {_CONTENT_ADVICE[found]}"
 
 
 def check_alt_text(paths: list[str], slot_kinds: tuple[str, ...], sample: int = 64) -> None:
@@ -188,6 +188,31 @@ def check_roles(paths: list[str], spec: ExampleSpec, sample: int = 64) -> None:
         )
 
 
+def check_image_embeddings(paths: list[str], depth: str, shape: tuple[int, ...], key: str) -> None:
+    """DataError, before anything compiles, when the first record holds no image embedding at `depth` of `shape` (the
+    model's): embedded by another CLIP, at another depth, or not at all. (Later records that do not are skipped and
+    counted as no_embedding.)"""
+    reader = ArrayRecordReader(paths[0])
+    try:
+        data = reader.read([0])[0]
+    finally:
+        reader.close()
+    try:
+        embedding = decode_record(data, shard=paths[0], index=0).image_embedding
+    except RecordError:
+        return  # a bad record: the pipeline skips and counts it
+    if embedding is None:
+        raise DataError(
+            f"{key}: the records of {paths[0]} hold no image_embedding: embed them (python -m rsclip_jax.embed)"
+        )
+    if embedding.depth != depth or embedding.values.shape != tuple(shape):
+        raise DataError(
+            f"{key}: the image_embedding of {paths[0]} is at depth {embedding.depth!r} with shape "
+            f"{list(embedding.values.shape)}; this model's at {depth!r} is {list(shape)}: embed the shards with this "
+            f"model's CLIP at that depth, or set the depth they were embedded at"
+        )
+
+
 class IndexedRecords:
     """Record bytes with their global index; each record repeated `rows_per_image` times (rows mode). Shards are
     named with their record counts (`path[0:N]`), so that ArrayRecord's source opens each only when it first reads
@@ -218,8 +243,8 @@ class IndexedRecords:
 
 
 class MakeExample(grain.transforms.RandomMap):
-    """(record index, slot, bytes) -> {"image", "tokens", "image_id"} (and "caption_tokens" for the generator), or
-    {"skip": reason}."""
+    """(record index, slot, bytes) -> {"image" (or "image_embedding"), "tokens", "image_id"} (and "caption_tokens"
+    for the caption generator), or {"skip": reason}."""
 
     def __init__(self, spec: ExampleSpec, paths: list[str], records_per_shard: list[int]):
         self.spec = spec
@@ -240,7 +265,14 @@ class MakeExample(grain.transforms.RandomMap):
         except RecordError as e:
             logging.warning("skipping a bad record: %s", e)
             return {"skip": "bad_record"}
-        if record.image_jpeg is None:
+        if spec.image_embedding:
+            embedding = record.image_embedding
+            if embedding is None or embedding.depth != spec.image_embedding:
+                logging.warning(
+                    "skipping record %d of %s: no image_embedding at %s", index_in_shard, shard, spec.image_embedding
+                )
+                return {"skip": "no_embedding"}
+        elif record.image_jpeg is None:
             logging.warning("skipping record %d of %s: it has no image_jpeg", index_in_shard, shard)
             return {"skip": "bad_image"}
         captions = eligible_captions(record.captions, spec.roles, spec.kinds)
@@ -254,13 +286,16 @@ class MakeExample(grain.transforms.RandomMap):
                 return {"skip": "no_captions"}
             if ALT_SLOT in spec.slot_kinds and not (record.alt_text or "").strip():
                 return {"skip": "no_alt_text"}
-        try:
-            image = EncodedImage(record.image_jpeg)
-            box = random_crop_box(*image.size, rng, scale=spec.crop_scale) if spec.random_resized_crop else None
-            pixels = self.crop(image, box, spec.image_size)
-        except UnreadableImageError as e:
-            logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
-            return {"skip": "bad_image"}
+        if spec.image_embedding:
+            picture = {"image_embedding": record.image_embedding.values.astype(np.float32)}
+        else:
+            try:
+                image = EncodedImage(record.image_jpeg)
+                box = random_crop_box(*image.size, rng, scale=spec.crop_scale) if spec.random_resized_crop else None
+                picture = {"image": self.crop(image, box, spec.image_size)}
+            except UnreadableImageError as e:
+                logging.warning("skipping record %d of %s: image does not decode: %s", index_in_shard, shard, e)
+                return {"skip": "bad_image"}
         text = dict(
             prefix=spec.prefix, sub_caption=spec.sub_caption, sub_caption_tokens=spec.sub_caption_tokens, rng=rng
         )
@@ -268,7 +303,7 @@ class MakeExample(grain.transforms.RandomMap):
             tokens = caption_tokens([c.text for c in chosen], context_length=spec.text_length, **text)
         else:
             tokens = slot_tokens(chosen, record.alt_text, spec.slot_kinds, text_length=spec.text_length, **text)
-        example = {"image": pixels, "tokens": tokens, "image_id": np.int64(record_index)}
+        example = {**picture, "tokens": tokens, "image_id": np.int64(record_index)}
         if spec.generator_caption_tokens:  # the whole caption, as it was before sub-caption sampling
             example["caption_tokens"] = tokenize(chosen[0].text, spec.generator_caption_tokens)[0]
         return example
@@ -276,7 +311,7 @@ class MakeExample(grain.transforms.RandomMap):
 
 # What a skipped record is counted as ("empty_slot", an image with fewer captions than rows_per_image, is expected and
 # not counted).
-SKIP_REASONS = ("bad_record", "no_captions", "no_alt_text", "bad_image")
+SKIP_REASONS = ("bad_record", "no_captions", "no_alt_text", "bad_image", "no_embedding")
 # Later epochs tried for a position whose example cannot be built, before the shards are taken for unusable.
 MAX_TRIES = 64
 

@@ -91,6 +91,15 @@ class ModelConfig:
                 f"[0, context_length={self.context_length}]"
             )
 
+    def image_embedding_shape(self, blocks: int | None) -> tuple[int, ...]:
+        """The image tower's output at a depth (records.embedding_depth): the projected embedding [embed_dim] at
+        None ("final"), the tokens [1 + patches, vision_width] after `blocks` blocks."""
+        if blocks is None:
+            return (self.embed_dim,)
+        if not 0 <= blocks <= self.vision_layers:
+            raise ValueError(f"the image tower has {self.vision_layers} blocks, not {blocks}")
+        return (1 + (self.image_size // self.patch_size) ** 2, self.vision_width)
+
     @property
     def generator_size(self) -> tuple[int, int, int]:
         """(width, layers, heads) of the caption generator: those given, the text tower's where 0."""

@@ -101,12 +101,10 @@ class GeneratorConfig:
         learns: the text width, the embedding's shape at the depth, the dtype and attention are the CLIP's."""
         what = "config.synth2_generator.depth"
         blocks = embedding_depth(section.depth, what)
-        if blocks is None:
-            shape = (model.embed_dim,)
-        elif blocks > model.vision_layers:
-            raise ValueError(f"{what} {section.depth!r}: the CLIP's image tower has {model.vision_layers} blocks")
-        else:
-            shape = (1 + (model.image_size // model.patch_size) ** 2, model.vision_width)
+        try:
+            shape = model.image_embedding_shape(blocks)
+        except ValueError as e:
+            raise ValueError(f"{what} {section.depth!r}: {e}") from None
         optional = {
             key: section[key]
             for key in ("mlp_ratio", "vector_tokens", "time_distribution", "remat_policy", "scan_layers")

@@ -24,8 +24,22 @@ from rsclip_jax.accelerators.memory_settings import pick_for_local_devices
 from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.data.caption_sampling import ALT_SLOT
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
-from rsclip_jax.data.pipeline import SKIP_REASONS, check_alt_text, check_roles, resolve_shards, train_dataset
+from rsclip_jax.data.pipeline import (
+    SKIP_REASONS,
+    check_alt_text,
+    check_image_embeddings,
+    check_roles,
+    resolve_shards,
+    train_dataset,
+)
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
+from rsclip_jax.synth2.generator import GeneratorConfig
+from rsclip_jax.synth2.generator_training import (
+    fresh_state,
+    frozen_clip,
+    generator_training_flops_per_example,
+    make_generator_step,
+)
 from rsclip_jax.training.checkpoints import Checkpointer
 from rsclip_jax.training.metrics import MetricWriter, log_console
 from rsclip_jax.training.resume import describe_run, differences
@@ -64,24 +78,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     keep_freed_memory_in_heap()  # on a CPU; before JAX starts its threads
     initialize_distributed()
     is_chief = jax.process_index() == 0
+    generator = config.get("task", "clip") == "synth2_generator"
     try:
-        check_loss_settings(
-            config
-        )  # before anything compiles (picking memory settings compiles on accelerators), as are the shards
+        if not generator:  # before anything compiles (picking memory settings compiles on accelerators)
+            check_loss_settings(config)
         shards, bad_shards = resolve_shards(
             config.data.train_shards, "config.data.train_shards", skip_bad=config.data.skip_bad_shards
         )
         _check_same_shards(shards)
         # Memory settings the config leaves unset: the fastest whose compiled step fits these devices (process 0
         # logs them), compiled into WORKDIR/jax-cache, where the step's own compile and a restart's find them.
-        config, _ = pick_for_local_devices(config, workdir)
+        # The generator's memory settings are its recipe's: the picker compiles the CLIP's step.
+        if not generator:
+            config, _ = pick_for_local_devices(config, workdir)
         mesh = mesh_from_config(config.mesh)
         setup = TrainSetup.build(config, mesh)
         spec = ExampleSpec.from_config(config, setup.model)
         check_alt_text(list(shards), spec.slot_kinds)
         check_roles(list(shards), spec)
-        check_batch_settings(config, spec, mesh)
-    except (ValueError, DataError) as e:
+        if generator:
+            shape = GeneratorConfig.from_config(config.synth2_generator, setup.model).embedding_shape
+            check_image_embeddings(list(shards), spec.image_embedding, shape, "config.data.train_shards")
+            if config.evals:
+                raise ValueError("config.evals: the generator has no evaluators; evaluate the CLIPs it helps train")
+            clip_setup, clip_params = frozen_clip(config, mesh)
+        else:
+            check_batch_settings(config, spec, mesh)
+    except (ValueError, FileNotFoundError, DataError) as e:
         raise SetupError(str(e)) from None
     logging.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))
     if is_chief:  # what `rsclip_jax.evaluate` rebuilds the model and evals from
@@ -96,7 +119,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     start_step = checkpointer.latest_step()
     if start_step is None:
         start_step = 0
-        state = setup.init_state()
+        state = fresh_state(setup, list(shards)) if generator else setup.init_state()
     else:
         logging.info("resuming from the checkpoint of step %d", start_step)
         state = _restore(checkpointer, start_step, setup, run, workdir)
@@ -121,18 +144,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         evaluators = build_evaluators(setup)
     except (ValueError, FileNotFoundError) as e:
         raise SetupError(str(e)) from None
-    train_step = make_train_step(setup, spec.slot_kinds)
-    writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step, config=config)
-    throughput = partial(
-        utilization,
-        config.batch_size
-        * clip_training_flops_per_example(
+    if generator:
+        train_step = make_generator_step(setup, clip_setup, clip_params)
+        flops_per_example = generator_training_flops_per_example(setup, spec.text_length)
+    else:
+        train_step = make_train_step(setup, spec.slot_kinds)
+        flops_per_example = clip_training_flops_per_example(
             setup.model,
             spec.captions_per_example,
             config.batch_size,
             text_length=spec.text_length,
             web_caption=ALT_SLOT in spec.slot_kinds,
-        ),
+        )
+    writer = MetricWriter(workdir, enabled=is_chief, resumed_from_step=start_step, config=config)
+    throughput = partial(
+        utilization,
+        config.batch_size * flops_per_example,
         devices=jax.device_count(),
         peak_tflops=config.peak_tflops_per_device or peak_tflops_per_device(jax.devices()[0].device_kind),
     )

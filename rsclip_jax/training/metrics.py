@@ -149,7 +149,9 @@ def console_line(step: int, total_steps: int, m: dict) -> str:
         speed = f"first step {m['first_step_s']:.1f}s (compile included)"
     return (
         f"Train step {step}/{total_steps} ({100 * step / total_steps:.0f}%) | loss {m['loss']:.4f} | "
-        f"lr {m['learning_rate']:.3e} | logit_scale {m['logit_scale']:.2f} | grad_norm {m['grad_norm']:.3f} | "
+        f"lr {m['learning_rate']:.3e} | "
+        + (f"logit_scale {m['logit_scale']:.2f} | " if "logit_scale" in m else "")
+        + f"grad_norm {m['grad_norm']:.3f} | "
         f"{speed} | skipped {m['skipped_records']}"
     )
 

@@ -171,9 +171,29 @@ def _unchunked(tree):
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
+def guarded_update(setup: TrainSetup, state: dict, loss, grads, clamp=lambda params: params):
+    """(the state after `setup`'s optimizer applies `grads`, {"loss", "grad_norm", "learning_rate"}). A non-finite
+    step changes nothing and is remembered, so no bad state can reach a checkpoint. `clamp` bounds the new
+    parameters."""
+    params = state["params"]
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = setup.optimizer.update(grads, state["opt_state"], params)
+    new_params = clamp(optax.apply_updates(params, updates))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    number = state["step"] + 1
+    new_state = {
+        "params": keep(new_params, params),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "step": number,
+        "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite, number, state["nonfinite_step"]),
+    }
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "learning_rate": setup.schedule(state["step"])}
+
+
 def make_train_step(setup: TrainSetup, slot_kinds):
     """jit(state, batch) -> (state, metrics) of `setup`'s run, with explicit shardings and the input state donated."""
-    config, mesh, schedule = setup.config, setup.mesh, setup.schedule
+    config, mesh = setup.config, setup.mesh
     accum = config.optim.accum_steps
     cache_chunks = config.optim.get("grad_cache_chunks") or 1
     check_loss_settings(config)
@@ -230,32 +250,15 @@ def make_train_step(setup: TrainSetup, slot_kinds):
         total, _ = jax.lax.scan(add, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), micro)
         return jax.tree.map(lambda x: x / accum, total)
 
+    def clamp(params):
+        if setup.model.max_logit_scale is None:
+            return params
+        return {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, setup.model.max_logit_scale)}
+
     def step(state, batch):
-        params = state["params"]
-        (loss, loss_parts), grads = loss_and_grads(params, batch)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = setup.optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        if setup.model.max_logit_scale is not None:
-            new_params["logit_scale"] = jnp.clip(new_params["logit_scale"], 0.0, setup.model.max_logit_scale)
-        # A non-finite step changes nothing and is remembered, so no bad state can reach a checkpoint.
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        number = state["step"] + 1
-        new_state = {
-            "params": keep(new_params, params),
-            "opt_state": keep(opt_state, state["opt_state"]),
-            "step": number,
-            "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite, number, state["nonfinite_step"]),
-        }
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "learning_rate": schedule(state["step"]),
-            "logit_scale": jnp.exp(new_state["params"]["logit_scale"]),
-            **loss_parts,
-        }
-        return new_state, metrics
+        (loss, loss_parts), grads = loss_and_grads(state["params"], batch)
+        new_state, metrics = guarded_update(setup, state, loss, grads, clamp)
+        return new_state, {**metrics, "logit_scale": jnp.exp(new_state["params"]["logit_scale"]), **loss_parts}
 
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(

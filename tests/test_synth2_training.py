@@ -1,0 +1,115 @@
+"""Synth²'s generator trained through the project's one training loop (`python -m rsclip_jax.train` with
+config.task "synth2_generator"), on demo shards embedded by a tiny CLIP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+from recipes import REPO, one_device
+
+from rsclip_jax.accelerators.sharding import make_mesh
+from rsclip_jax.config import load_recipe
+from rsclip_jax.synth2.image_embeddings import embed_shards, image_embedder
+from rsclip_jax.training.checkpoints import Checkpointer
+from rsclip_jax.training.train_setup import TrainSetup
+
+DEMO = os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo.py")
+GENERATOR = os.path.join(REPO, "rsclip_jax", "demo", "configs", "demo_synth2_generator.py")
+
+
+@pytest.fixture(scope="module")
+def clip_and_shards(tmp_path_factory, demo_shards):
+    """(the CLIP's workdir: random weights as step 0, {depth: the demo's training shards embedded by it})."""
+    tmp = tmp_path_factory.mktemp("synth2")
+    setup = TrainSetup.build(load_recipe(DEMO), make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    state = setup.init_state()
+    checkpointer = Checkpointer(str(tmp / "clip" / "checkpoints"), every_steps=1, keep=1)
+    checkpointer.save(0, state, force=True)
+    checkpointer.close()
+    embedded = {}
+    for depth in ("final", "tokens:1"):
+        out = str(tmp / depth.replace(":", "-"))
+        os.makedirs(out)
+        embed = image_embedder(setup.graphdef, state["params"], setup.mesh, depth)
+        counts = embed_shards(
+            demo_shards["train"],
+            out,
+            embed,
+            state["params"],
+            image_size=setup.model.image_size,
+            depth=depth,
+            dtype="float16",
+            batch_size=8,
+        )
+        assert counts.records == 40
+        embedded[depth] = [os.path.join(out, os.path.basename(path)) for path in demo_shards["train"]]
+    return str(tmp / "clip"), embedded
+
+
+def train_generator(workdir, clip, shards, *overrides, check=True):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsclip_jax.train",
+            f"--config={GENERATOR}",
+            f"--workdir={workdir}",
+            f"--config.data.train_shards={','.join(shards)}",
+            f"--config.synth2_generator.clip_workdir={clip}",
+            "--config.batch_size=16",
+            "--config.total_steps=4",
+            "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=2",
+            "--config.data.num_workers=0",
+            *overrides,
+        ],
+        env=one_device(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def logged(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r for r in map(json.loads, f) if "loss" in r}
+
+
+def test_the_generator_trains_logs_and_resumes_exactly(clip_and_shards, tmp_path):
+    clip, embedded = clip_and_shards
+    workdir = tmp_path / "generator"
+    train_generator(workdir, clip, embedded["final"])
+    first = logged(workdir)
+    assert sorted(first) == [1, 2, 3, 4] and "logit_scale" not in first[4]
+    assert all(line["loss"] > 0 and line["grad_norm"] > 0 for line in first.values())
+    assert 0 <= first[4]["caption_dropped"] <= 1 and first[4]["tflops_per_device"] > 0
+
+    shutil.rmtree(workdir / "checkpoints" / "4")  # as if stopped after step 2
+    train_generator(workdir, clip, embedded["final"])
+    resumed = logged(workdir)
+    for step in (3, 4):
+        assert resumed[step]["loss"] == pytest.approx(first[step]["loss"], rel=1e-6), f"step {step}"
+
+
+def test_shards_embedded_at_another_depth_stop_the_run_before_it_compiles(clip_and_shards, tmp_path):
+    clip, embedded = clip_and_shards
+    result = train_generator(tmp_path, clip, embedded["tokens:1"], check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "config.data.train_shards: the image_embedding of" in result.stderr
+    assert "is at depth 'tokens:1' with shape [17, 64]; this model's at 'final' is [32]" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_generator_of_tokens_trains_with_statistics_from_the_data(clip_and_shards, tmp_path):
+    clip, embedded = clip_and_shards
+    train_generator(tmp_path, clip, embedded["tokens:1"], "--config.synth2_generator.depth=tokens:1")
+    losses = [line["loss"] for line in logged(tmp_path).values()]
+    assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)  # standardised targets: about unit scale
