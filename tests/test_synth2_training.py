@@ -1,6 +1,7 @@
 """Synth²'s generator trained through the project's one training loop (`python -m rsclip_jax.train` with
 config.task "synth2_generator"), on demo shards embedded by a tiny CLIP."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -8,11 +9,13 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
-from recipes import REPO, one_device
+from recipes import REPO, one_device, run_command
 
 from rsclip_jax.accelerators.sharding import make_mesh
 from rsclip_jax.config import load_recipe
+from rsclip_jax.data.records import read_shard, write_shard
 from rsclip_jax.synth2.image_embeddings import embed_shards, image_embedder
 from rsclip_jax.training.checkpoints import Checkpointer
 from rsclip_jax.training.train_setup import TrainSetup
@@ -83,15 +86,24 @@ def logged(workdir):
         return {r["step"]: r for r in map(json.loads, f) if "loss" in r}
 
 
-def test_the_generator_trains_logs_and_resumes_exactly(clip_and_shards, tmp_path):
+@pytest.fixture(scope="module")
+def trained_generator(clip_and_shards, tmp_path_factory):
+    """The workdir of a generator of final embeddings trained 4 steps, checkpoints at 2 and 4."""
     clip, embedded = clip_and_shards
-    workdir = tmp_path / "generator"
+    workdir = tmp_path_factory.mktemp("generator") / "run"
     train_generator(workdir, clip, embedded["final"])
-    first = logged(workdir)
+    return workdir
+
+
+def test_the_generator_trains_logs_and_resumes_exactly(clip_and_shards, trained_generator, tmp_path):
+    clip, embedded = clip_and_shards
+    first = logged(trained_generator)
     assert sorted(first) == [1, 2, 3, 4] and "logit_scale" not in first[4]
     assert all(line["loss"] > 0 and line["grad_norm"] > 0 for line in first.values())
     assert 0 <= first[4]["caption_dropped"] <= 1 and first[4]["tflops_per_device"] > 0
 
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_generator, workdir)
     shutil.rmtree(workdir / "checkpoints" / "4")  # as if stopped after step 2
     train_generator(workdir, clip, embedded["final"])
     resumed = logged(workdir)
@@ -113,3 +125,37 @@ def test_a_generator_of_tokens_trains_with_statistics_from_the_data(clip_and_sha
     train_generator(tmp_path, clip, embedded["tokens:1"], "--config.synth2_generator.depth=tokens:1")
     losses = [line["loss"] for line in logged(tmp_path).values()]
     assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)  # standardised targets: about unit scale
+
+
+def test_generate_writes_synthetic_pairs_for_captions_of_imagined_images(trained_generator, demo_shards, tmp_path):
+    """Records with captions only, as `captioning synthesize` writes them, get the generator's image embedding of
+    their first long caption; the same seed makes the same pairs."""
+    generator = trained_generator
+    records = [
+        dataclasses.replace(r, image_jpeg=None, original_size=None) for r in read_shard(demo_shards["heldout"][0])
+    ]
+    captions = str(tmp_path / "imagined.array_record")
+    write_shard(captions, records)
+
+    def generate(out):
+        result = run_command(
+            "rsclip_jax.generate",
+            f"--workdir={generator}",
+            f"--captions={captions}",
+            f"--out={out}",
+            "--steps=3",
+            "--batch_size=8",
+        )
+        return json.loads(result.stdout.splitlines()[-1])
+
+    counts = generate(tmp_path / "pairs")
+    assert counts["shards_written"] == 1 and counts["records"] == len(records)
+    pairs = list(read_shard(tmp_path / "pairs" / "imagined.array_record"))
+    assert [p.image_id for p in pairs] == [r.image_id for r in records]
+    assert all(p.content == "image_embedding" and p.captions == r.captions for p, r in zip(pairs, records))
+    values = np.stack([p.image_embedding.values.astype(np.float32) for p in pairs])
+    assert values.shape == (len(records), 32) and np.allclose(np.linalg.norm(values, axis=1), 1, atol=1e-2)
+    assert generate(tmp_path / "pairs")["shards_already_written"] == 1
+    generate(tmp_path / "again")
+    again = np.stack([p.image_embedding.values for p in read_shard(tmp_path / "again" / "imagined.array_record")])
+    np.testing.assert_array_equal(again, values.astype(np.float16))
