@@ -73,6 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.train_shards = ""  # comma-separated paths or globs of caption shards
     config.data.num_workers = 0  # Grain worker processes per host; 0 decodes in the training process
     config.data.skip_bad_shards = False  # cut short or damaged shards: False stops the run, True logs and skips them
+    # Synth²: synthetic pairs (`python -m rsclip_jax.generate`, image embeddings at synthetic_depth in place of
+    # images) as this share of every global batch (rsclip_jax/synth2/mixing.py); "": none.
+    config.data.synthetic_shards = ""
+    config.data.synthetic_fraction = 0.0
+    config.data.synthetic_depth = "final"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kind = "softmax_union"

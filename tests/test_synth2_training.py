@@ -159,3 +159,95 @@ def test_generate_writes_synthetic_pairs_for_captions_of_imagined_images(trained
     generate(tmp_path / "again")
     again = np.stack([p.image_embedding.values for p in read_shard(tmp_path / "again" / "imagined.array_record")])
     np.testing.assert_array_equal(again, values.astype(np.float16))
+
+
+def train_clip(workdir, shards, synthetic, *overrides, devices=1, check=True):
+    """The demo CLIP for 4 steps, a quarter of each batch of 16 synthetic."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsclip_jax.train",
+            f"--config={DEMO}",
+            f"--workdir={workdir}",
+            f"--config.data.train_shards={','.join(shards)}",
+            f"--config.data.synthetic_shards={','.join(synthetic)}",
+            "--config.data.synthetic_fraction=0.25",
+            "--config.batch_size=16",
+            "--config.total_steps=4",
+            "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=2",
+            "--config.data.num_workers=0",
+            *overrides,
+        ],
+        env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def synthetic_shards(clip_and_shards, tmp_path_factory):
+    """Pairs with an image embedding in place of an image, as `rsclip_jax.generate` writes them: here the CLIP's own
+    final embeddings of the demo's training images (the plumbing, not the generator, is under test)."""
+    _, embedded = clip_and_shards
+    out = tmp_path_factory.mktemp("synthetic")
+    paths = []
+    for shard in embedded["final"]:
+        path = str(out / os.path.basename(shard))
+        write_shard(path, [dataclasses.replace(r, image_jpeg=None, original_size=None) for r in read_shard(shard)])
+        paths.append(path)
+    return paths
+
+
+def test_a_tower_that_synthetic_rows_bypass_must_be_frozen(demo_shards, synthetic_shards, tmp_path):
+    result = train_clip(tmp_path, demo_shards["train"], synthetic_shards, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "synthetic rows at depth 'final' bypass" in result.stderr
+    assert "add r'visual\\..*' to config.optim.freeze" in result.stderr
+
+
+def test_synthetic_rows_train_beside_real_ones_and_resume_exactly_on_another_mesh(
+    demo_shards, synthetic_shards, tmp_path
+):
+    freeze = "--config.optim.freeze=('visual\\..*',)"
+    train_clip(tmp_path, demo_shards["train"], synthetic_shards, freeze)
+    first = logged(tmp_path)
+    assert sorted(first) == [1, 2, 3, 4]
+    assert all(line["real_loss"] > 0 and line["synthetic_loss"] > 0 for line in first.values())
+
+    shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if stopped after step 2; both streams resume at batch 3
+    train_clip(tmp_path, demo_shards["train"], synthetic_shards, freeze, "--config.mesh.shape=(2,2,1)", devices=4)
+    resumed = logged(tmp_path)
+    for step in (3, 4):
+        for key in ("loss", "real_loss", "synthetic_loss"):
+            assert resumed[step][key] == pytest.approx(first[step][key], rel=1e-5), (step, key)
+
+
+def test_synthetic_tokens_enter_the_tower_where_they_were_taken():
+    """At "tokens:K" the rest of the tower runs on a synthetic row's tokens: on an image's own tokens after block K,
+    the image's embedding. The parameters below block K are what the freeze pattern names."""
+    from flax import nnx
+
+    from rsclip_jax.model.clip import CLIP
+    from rsclip_jax.model.config import ModelConfig
+    from rsclip_jax.synth2.mixing import _image_tower_names, synthetic_image_embeddings
+
+    config = load_recipe(DEMO)
+    model_config = ModelConfig.from_config(config)
+    model = CLIP(model_config, rngs=nnx.Rngs(0))
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    tokens = model.visual.tokens_after(images, 1)
+    np.testing.assert_allclose(
+        synthetic_image_embeddings(model, tokens, "tokens:1"), model.encode_image(images), atol=1e-5
+    )
+    names = _image_tower_names(model_config, 1)
+    assert "visual.conv1.kernel" in names and "visual.transformer.resblocks.0.attn.in_proj.kernel" in names
+    assert not any(
+        name.startswith(("visual.transformer.resblocks.1.", "visual.ln_post", "visual.proj")) for name in names
+    )

@@ -17,6 +17,8 @@ from jax.experimental import multihost_utils
 
 from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.data.example_spec import ExampleSpec
+from rsclip_jax.data.records import embedding_depth
+from rsclip_jax.synth2.mixing import synthetic_rows
 from rsclip_jax.training.step import batch_sharding, make_train_step
 from rsclip_jax.training.train_setup import TrainSetup
 
@@ -73,7 +75,8 @@ class CompiledStep:
 def abstract_batch(config: ml_collections.ConfigDict, model, spec, mesh) -> dict:
     """ShapeDtypeStructs of one global training batch of `config`, sharded as the trainer shards it."""
     sharding = batch_sharding(mesh)
-    size, batch = model.image_size, config.batch_size
+    synthetic = synthetic_rows(config)
+    size, batch = model.image_size, config.batch_size - synthetic
     arrays = {
         "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharding),
         "tokens": jax.ShapeDtypeStruct(
@@ -85,6 +88,15 @@ def abstract_batch(config: ml_collections.ConfigDict, model, spec, mesh) -> dict
         arrays["caption_tokens"] = jax.ShapeDtypeStruct(
             (batch, spec.generator_caption_tokens), jnp.int32, sharding=sharding
         )
+    if synthetic:  # Synth²'s rows (synth2/mixing.py)
+        shape = model.image_embedding_shape(embedding_depth(config.data.synthetic_depth))
+        arrays["synthetic"] = {
+            "image_embedding": jax.ShapeDtypeStruct((synthetic, *shape), jnp.float32, sharding=sharding),
+            "tokens": jax.ShapeDtypeStruct(
+                (synthetic, spec.captions_per_example, spec.text_length), jnp.int32, sharding=sharding
+            ),
+            "image_id": jax.ShapeDtypeStruct((synthetic,), jnp.int32, sharding=sharding),
+        }
     return arrays
 
 
@@ -165,7 +177,7 @@ def _candidates(config, devices: int):
     policies = REMAT_LADDER if config.model.remat_policy is None else (config.model.remat_policy,)
     if config.optim.grad_cache_chunks is not None:
         return [(policy, config.optim.grad_cache_chunks) for policy in policies]
-    if config.generator.weight:  # gradient caching cannot hold the generator's inputs (train_step.py)
+    if config.generator.weight or synthetic_rows(config):  # gradient caching takes neither (training/step.py)
         return [(policy, 1) for policy in policies]
     per_device = config.batch_size // devices // config.optim.accum_steps
     more_chunks = [c for c in GRAD_CACHE_LADDER if per_device % c == 0 and per_device // c >= 8]

@@ -4,6 +4,7 @@
 checkpoint, data order included.
 """
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -32,6 +33,7 @@ from rsclip_jax.data.pipeline import (
     resolve_shards,
     train_dataset,
 )
+from rsclip_jax.data.records import embedding_depth
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.synth2.generator import GeneratorConfig
 from rsclip_jax.synth2.generator_training import (
@@ -40,6 +42,7 @@ from rsclip_jax.synth2.generator_training import (
     generator_training_flops_per_example,
     make_generator_step,
 )
+from rsclip_jax.synth2.mixing import check_synthetic_settings
 from rsclip_jax.training.checkpoints import Checkpointer
 from rsclip_jax.training.metrics import MetricWriter, log_console
 from rsclip_jax.training.resume import describe_run, differences
@@ -99,11 +102,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         if generator:
             shape = GeneratorConfig.from_config(config.synth2_generator, setup.model).embedding_shape
             check_image_embeddings(list(shards), spec.image_embedding, shape, "config.data.train_shards")
-            if config.evals:
-                raise ValueError("config.evals: the generator has no evaluators; evaluate the CLIPs it helps train")
+            if config.evals or config.data.synthetic_shards:
+                raise ValueError(
+                    "config.evals and config.data.synthetic_shards are for CLIPs: the generator has no evaluators, "
+                    "and trains on real pairs only"
+                )
             clip_setup, clip_params = frozen_clip(config, mesh)
         else:
             check_batch_settings(config, spec, mesh)
+        synthetic = _synthetic_stream(config, setup, spec, mesh) if config.data.synthetic_shards else None
     except (ValueError, FileNotFoundError, DataError) as e:
         raise SetupError(str(e)) from None
     logging.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))
@@ -112,7 +119,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1))
 
     # ---- Model, optimizer, state: fresh or restored ----------------------------------------------
-    run = describe_run(config, list(shards.values()))
+    counts = {"config.data.train_shards": list(shards.values())}
+    if synthetic:
+        counts["config.data.synthetic_shards"] = list(synthetic.shards.values())
+    run = describe_run(config, counts)
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
     )
@@ -125,21 +135,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
         state = _restore(checkpointer, start_step, setup, run, workdir)
 
     # ---- Data: global batch s is step s's, on any number of processes and workers -----------------
+    streams = [(shards, spec, config.batch_size - (synthetic.rows if synthetic else 0), "config.data.train_shards")]
+    if synthetic:
+        streams.append((synthetic.shards, synthetic.spec, synthetic.rows, "config.data.synthetic_shards"))
     try:
-        dataset, skipped = train_dataset(
-            list(shards),
-            spec,
-            batch_size=config.batch_size // jax.process_count(),
-            seed=config.seed,
-            records_per_shard=list(shards.values()),
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            num_workers=config.data.num_workers,
-            start_batch=start_step,
-        )
+        datasets = [
+            train_dataset(
+                list(stream_shards),
+                stream_spec,
+                batch_size=rows // jax.process_count(),
+                seed=config.seed,
+                records_per_shard=list(stream_shards.values()),
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                num_workers=config.data.num_workers,
+                start_batch=start_step,
+                shards_key=key,
+            )
+            for stream_shards, stream_spec, rows, key in streams
+        ]
     except DataError as e:  # examples_per_epoch against what the shards hold
         raise SetupError(str(e)) from None
-    data_iterator = iter(dataset)
+    skipped = [counter for _, counter in datasets]
+    data_iterator = _batches(dataset for dataset, _ in datasets)
     try:
         evaluators = build_evaluators(setup)
     except (ValueError, FileNotFoundError) as e:
@@ -187,6 +205,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     finally:
         checkpointer.close()  # lets a save in flight finish, so the last good checkpoint is complete
         writer.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticStream:
+    shards: dict[str, int]
+    spec: ExampleSpec
+    rows: int  # of a global batch
+
+
+def _synthetic_stream(config, setup, spec: ExampleSpec, mesh) -> SyntheticStream:
+    """Synth²'s synthetic pairs beside the real ones (synth2/mixing.py), checked before anything compiles."""
+    depth, rows = check_synthetic_settings(config, setup.model, mesh.shape["data"] * mesh.shape["fsdp"])
+    key = "config.data.synthetic_shards"
+    shards, _ = resolve_shards(
+        config.data.synthetic_shards, key, skip_bad=config.data.skip_bad_shards, content="image_embedding"
+    )
+    check_image_embeddings(list(shards), depth, setup.model.image_embedding_shape(embedding_depth(depth)), key)
+    return SyntheticStream(shards, dataclasses.replace(spec, image_embedding=depth, examples_per_epoch=0), rows)
+
+
+def _batches(datasets):
+    """This process's batches: the real stream's, with the synthetic stream's (if any) under "synthetic"."""
+    real, *synthetic = map(iter, datasets)
+    if not synthetic:
+        return real
+    return ({**batch, "synthetic": rows} for batch, rows in zip(real, synthetic[0]))
 
 
 def _per_process(value: np.ndarray) -> np.ndarray:
@@ -297,7 +341,7 @@ def _train_loop(
             if first_step_s is not None:  # compile included, at the run's first log
                 logged.update(first_step_s=first_step_s)
                 first_step_s = None
-            skips = _sum_over_processes(np.array([skipped.counts[reason] for reason in SKIP_REASONS]))
+            skips = _sum_over_processes(np.array([sum(c.counts[reason] for c in skipped) for reason in SKIP_REASONS]))
             logged.update(
                 skipped_shards=skipped_shards,
                 skipped_records=int(skips.sum()),

@@ -24,6 +24,7 @@ HOW_IT_RUNS = (
     "loss.sharded",
     "loss.row_chunk",
     "data.train_shards",
+    "data.synthetic_shards",
     "data.skip_bad_shards",
     "data.num_workers",
     "log_every_steps",
@@ -35,8 +36,9 @@ HOW_IT_RUNS = (
 )
 
 
-def describe_run(config: ml_collections.ConfigDict, records_per_shard: list[int]) -> dict:
-    return {"config": json.loads(config.to_json_best_effort()), "records_per_shard": list(records_per_shard)}
+def describe_run(config: ml_collections.ConfigDict, records_per_shard: dict[str, list[int]]) -> dict:
+    """`records_per_shard`: {config key of shards: their record counts, in order}."""
+    return {"config": json.loads(config.to_json_best_effort()), "records_per_shard": dict(records_per_shard)}
 
 
 def _flat(tree, prefix=""):
@@ -56,14 +58,15 @@ def differences(saved: dict, current: dict) -> list[str]:
         for key in keys
         if now.get(key) != then.get(key) and not key.startswith(HOW_IT_RUNS)
     ]
-    if saved["records_per_shard"] != current["records_per_shard"]:
-        found.append(
-            f"the shards of config.data.train_shards: now {_shards(current)}, saved {_shards(saved)} (the data order "
-            f"follows the shards' records)"
-        )
+    for key in sorted(set(saved["records_per_shard"]) | set(current["records_per_shard"])):
+        now, then = current["records_per_shard"].get(key, []), saved["records_per_shard"].get(key, [])
+        if now != then:
+            found.append(
+                f"the shards of {key}: now {_shards(now)}, saved {_shards(then)} (the data order follows the shards' "
+                f"records)"
+            )
     return found
 
 
-def _shards(run: dict) -> str:
-    counts = run["records_per_shard"]
+def _shards(counts: list[int]) -> str:
     return f"{len(counts)} shards of {sum(counts)} records"

@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from rsclip_jax.accelerators.sharding import BATCH_AXES, activation_sharding
 from rsclip_jax.data.caption_sampling import ALT_SLOT
 from rsclip_jax.data.preprocess import normalize_images
+from rsclip_jax.synth2.mixing import mixed_image_ids, synthetic_image_embeddings
 from rsclip_jax.training.losses import (
     PCA_SCOPES,
     block_size,
@@ -126,9 +127,25 @@ def training_loss(config: ml_collections.ConfigDict, model, batch, slot_kinds: t
     """-> (the loss, {name: its parts}: none for the contrastive loss alone)."""
     image_emb, image_tokens = model.image_features(normalize_images(batch["image"]))
     text_emb, text_tokens = model.text_features(batch["tokens"])
-    contrastive = embeddings_loss(config, model, image_emb, text_emb, batch["image_id"], slot_kinds, mesh)
+    image_ids, parts = batch["image_id"], {}
+    if "synthetic" in batch:  # Synth²'s rows (synth2/mixing.py): one loss over both streams, each's logged apart
+        synthetic = batch["synthetic"]
+        synthetic_image = synthetic_image_embeddings(model, synthetic["image_embedding"], config.data.synthetic_depth)
+        synthetic_text = model.text_features(synthetic["tokens"])[0]
+
+        def alone(image, text, ids):
+            return jax.lax.stop_gradient(embeddings_loss(config, model, image, text, ids, slot_kinds, mesh))
+
+        parts = {
+            "real_loss": alone(image_emb, text_emb, image_ids),
+            "synthetic_loss": alone(synthetic_image, synthetic_text, synthetic["image_id"]),
+        }
+        image_emb = jnp.concatenate([image_emb, synthetic_image])
+        text_emb = jnp.concatenate([text_emb, synthetic_text])
+        image_ids = mixed_image_ids(image_ids, synthetic["image_id"])
+    contrastive = embeddings_loss(config, model, image_emb, text_emb, image_ids, slot_kinds, mesh)
     if not config.generator.weight:  # the towers' tokens go unused, and XLA drops them
-        return contrastive, {}
+        return contrastive, parts
     # CLIPS conditions the generator on the web caption: the "alt" slot's tokens, when the batch has one.
     web = [(text_tokens[:, i], batch["tokens"][:, i]) for i, kind in enumerate(slot_kinds) if kind == ALT_SLOT][:1]
     features = model.generator(image_tokens, *(web[0] if web else ()))
