@@ -29,6 +29,7 @@ from rsclip_jax.config import parse_flags
 from rsclip_jax.data.caption_sampling import ALT_SLOT
 from rsclip_jax.data.example_spec import ExampleSpec
 from rsclip_jax.model.config import ModelConfig
+from rsclip_jax.synth2.generator_training import generator_training_flops_per_example
 from rsclip_jax.training.step import check_loss_settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe: a Python file with get_config().", lock_config=True)
@@ -53,13 +54,17 @@ def _report(config, topology, result, picked) -> dict:
     model = ModelConfig.from_config(config)
     chips = len(topology.devices)
     spec = ExampleSpec.from_config(config, model)
-    flops = config.batch_size * clip_training_flops_per_example(
-        model,
-        spec.captions_per_example,
-        config.batch_size,
-        text_length=spec.text_length,
-        web_caption=ALT_SLOT in spec.slot_kinds,
-    )
+    if config.get("task") == "synth2_generator":
+        per_example = generator_training_flops_per_example(config, model, spec.text_length)
+    else:
+        per_example = clip_training_flops_per_example(
+            model,
+            spec.captions_per_example,
+            config.batch_size,
+            text_length=spec.text_length,
+            web_caption=ALT_SLOT in spec.slot_kinds,
+        )
+    flops = config.batch_size * per_example
     memory = result.memory
     report = {
         "config": config_flags.get_config_filename(flags.FLAGS["config"]),

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.data.example_spec import ExampleSpec
 from rsclip_jax.data.records import embedding_depth
+from rsclip_jax.synth2.generator_training import frozen_clip_setup, make_generator_step
 from rsclip_jax.synth2.mixing import synthetic_rows
 from rsclip_jax.training.step import batch_sharding, make_train_step
 from rsclip_jax.training.train_setup import TrainSetup
@@ -77,8 +78,13 @@ def abstract_batch(config: ml_collections.ConfigDict, model, spec, mesh) -> dict
     sharding = batch_sharding(mesh)
     synthetic = synthetic_rows(config)
     size, batch = model.image_size, config.batch_size - synthetic
+    if spec.image_embedding:  # the generator's examples (synth2/generator_training.py)
+        shape = model.image_embedding_shape(embedding_depth(spec.image_embedding))
+        image = {"image_embedding": jax.ShapeDtypeStruct((batch, *shape), jnp.float32, sharding=sharding)}
+    else:
+        image = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharding)}
     arrays = {
-        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=sharding),
+        **image,
         "tokens": jax.ShapeDtypeStruct(
             (batch, spec.captions_per_example, spec.text_length), jnp.int32, sharding=sharding
         ),
@@ -105,10 +111,16 @@ def compile_train_step(config: ml_collections.ConfigDict, devices, hbm_bytes: in
     mesh = mesh_from_config(config.mesh, devices)
     setup = TrainSetup.build(config, mesh)
     spec = ExampleSpec.from_config(config, setup.model)
-    step = make_train_step(setup, spec.slot_kinds)
+    batch = abstract_batch(config, setup.model, spec, mesh)
+    if config.get("task") == "synth2_generator":  # the frozen CLIP's parameters are an argument too
+        clip_setup = frozen_clip_setup(config, mesh)
+        arguments = (make_generator_step(setup, clip_setup), setup.state_target(), clip_setup.state_target("params"))
+    else:
+        arguments = (make_train_step(setup, spec.slot_kinds), setup.state_target())
+    step, *inputs = arguments
     start = time.perf_counter()
     try:
-        compiled = step.lower(setup.state_target(), abstract_batch(config, setup.model, spec, mesh)).compile()
+        compiled = step.lower(*inputs, batch).compile()
     except Exception as e:  # XLA raises its own error type; only memory exhaustion is an answer, not a bug
         if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
             raise

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from rsclip_jax.accelerators.flops import transformer_forward_flops
 from rsclip_jax.accelerators.sharding import activation_sharding
 from rsclip_jax.data.records import RecordError, decode_record
+from rsclip_jax.model.config import ModelConfig
 from rsclip_jax.synth2.flow_matching import flow_matching_loss
 from rsclip_jax.synth2.generator import GeneratorConfig
 from rsclip_jax.training.checkpoints import restore_params
@@ -31,9 +32,7 @@ def frozen_clip(config, mesh) -> tuple[TrainSetup, dict]:
     section = config.synth2_generator
     if not section.clip_workdir:
         raise ValueError("config.synth2_generator.clip_workdir is empty: give the CLIP whose embeddings it learns")
-    clip_config = config.copy_and_resolve_references()
-    clip_config.task = "clip"
-    setup = TrainSetup.build(clip_config, mesh)
+    setup = frozen_clip_setup(config, mesh)
     folder, step = checkpoint_to_read(section.clip_workdir, section.clip_checkpoint or None)
     _, params = restore_params(folder, setup, step)
     return setup, params
@@ -73,9 +72,16 @@ def _first_embeddings(paths: list[str], count: int) -> np.ndarray:
     return np.stack(found)
 
 
-def make_generator_step(setup: TrainSetup, clip_setup: TrainSetup, clip_params):
-    """(state, batch) -> (state, metrics): one flow-matching step of `setup`'s generator, on captions read by the
-    frozen CLIP; jitted with explicit shardings, the input state donated."""
+def frozen_clip_setup(config, mesh) -> TrainSetup:
+    """The setup of the CLIP whose text tower reads the generator's captions: the config's model, as a CLIP."""
+    clip_config = config.copy_and_resolve_references()
+    clip_config.task = "clip"
+    return TrainSetup.build(clip_config, mesh)
+
+
+def make_generator_step(setup: TrainSetup, clip_setup: TrainSetup):
+    """jit(state, clip_params, batch) -> (state, metrics): one flow-matching step of `setup`'s generator, on
+    captions read by the frozen CLIP; explicit shardings, the input state donated."""
     config, mesh = setup.config, setup.mesh
     seed = jax.random.key(config.seed)
 
@@ -95,19 +101,18 @@ def make_generator_step(setup: TrainSetup, clip_setup: TrainSetup, clip_params):
         return new_state, {**parts, **metrics}
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(
+    return jax.jit(
         step,
         in_shardings=(setup.shardings, clip_setup.shardings["params"], batch_sharding(mesh)),
         out_shardings=(setup.shardings, replicated),
         donate_argnums=0,
     )
-    return lambda state, batch: jitted(state, clip_params, batch)
 
 
-def generator_training_flops_per_example(setup: TrainSetup, text_length: int) -> float:
+def generator_training_flops_per_example(config, clip: ModelConfig, text_length: int) -> float:
     """The frozen text tower's forward pass, and the generator's forward and backward passes: its blocks over its
     tokens, each attending across the caption's (matrix multiplies only, as accelerators/flops.py counts)."""
-    clip, generator = setup.model, GeneratorConfig.from_config(setup.config.synth2_generator, setup.model)
+    generator = GeneratorConfig.from_config(config.synth2_generator, clip)
     text = transformer_forward_flops(text_length, clip.text_width, clip.text_layers, clip.mlp_ratio)
     tokens, width = generator.sequence_length, generator.width
     blocks = transformer_forward_flops(tokens, width, generator.layers, generator.mlp_ratio)

@@ -163,8 +163,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> None:
     except (ValueError, FileNotFoundError) as e:
         raise SetupError(str(e)) from None
     if generator:
-        train_step = make_generator_step(setup, clip_setup, clip_params)
-        flops_per_example = generator_training_flops_per_example(setup, spec.text_length)
+        generator_step = make_generator_step(setup, clip_setup)
+        train_step = lambda state, batch: generator_step(state, clip_params, batch)
+        flops_per_example = generator_training_flops_per_example(config, setup.model, spec.text_length)
     else:
         train_step = make_train_step(setup, spec.slot_kinds)
         flops_per_example = clip_training_flops_per_example(
