@@ -161,7 +161,10 @@ def test_a_batch_that_forces_one_row_loss_blocks_warns_with_batches_that_would_n
 def test_loading_a_recipe_imports_nothing_heavy():
     recipes = [
         os.path.join(REPO, "configs", f) for f in sorted(os.listdir(os.path.join(REPO, "configs"))) if f.endswith(".py")
-    ] + [os.path.join(REPO, "rsclip_jax", "demo", "configs", f) for f in ("demo.py", "demo_clips.py")]
+    ] + [
+        os.path.join(REPO, "rsclip_jax", "demo", "configs", f)
+        for f in ("demo.py", "demo_clips.py", "demo_synth2_generator.py")
+    ]
     code = (
         "import sys\nfrom rsclip_jax.config import load_recipe\n"
         f"for path in {recipes!r}:\n    load_recipe(path)\n"
@@ -169,4 +172,4 @@ def test_loading_a_recipe_imports_nothing_heavy():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     heavy = {"jax", "jaxlib", "flax", "optax", "orbax", "grain", "PIL", "torch", "tensorflow", "array_record", "cv2"}
-    assert len(recipes) == 5 and not heavy & set(result.stdout.split())
+    assert len(recipes) == 7 and not heavy & set(result.stdout.split())
