@@ -40,7 +40,9 @@ def upload_shards(bucket: str, shards: int, records_per_shard: int) -> None:
     from rsclip_jax.demo.corpus import write_demo_corpus
 
     with tempfile.TemporaryDirectory() as local:
-        corpus = write_demo_corpus(local, num_train=records_per_shard, num_heldout=1, records_per_shard=records_per_shard)
+        corpus = write_demo_corpus(
+            local, num_train=records_per_shard, num_heldout=1, records_per_shard=records_per_shard
+        )
         records = list(read_shard(corpus["train"][0]))
         path = os.path.join(local, "shard.array_record")
         write_shard(path, records)
@@ -66,7 +68,9 @@ def main():
     shards, _ = resolve_shards(f"{bucket}/train-*.array_record", "config.data.train_shards")
     seconds["resolve_shards"] = time.perf_counter() - start
     start = time.perf_counter()
-    dataset, _ = train_dataset(list(shards), spec, batch_size=args.batch, seed=0, records_per_shard=list(shards.values()))
+    dataset, _ = train_dataset(
+        list(shards), spec, batch_size=args.batch, seed=0, records_per_shard=list(shards.values())
+    )
     iterator = iter(dataset)
     seconds["train_dataset"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -231,9 +231,10 @@ class IndexedRecords:
         return len(self.source) * self.rows_per_image
 
     def __getitem__(self, index):
-        return self.__getitems__([index])[0]
+        return self._getitems([index])[0]
 
-    def __getitems__(self, indices):
+    def _getitems(self, indices):
+        """A batch's records in one call (Grain's batched read, which the MapDatasets above pass down)."""
         places = [divmod(index, self.rows_per_image) for index in indices]
         if self.read_in_threads:
             data = self.source.__getitems__([record_index for record_index, _ in places])
@@ -358,6 +359,24 @@ class UsableExamples(grain.MapDataset):
         return examples
 
 
+class BatchesOfPositions(grain.MapDataset):
+    """Batch g: positions g*b .. g*b + b - 1 of the parent, asked for in one call (so that the reads of a batch from a
+    bucket go out together), made one by `batch_fn`. Grain's own batch asks for them one at a time."""
+
+    def __init__(self, parent: grain.MapDataset, batch_size: int, batch_fn):
+        super().__init__(parent)
+        self.batch_size, self.batch_fn = batch_size, batch_fn
+
+    def __len__(self):
+        return len(self._parent) // self.batch_size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        start = index * self.batch_size
+        return self.batch_fn(self._parent._getitems(list(range(start, start + self.batch_size))))
+
+
 class BatchWithSkips:
     """Grain's batch_fn: stacks examples into a batch and sums their skip counts. In a worker, the big arrays are
     stacked straight into shared memory, which Grain hands over as it is, with no second copy
@@ -461,7 +480,7 @@ def train_dataset(
         examples = examples[:epoch_length].repeat(1, reseed_each_epoch=False).shuffle()
     examples = examples.repeat().random_map(MakeExample(spec, paths, records_per_shard))
     batch_fn = BatchWithSkips()
-    batches = UsableExamples(examples, epoch_length, shards_key).batch(batch_size, batch_fn=batch_fn)
+    batches = BatchesOfPositions(UsableExamples(examples, epoch_length, shards_key), batch_size, batch_fn)
     dataset = grain.experimental.WithOptionsIterDataset(
         batches[process_index::process_count][start_batch:].to_iter_dataset(_read_options(paths, num_workers)),
         grain.experimental.DatasetOptions(min_shm_size=SHARED_MEMORY_MIN_BYTES),
