@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from rsclip_jax.data.preprocess import decode_image
 from rsclip_jax.data.records import read_shard
@@ -6,6 +7,8 @@ from rsclip_jax.demo.corpus import (
     CAPTION_MODEL,
     COLOURS,
     ROLES,
+    draw_scene,
+    holds_combo,
     random_scene,
     role_captions,
     web_alt_text,
@@ -65,3 +68,29 @@ def test_a_corpus_of_another_image_side_holds_the_same_scenes_and_captions(demo_
     for record, other in pairs:
         assert decode_image(record.image_jpeg).size == record.original_size == (36, 36)
         assert (record.captions, record.alt_text) == (other.captions, other.alt_text)
+
+
+def test_combinations_held_out_of_training_make_up_an_unseen_split(demo_shards, tmp_path):
+    combos = (("red", "circle"), ("blue", "square"))
+    paths = write_demo_corpus(
+        str(tmp_path), num_train=40, num_heldout=16, records_per_shard=25, held_out_combos=combos, num_unseen=12
+    )
+    records = {split: [r for path in paths[split] for r in read_shard(path)] for split in paths}
+    assert {split: len(r) for split, r in records.items()} == {"train": 40, "heldout": 16, "unseen": 12}
+    assert len({r.image_id for split in records.values() for r in split}) == 68
+    rng = np.random.default_rng(0)  # one stream of scenes, those that do not qualify for their split dropped
+    for split in ("train", "heldout", "unseen"):
+        for record in records[split]:
+            scene = draw_scene(rng, combos, require=split == "unseen")
+            assert holds_combo(scene, combos) == (split == "unseen")
+            assert {(c.role, c.kind): c.text for c in record.captions} == role_captions(scene)
+    default = [r for path in demo_shards["train"] for r in read_shard(path)]
+    kept = [r for r in default if not any(f"{c} {s}" in r.captions[0].text for c, s in combos)]
+    assert [r.captions for r in records["train"][: len(kept)]] == [r.captions for r in kept]  # the default stream
+
+
+def test_held_out_combinations_must_exist_and_an_unseen_split_needs_them(tmp_path):
+    with pytest.raises(ValueError, match="must be \\(colour, shape\\) pairs"):
+        write_demo_corpus(str(tmp_path), num_train=4, num_heldout=4, held_out_combos=(("red", "hexagon"),))
+    with pytest.raises(ValueError, match="at least one where num_unseen > 0"):
+        write_demo_corpus(str(tmp_path), num_train=4, num_heldout=4, num_unseen=4)

@@ -1,10 +1,14 @@
 """`make demo`: build the procedural corpus, train demo/configs/demo.py on the CPU, report held-out recall@1.
 
-    python -m rsclip_jax.demo [--recipe rsclip|clips] [--seed N] [--image-side PX] [--crop-backend pil|opencv]
+    python -m rsclip_jax.demo [--recipe rsclip|clips|synth2] [--seed N] [--image-side PX] [--crop-backend pil|opencv]
 
 `--recipe clips` trains demo/configs/demo_clips.py instead: CLIPS' alt-text and sub-caption streams and its
 caption generator. Ends by printing one JSON line: i2t_r1 and t2i_r1 on the held-out images (percent), and
 chance_r1; for clips also the generator's loss at the first and the last logged step.
+
+`--recipe synth2` runs the Synth² experiment of demo/synth2.py instead (in workdirs/demo-synth2, its fine-tunes
+with seeds 0, 1 and 2, so without --seed): a CLIP, Synth²'s generator, and three arms of fine-tuning, with real
+pairs only, with the generator's synthetic pairs, and with the same captions paired with their nearest real image.
 """
 
 import argparse
@@ -23,7 +27,9 @@ from rsclip_jax.data.example_spec import CROP_BACKENDS
 from rsclip_jax.data.preprocess import decode_image
 from rsclip_jax.data.records import read_shard
 from rsclip_jax.data.tokenizer import tokenize
+from rsclip_jax.demo import synth2
 from rsclip_jax.demo.corpus import write_demo_corpus
+from rsclip_jax.demo.synth2 import SIZES as SYNTH2_SIZES
 from rsclip_jax.evals.embedding import Embedder
 from rsclip_jax.evals.retrieval import retrieval_recall
 from rsclip_jax.training.checkpoints import restore_params
@@ -79,8 +85,8 @@ def generator_losses(run_dir: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="rsclip")
-    parser.add_argument("--seed", type=int, default=0, help="the training run's config.seed (the corpus stays)")
+    parser.add_argument("--recipe", choices=sorted([*RECIPES, "synth2"]), default="rsclip")
+    parser.add_argument("--seed", type=int, help="the training run's config.seed (default 0; the corpus stays)")
     parser.add_argument(
         "--image-side",
         type=int,
@@ -92,7 +98,19 @@ def main():
         choices=CROP_BACKENDS,
         help="config.data.crop_backend for training; evaluation always uses open_clip's crops",
     )
+    # For tests of --recipe synth2: its sizes (demo/synth2.py's SIZES) and its workdir.
+    parser.add_argument("--synth2-size", choices=sorted(SYNTH2_SIZES), default="full", help=argparse.SUPPRESS)
+    parser.add_argument("--synth2-workdir", default=synth2.WORKDIR, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.recipe == "synth2":
+        if args.seed is not None:
+            parser.error("--recipe synth2 fine-tunes with seeds 0, 1 and 2: it takes no --seed")
+        result = synth2.run(
+            args.synth2_workdir, args.synth2_size, image_side=args.image_side, crop_backend=args.crop_backend
+        )
+        print(json.dumps(result))
+        return
+    args.seed = 0 if args.seed is None else args.seed
     recipe_file, description, workdir = RECIPES[args.recipe]
     start = time.perf_counter()
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh, reproducible run every time

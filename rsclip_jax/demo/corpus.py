@@ -4,6 +4,11 @@ Each scene is a background (colour, lighting) and one or two objects (shape, col
 position). Every caption is written from the scene's known content in the voice of one of the five
 roles; they are procedural captions, labelled as such in their provenance, not an LLM's. Most images
 also get a short web-style alt text (for CLIPS' web-caption stream), noisier than the captions.
+
+A corpus may hold some (colour, shape) combinations out of its train and held-out splits and write a third split,
+"unseen", whose every scene holds at least one of them (`write_demo_corpus(held_out_combos=..., num_unseen=...)`):
+a test of composition, as `python -m rsclip_jax.demo --recipe synth2` uses it. Without them the corpus is as it was,
+byte for byte.
 """
 
 import dataclasses
@@ -105,6 +110,23 @@ def random_scene(rng: np.random.Generator) -> Scene:
         for colour, position in zip(colours, positions)
     )
     return Scene(str(rng.choice(list(BACKGROUNDS))), str(rng.choice(list(LIGHTING))), objects)
+
+
+def holds_combo(scene: Scene, combos) -> bool:
+    """Whether an object of `scene` has one of the (colour, shape) `combos`."""
+    return any((obj.colour, obj.shape) in combos for obj in scene.objects)
+
+
+def draw_scene(rng: np.random.Generator, combos=(), *, require: bool = False) -> Scene:
+    """The next random scene of `rng` that holds one of the (colour, shape) `combos` (`require`) or none of them:
+    scenes that do not qualify are drawn and dropped. With no combos and not `require`, `random_scene(rng)`."""
+    combos = {tuple(combo) for combo in combos}
+    if require and not combos:
+        raise ValueError("a scene required to hold one of no combinations")
+    while True:
+        scene = random_scene(rng)
+        if holds_combo(scene, combos) == require:
+            return scene
 
 
 def render(scene: Scene, size: int = 64) -> Image.Image:
@@ -214,20 +236,30 @@ def write_demo_corpus(
     seed: int = 0,
     records_per_shard: int = 500,
     image_size: int = 64,
+    held_out_combos: tuple[tuple[str, str], ...] = (),
+    num_unseen: int = 0,
 ) -> dict[str, list[str]]:
     """Writes train and held-out shards of `image_size`-px images under `directory`; returns their paths per
-    split."""
+    split. With `held_out_combos` ((colour, shape) pairs), no train or held-out scene holds any of them, and with
+    `num_unseen` a third split "unseen" follows, each of its scenes holding at least one. The splits are drawn in
+    that order from one stream of scenes (a scene that does not qualify for its split is dropped)."""
+    unknown = [combo for combo in held_out_combos if combo[0] not in COLOURS or combo[1] not in SHAPES]
+    if unknown or (num_unseen and not held_out_combos):
+        raise ValueError(
+            f"held_out_combos {list(held_out_combos)} must be (colour, shape) pairs of {list(COLOURS)} and "
+            f"{list(SHAPES)}, at least one where num_unseen > 0"
+        )
     rng = np.random.default_rng(seed)
     alt_rng = np.random.default_rng([seed, 1])  # its own stream: the scenes and captions are as without alt text
     os.makedirs(directory, exist_ok=True)
-    splits = {"train": num_train, "heldout": num_heldout}
+    splits = {"train": num_train, "heldout": num_heldout, **({"unseen": num_unseen} if num_unseen else {})}
     paths, index = {}, 0
     for split, count in splits.items():
         paths[split] = []
         for shard, start in enumerate(range(0, count, records_per_shard)):
             records = []
             for i in range(min(records_per_shard, count - start)):
-                scene = random_scene(rng)
+                scene = draw_scene(rng, held_out_combos, require=split == "unseen")
                 records.append(scene_record(index + i, scene, image_size, alt_text=web_alt_text(scene, alt_rng)))
             index += len(records)
             path = os.path.join(directory, f"{split}-{shard:05d}.array_record")
