@@ -19,20 +19,21 @@ from etils import epath
 from machine import cpu_name
 
 
-def start_emulator() -> str:
+def start_emulator():
     from gcp_storage_emulator.server import create_server
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    create_server("localhost", port, in_memory=True, default_bucket="rsclip-bench").start()
+    server = create_server("localhost", port, in_memory=True, default_bucket="rsclip-bench")
+    server.start()
     endpoint = f"http://localhost:{port}"
     os.environ.update(
         STORAGE_EMULATOR_HOST=endpoint,
         CLOUD_STORAGE_EMULATOR_ENDPOINT=endpoint,
         GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
     )
-    return "gs://rsclip-bench"
+    return server, "gs://rsclip-bench"
 
 
 def upload_shards(bucket: str, shards: int, records_per_shard: int) -> None:
@@ -56,7 +57,7 @@ def main():
     parser.add_argument("--records-per-shard", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
-    bucket = start_emulator()
+    server, bucket = start_emulator()
     upload_shards(bucket, args.shards, args.records_per_shard)
 
     from rsclip_jax.data.example_spec import ExampleSpec
@@ -89,6 +90,7 @@ def main():
             }
         )
     )
+    server.stop()  # its threads would keep the process alive
 
 
 if __name__ == "__main__":
