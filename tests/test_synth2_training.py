@@ -251,3 +251,44 @@ def test_synthetic_tokens_enter_the_tower_where_they_were_taken():
     assert not any(
         name.startswith(("visual.transformer.resblocks.1.", "visual.ln_post", "visual.proj")) for name in names
     )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"loss.kind": "softmax_union"},
+        {"loss.kind": "softmax_per_caption"},
+        {"loss.kind": "sigmoid", "model.logit_bias_init": -10.0},
+        {"loss.short_caption_components": 4, "loss.short_caption_pca": "global", "data.slot_kinds": ("long", "short")},
+        {"loss.sharded": "on", "mesh.shape": (4, 1, 1)},
+    ],
+)
+def test_synthetic_rows_take_every_loss_kind(settings):
+    """The training loss over real and synthetic rows, for each loss kind (and the sharded loss over 4 devices):
+    finite, with each stream's own loss."""
+    from flax import nnx
+
+    from rsclip_jax.accelerators.sharding import mesh_from_config
+    from rsclip_jax.training.step import training_loss
+
+    config = load_recipe(DEMO)
+    config.data.synthetic_shards, config.data.synthetic_fraction = "synthetic", 0.5
+    for key, value in settings.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    setup = TrainSetup.build(config, mesh_from_config(config.mesh, jax.devices()[: (config.mesh.shape or (1,))[0]]))
+    slots = tuple(config.data.slot_kinds)
+    rng = np.random.default_rng(0)
+
+    def rows(count, offset):
+        tokens = rng.integers(1, 49406, (count, len(slots), 16)).astype(np.int32)
+        tokens[..., -1] = 49407
+        return {"tokens": tokens, "image_id": np.arange(offset, offset + count)}
+
+    batch = {**rows(8, 0), "image": rng.integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)}
+    batch["synthetic"] = {**rows(8, 0), "image_embedding": rng.normal(size=(8, 32)).astype(np.float32)}
+    params = setup.init_state()["params"]
+    value, parts = jax.jit(
+        lambda params, batch: training_loss(config, nnx.merge(setup.graphdef, params), batch, slots, setup.mesh)
+    )(params, batch)
+    assert np.isfinite(value) and np.isfinite(parts["real_loss"]) and np.isfinite(parts["synthetic_loss"])
