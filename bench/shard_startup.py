@@ -61,7 +61,8 @@ def main():
     upload_shards(bucket, args.shards, args.records_per_shard)
 
     from rsclip_jax.data.example_spec import ExampleSpec
-    from rsclip_jax.data.pipeline import resolve_shards, train_dataset
+    from rsclip_jax.data.pipeline import train_dataset
+    from rsclip_jax.data.shards import resolve_shards
 
     spec = ExampleSpec(image_size=32, context_length=32)
     seconds = {}

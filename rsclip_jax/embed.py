@@ -22,7 +22,7 @@ from rsclip_jax.accelerators.distributed import initialize_distributed
 from rsclip_jax.accelerators.sharding import make_mesh
 from rsclip_jax.config import parse_flags
 from rsclip_jax.data.example_spec import DataError
-from rsclip_jax.data.pipeline import resolve_shards
+from rsclip_jax.data.shards import resolve_shards
 from rsclip_jax.synth2.image_embeddings import check_settings, embed_shards, image_embedder
 from rsclip_jax.synth2.shard_jobs import agree_with_earlier_runs
 from rsclip_jax.training.checkpoints import restore_params

@@ -8,7 +8,8 @@ import pytest
 
 from rsclip_jax import tokenize
 from rsclip_jax.data.example_spec import ExampleSpec
-from rsclip_jax.data.pipeline import resolve_shards, train_dataset
+from rsclip_jax.data.pipeline import train_dataset
+from rsclip_jax.data.shards import resolve_shards
 
 CAPTIONING_PYTHON = os.environ.get("CAPTIONING_PYTHON")
 TESTS = os.path.dirname(os.path.abspath(__file__))

@@ -15,8 +15,9 @@ from rsclip_jax import tokenize
 from rsclip_jax.config import base_config
 from rsclip_jax.data.caption_sampling import sentences
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
-from rsclip_jax.data.pipeline import check_alt_text, resolve_shards, train_dataset
+from rsclip_jax.data.pipeline import train_dataset
 from rsclip_jax.data.records import encode_record, read_shard, write_shard
+from rsclip_jax.data.shards import check_alt_text, resolve_shards
 from rsclip_jax.data.tokenizer import EOT_ID
 from rsclip_jax.model.config import ModelConfig
 

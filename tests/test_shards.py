@@ -10,8 +10,9 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
-from rsclip_jax.data.pipeline import resolve_shards, train_dataset
+from rsclip_jax.data.pipeline import train_dataset
 from rsclip_jax.data.records import ImageEmbedding, read_shard, write_shard
+from rsclip_jax.data.shards import resolve_shards
 
 KEY = "config.data.train_shards"
 BLOCK = 1 << 16  # Riegeli's block: the index and postscript at a shard's end sit on these boundaries

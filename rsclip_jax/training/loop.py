@@ -25,15 +25,9 @@ from rsclip_jax.accelerators.memory_settings import pick_for_local_devices
 from rsclip_jax.accelerators.sharding import mesh_from_config
 from rsclip_jax.data.caption_sampling import ALT_SLOT
 from rsclip_jax.data.example_spec import DataError, ExampleSpec
-from rsclip_jax.data.pipeline import (
-    SKIP_REASONS,
-    check_alt_text,
-    check_image_embeddings,
-    check_roles,
-    resolve_shards,
-    train_dataset,
-)
+from rsclip_jax.data.pipeline import SKIP_REASONS, train_dataset
 from rsclip_jax.data.records import embedding_depth
+from rsclip_jax.data.shards import check_alt_text, check_image_embeddings, check_roles, resolve_shards
 from rsclip_jax.evals.evaluators import build_evaluators, flat_metrics, run_evaluators
 from rsclip_jax.synth2.generator import GeneratorConfig
 from rsclip_jax.synth2.generator_training import (
