@@ -44,8 +44,11 @@ def agree_with_earlier_runs(path: epath.Path, made_by: dict) -> None:
                 "settings"
             )
     elif jax.process_index() == 0:
+        # Written aside and renamed into place: another process may be reading it as it appears.
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(made_by, indent=1))
+        aside = path.parent / f".{path.name}.tmp"
+        aside.write_text(json.dumps(made_by, indent=1))
+        aside.rename(path)
 
 
 def unwritten_shards(paths: list[str], out: str, counts: Counts) -> Iterator[tuple[str, str]]:
