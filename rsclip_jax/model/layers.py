@@ -39,6 +39,20 @@ def layer_norm(width, dtype, rngs):
     )
 
 
+def heads_to_width(heads, head_dim, width, *, std, dtype, rngs) -> nnx.LinearGeneral:
+    """An attention layer's output projection: [..., heads, head_dim] -> [..., width]."""
+    return nnx.LinearGeneral(
+        (heads, head_dim),
+        width,
+        axis=(-2, -1),
+        dtype=dtype,
+        kernel_init=normal(std),
+        rngs=rngs,
+        kernel_metadata=axes("heads", "head_dim", "embed"),
+        bias_metadata=axes("embed"),
+    )
+
+
 class MultiheadAttention(nnx.Module):
     """Self-attention with one fused input projection, as torch's nn.MultiheadAttention."""
 
@@ -54,16 +68,7 @@ class MultiheadAttention(nnx.Module):
             kernel_metadata=axes("embed", None, "heads", "head_dim"),
             bias_metadata=axes(None, "heads", "head_dim"),
         )
-        self.out_proj = nnx.LinearGeneral(
-            (heads, head_dim),
-            width,
-            axis=(-2, -1),
-            dtype=dtype,
-            kernel_init=normal(out_std),
-            rngs=rngs,
-            kernel_metadata=axes("heads", "head_dim", "embed"),
-            bias_metadata=axes("embed"),
-        )
+        self.out_proj = heads_to_width(heads, head_dim, width, std=out_std, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, causal: bool, mask=None):
         qkv = constrain(self.in_proj(x), "batch", None, None, "heads", None)  # [B, T, 3, H, Dh]

@@ -39,7 +39,7 @@ from rsclip_jax.accelerators.sharding import constrain
 from rsclip_jax.data.records import embedding_depth
 from rsclip_jax.model.attention import attend
 from rsclip_jax.model.config import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, ModelConfig
-from rsclip_jax.model.layers import Mlp, MultiheadAttention, axes, layer_norm, normal
+from rsclip_jax.model.layers import Mlp, MultiheadAttention, axes, heads_to_width, layer_norm, normal
 
 # How t in [0, 1] is drawn for training (flow_matching.sample_times): logit-normal(0, 1) weights the middle of
 # the path, where the velocity is hardest to predict (SD3's choice), or uniform.
@@ -164,6 +164,19 @@ def _zeros_linear(width, out_shape, dtype, rngs):
     )
 
 
+def _from_text(text_width, width, dtype, rngs) -> nnx.Linear:
+    """The CLIP text tower's width -> the generator's."""
+    return nnx.Linear(
+        text_width,
+        width,
+        dtype=dtype,
+        kernel_init=normal(text_width**-0.5),
+        rngs=rngs,
+        kernel_metadata=axes("embed", None),
+        bias_metadata=axes(None),
+    )
+
+
 def _modulate(x, shift, scale):
     """x [B, N, W]; shift, scale [B, W]."""
     return x * (1 + scale[:, None]) + shift[:, None]
@@ -192,16 +205,7 @@ class CrossAttention(nnx.Module):
             kernel_metadata=axes("embed", None, "heads", "head_dim"),
             bias_metadata=axes(None, "heads", "head_dim"),
         )
-        self.out_proj = nnx.LinearGeneral(
-            (heads, head_dim),
-            width,
-            axis=(-2, -1),
-            dtype=dtype,
-            kernel_init=normal(out_std),
-            rngs=rngs,
-            kernel_metadata=axes("heads", "head_dim", "embed"),
-            bias_metadata=axes("embed"),
-        )
+        self.out_proj = heads_to_width(heads, head_dim, width, std=out_std, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, context, context_mask):
         """x [B, N, width]; context [B, L, width]; context_mask [B, L] (True: a real token)."""
@@ -259,24 +263,8 @@ class EmbeddingGenerator(nnx.Module):
 
         self.null_text = nnx.Param(normal(1.0)(rngs.params(), (config.text_width,)), **axes("embed"))
         self.ln_text = layer_norm(config.text_width, dtype, rngs)
-        self.text_in = nnx.Linear(
-            config.text_width,
-            width,
-            dtype=dtype,
-            kernel_init=normal(config.text_width**-0.5),
-            rngs=rngs,
-            kernel_metadata=axes("embed", None),
-            bias_metadata=axes(None),
-        )
-        self.pooled_text_in = nnx.Linear(
-            config.text_width,
-            width,
-            dtype=dtype,
-            kernel_init=normal(config.text_width**-0.5),
-            rngs=rngs,
-            kernel_metadata=axes("embed", None),
-            bias_metadata=axes(None),
-        )
+        self.text_in = _from_text(config.text_width, width, dtype, rngs)
+        self.pooled_text_in = _from_text(config.text_width, width, dtype, rngs)
         self.time_in = nnx.Linear(
             TIME_FREQUENCIES,
             width,
